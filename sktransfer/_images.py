@@ -1,0 +1,278 @@
+"""Image input: validation, decoding and preprocessing.
+
+Every estimator takes the same inputs (see :func:`check_images`) and turns them
+into normalised float32 ``NCHW`` batches with the backbone's own preprocessing.
+Files are decoded lazily, in a thread pool, so memory depends on the batch size
+and not on the number of images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from .exceptions import ImageDecodeError, InvalidImageError
+
+_CHANNELS = (1, 3, 4)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize_size``, centre-crop ``crop_size``,
+    scale to [0, 1] and normalise with ``mean``/``std`` (per channel, RGB)."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_torchvision(cls, transform) -> Preprocessing:
+        """From a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
+        return cls(
+            resize_size=int(transform.resize_size[0]),
+            crop_size=int(transform.crop_size[0]),
+            mean=tuple(float(m) for m in transform.mean),
+            std=tuple(float(s) for s in transform.std),
+            interpolation=InterpolationMode(transform.interpolation).value,
+        )
+
+    @classmethod
+    def from_timm(cls, config: dict) -> Preprocessing:
+        """From timm's resolved data config (``input_size``, ``crop_pct``, ...)."""
+        crop = int(config["input_size"][-1])
+        return cls(
+            resize_size=int(np.floor(crop / float(config.get("crop_pct", 0.875)))),
+            crop_size=crop,
+            mean=tuple(float(m) for m in config["mean"]),
+            std=tuple(float(s) for s in config["std"]),
+            interpolation=str(config.get("interpolation", "bilinear")),
+        )
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` uint8 (or float in [0, 1]) -> normalised float32."""
+        mode = InterpolationMode(self.interpolation)
+        images = F.resize(images, [self.resize_size], interpolation=mode, antialias=True)
+        images = F.center_crop(images, [self.crop_size, self.crop_size])
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        else:
+            images = images.float().clamp_(0.0, 1.0)
+        return F.normalize(images, list(self.mean), list(self.std))
+
+
+class Images(Sequence):
+    """A validated collection of images: an array, file paths or PIL images.
+
+    Indexing gives one image as a ``(3, H, W)`` uint8 (or float in [0, 1])
+    tensor; :meth:`batches` streams preprocessed batches.
+    """
+
+    def __init__(self, kind: str, data, n_channels: int | None, scale: float = 1.0):
+        self.kind = kind  # "array", "paths" or "pil"
+        self.data = data
+        self.n_channels = n_channels  # of the input; None for files and PIL images
+        self._scale = scale  # float arrays given in [0, 255] are divided by 255
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.kind == "array":
+            return self._array_batch(index, index + 1)[0]
+        if self.kind == "paths":
+            return _decode_file(self.data[index])
+        return _pil_to_tensor(self.data[index], name=f"PIL image at index {index}")
+
+    def _array_batch(self, start: int, stop: int) -> torch.Tensor:
+        batch = torch.from_numpy(np.ascontiguousarray(self.data[start:stop]))
+        if batch.ndim == 3:  # (n, H, W) grayscale
+            batch = batch.unsqueeze(1)
+        if batch.dtype != torch.uint8:
+            batch = batch.float()
+            if self._scale != 1.0:
+                batch = batch.mul_(self._scale)
+        return to_rgb(batch)
+
+    def batches(
+        self, preprocessing: Preprocessing, batch_size: int, n_jobs: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield preprocessed float32 ``(b, 3, crop, crop)`` batches in order."""
+        if self.kind == "array":
+            for start in range(0, len(self), batch_size):
+                yield preprocessing(self._array_batch(start, start + batch_size))
+            return
+        # Files: decode + resize in threads (PIL and torch release the GIL) while
+        # the caller runs the forward pass on the previous batch.
+        workers = n_jobs or min(4, os.cpu_count() or 1)
+
+        def load(i: int) -> torch.Tensor:
+            return preprocessing(self[i].unsqueeze(0))[0]
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            chunks = [range(s, min(s + batch_size, len(self))) for s in range(0, len(self), batch_size)]
+            pending = [pool.map(load, chunks[0])] if chunks else []
+            for k in range(len(chunks)):
+                if k + 1 < len(chunks):  # prefetch the next batch
+                    pending.append(pool.map(load, chunks[k + 1]))
+                yield torch.stack(list(pending.pop(0)))
+
+
+def to_rgb(batch: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` with C in 1/3/4 -> 3 channels (grey replicated, alpha dropped)."""
+    channels = batch.shape[1]
+    if channels == 1:
+        return batch.expand(-1, 3, -1, -1)
+    if channels == 4:
+        return batch[:, :3]
+    return batch
+
+
+def _pil_to_tensor(image: Image.Image, name: str) -> torch.Tensor:
+    try:
+        image.load()
+        rgb = image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ImageDecodeError(f"Cannot decode {name}: {exc}") from exc
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+def _decode_file(path: str | os.PathLike) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            return _pil_to_tensor(image, name=f"image file {str(path)!r}")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"Image file {str(path)!r} does not exist.") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"Cannot decode image file {str(path)!r}: not an image format Pillow can read."
+        ) from exc
+    except IsADirectoryError as exc:
+        raise ImageDecodeError(f"{str(path)!r} is a directory, not an image file.") from exc
+
+
+def check_images(X, *, n_channels: int | None = None) -> Images:
+    """Validate image input and wrap it as :class:`Images`.
+
+    Parameters
+    ----------
+    X : array-like, list of paths or list of PIL images
+        A uint8/integer/float array ``(n, H, W, C)``, ``(n, C, H, W)`` or
+        ``(n, H, W)`` with C in 1, 3, 4; a list or 1-D array of ``str`` /
+        ``pathlib.Path``; or a list of ``PIL.Image.Image``. Float arrays must lie
+        in [0, 1] (scaled by 255) or, when their maximum exceeds 1, in [0, 255].
+    n_channels : int, default=None
+        The channel count seen in ``fit``; array input with another count is an error.
+    """
+    if isinstance(X, (str, Path)):
+        raise InvalidImageError(
+            f"Expected a collection of images, got a single path {str(X)!r}; wrap it in a list."
+        )
+    if isinstance(X, Image.Image):
+        raise InvalidImageError("Expected a collection of images, got one PIL image; wrap it in a list.")
+    if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):  # pandas Series of paths
+        X = X.to_numpy()
+    if isinstance(X, np.ndarray) and X.dtype.kind in "OUS" and X.ndim == 1:
+        X = list(X)
+    if isinstance(X, (list, tuple)):
+        return _check_list(list(X))
+    return _check_array(X, n_channels)
+
+
+def _check_list(items: list) -> Images:
+    if not items:
+        raise InvalidImageError("Got an empty list of images; need at least one image.")
+    kinds = {_item_kind(item) for item in items}
+    if len(kinds) > 1 or None in kinds:
+        seen = sorted({type(item).__name__ for item in items})
+        raise InvalidImageError(
+            f"A list of images must hold only file paths (str/pathlib.Path) or only PIL "
+            f"images; got mixed types {seen}. Stack arrays into one array instead."
+        )
+    kind = kinds.pop()
+    if kind == "paths":
+        for item in items:
+            if not os.path.exists(item):
+                raise FileNotFoundError(f"Image file {str(item)!r} does not exist.")
+        return Images("paths", [os.fspath(item) for item in items], n_channels=None)
+    return Images("pil", items, n_channels=None)
+
+
+def _item_kind(item) -> str | None:
+    if isinstance(item, (str, Path, np.str_)):
+        return "paths"
+    if isinstance(item, Image.Image):
+        return "pil"
+    return None
+
+
+def _check_array(X, n_channels: int | None) -> Images:
+    try:
+        array = np.asarray(X)
+    except Exception as exc:
+        raise InvalidImageError(f"Cannot convert input of type {type(X).__name__} to an array: {exc}") from exc
+    if array.dtype.kind not in "uif" or array.dtype == np.bool_:
+        raise InvalidImageError(
+            f"Image arrays must be uint8, integer or float, got dtype {array.dtype}."
+        )
+    if array.ndim not in (3, 4):
+        raise InvalidImageError(
+            f"Expected images as a 3-D (n, H, W) or 4-D (n, H, W, C) / (n, C, H, W) "
+            f"array, got shape {array.shape} ({array.ndim}-D). A 2-D (n_samples, "
+            "n_features) table is not an image batch; reshape it to (n, H, W[, C])."
+        )
+    if array.shape[0] == 0:
+        raise InvalidImageError(f"Got an empty image array of shape {array.shape}; need at least one image.")
+    if array.ndim == 4:
+        if array.shape[-1] in _CHANNELS:
+            array = array.transpose(0, 3, 1, 2)  # NHWC view -> NCHW, copied per batch
+        elif array.shape[1] not in _CHANNELS:
+            raise InvalidImageError(
+                f"Cannot find the channel axis of images of shape {array.shape}: expected "
+                f"1, 3 or 4 channels in the last (NHWC) or second (NCHW) axis."
+            )
+    channels = 1 if array.ndim == 3 else array.shape[1]
+    if min(array.shape[-2:]) < 1:
+        raise InvalidImageError(f"Images of shape {array.shape} have no pixels.")
+    if n_channels is not None and channels != n_channels:
+        raise InvalidImageError(
+            f"Images have {channels} channel(s) but the estimator was fitted on "
+            f"{n_channels}-channel images; the image size may change, the channel count may not."
+        )
+    scale = 1.0
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InvalidImageError("Float images contain NaN or infinity.")
+        scale = _float_scale(array)
+        array = array.astype(np.float32, copy=False)
+    elif array.dtype != np.uint8:
+        low, high = array.min(), array.max()
+        if low < 0 or high > 255:
+            raise InvalidImageError(
+                f"Integer images must lie in [0, 255], got values in [{low}, {high}]."
+            )
+        array = array.astype(np.uint8)
+    return Images("array", array, n_channels=channels, scale=scale)
+
+
+def _float_scale(array: np.ndarray) -> float:
+    """Float images in [0, 1] are used as is; in [0, 255] (max > 1) scaled by 1/255."""
+    low, high = float(array.min()), float(array.max())
+    if low >= 0 and high <= 1:
+        return 1.0
+    if low >= 0 and high <= 255:
+        return 1.0 / 255.0
+    raise InvalidImageError(
+        f"Float images must lie in [0, 1] or in [0, 255], got values in [{low:g}, {high:g}]. "
+        "Undo any normalisation first: sktransfer applies the backbone's own mean/std."
+    )

@@ -1,0 +1,97 @@
+"""Small torch helpers shared by the estimators: devices, layer taps, pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .exceptions import UnknownLayerError, did_you_mean
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"Invalid device {device!r}: {exc}. Use 'auto', 'cpu' or 'cuda[:N]'.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'.")
+    return resolved
+
+
+def find_layer(module: nn.Module, layer: str) -> nn.Module:
+    """The submodule called ``layer``, or an error naming the closest names."""
+    modules = dict(module.named_modules())
+    modules.pop("", None)
+    if layer not in modules:
+        raise UnknownLayerError(
+            f"Unknown layer {layer!r} for {type(module).__name__}.{did_you_mean(layer, modules, n=5)} "
+            "Valid names are those of dict(model.named_modules()), e.g. "
+            f"{', '.join(repr(n) for n in list(modules)[:4])}, ..."
+        )
+    return modules[layer]
+
+
+class _Captured(Exception):
+    """Raised by a hook once the tapped activation is captured: skips the rest."""
+
+
+def forward_tap(module: nn.Module, x: torch.Tensor, tap: nn.Module, *, take_input: bool) -> torch.Tensor:
+    """Run ``module(x)`` up to ``tap`` and return its input or output.
+
+    The forward stops right after the tap, so layers after it cost nothing.
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture_input(_mod, args):
+        captured.append(args[0])
+        raise _Captured
+
+    def capture_output(_mod, _args, output):
+        captured.append(output)
+        raise _Captured
+
+    handle = (
+        tap.register_forward_pre_hook(capture_input)
+        if take_input
+        else tap.register_forward_hook(capture_output)
+    )
+    try:
+        module(x)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise UnknownLayerError(
+            f"Layer {type(tap).__name__} was never called in the forward pass; choose a layer "
+            "that the network's forward() uses."
+        )
+    out = captured[0]
+    if isinstance(out, (tuple, list)):  # e.g. an attention block returning (x, weights)
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise UnknownLayerError(f"Layer {type(tap).__name__} does not output a tensor.")
+    return out
+
+
+def pool(features: torch.Tensor, pooling: str | None) -> torch.Tensor:
+    """``(N, C, H, W)`` or ``(N, L, D)`` -> ``(N, d)`` by ``avg``/``max``/``avgmax``/flatten."""
+    if features.ndim == 2:
+        return features
+    if pooling is None:
+        return features.flatten(1)
+    if features.ndim == 4:  # channels first
+        flat = features.flatten(2)
+        axis = 2
+    else:  # (N, L, D) token sequences, or (N, C, L)
+        flat = features.flatten(1, -2) if features.ndim > 3 else features
+        axis = 1
+    mean, top = flat.mean(axis), flat.amax(axis)
+    if pooling == "avg":
+        return mean
+    if pooling == "max":
+        return top
+    return torch.cat([mean, top], dim=1)

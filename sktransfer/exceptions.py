@@ -1,0 +1,49 @@
+"""Exceptions raised by sktransfer.
+
+Every exception subclasses :class:`SktransferError` *and* the built-in exception
+that describes it best, so ``except ValueError`` keeps working for callers that
+do not know about sktransfer.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SktransferError(Exception):
+    """Base class of every error raised by sktransfer."""
+
+
+class UnknownBackboneError(SktransferError, ValueError):
+    """The ``model`` name is not a known backbone."""
+
+
+class UnknownLayerError(SktransferError, ValueError):
+    """The ``layer`` name is not a module of the backbone."""
+
+
+class WeightsError(SktransferError, ValueError):
+    """Weights that do not fit the backbone, or a file that is unsafe to load."""
+
+
+class WeightsNotAvailableError(SktransferError, FileNotFoundError):
+    """Pretrained weights are neither cached locally nor downloadable."""
+
+
+class InvalidImageError(SktransferError, ValueError):
+    """Image input of the wrong shape, dtype or value range."""
+
+
+class ImageDecodeError(SktransferError, ValueError):
+    """An image file that exists but cannot be decoded."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ``" Did you mean 'a' or 'b'?"`` for the closest choices, or ``""``."""
+    matches = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
+    if not matches:
+        return ""
+    quoted = [repr(m) for m in matches]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
+    return f" Did you mean {listed}?"
