@@ -2,6 +2,7 @@
 
 from ._backbones import layer_groups, list_backbones
 from ._extractor import CNNFeatureExtractor
+from ._scoring import top_k_scorer, top_k_scorers
 from .exceptions import (
     ImageDecodeError,
     InvalidImageError,
@@ -26,4 +27,6 @@ __all__ = [
     "__version__",
     "layer_groups",
     "list_backbones",
+    "top_k_scorer",
+    "top_k_scorers",
 ]
