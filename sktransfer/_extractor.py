@@ -198,6 +198,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         tags.input_tags.string = True
+        tags.input_tags.positive_only = True  # pixel values are never negative
         tags.requires_fit = True
         tags.non_deterministic = False
         return tags

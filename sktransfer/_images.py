@@ -217,14 +217,22 @@ def _item_kind(item) -> str | None:
 
 
 def _check_array(X, n_channels: int | None) -> Images:
+    if hasattr(X, "tocsr") or hasattr(X, "todense"):
+        raise InvalidImageError(
+            "Sparse input is not supported: pass images as a dense array, file paths or PIL images."
+        )
     try:
         array = np.asarray(X)
     except Exception as exc:
         raise InvalidImageError(f"Cannot convert input of type {type(X).__name__} to an array: {exc}") from exc
+    if array.dtype.kind == "c":
+        raise InvalidImageError("Complex data not supported: images are real-valued.")
     if array.dtype.kind not in "uif" or array.dtype == np.bool_:
         raise InvalidImageError(
             f"Image arrays must be uint8, integer or float, got dtype {array.dtype}."
         )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidImageError("Float images contain NaN or infinity.")
     if array.ndim not in (3, 4):
         raise InvalidImageError(
             f"Expected images as a 3-D (n, H, W) or 4-D (n, H, W, C) / (n, C, H, W) "
@@ -251,8 +259,6 @@ def _check_array(X, n_channels: int | None) -> Images:
         )
     scale = 1.0
     if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise InvalidImageError("Float images contain NaN or infinity.")
         scale = _float_scale(array)
         array = array.astype(np.float32, copy=False)
     elif array.dtype != np.uint8:

@@ -1,0 +1,190 @@
+"""CNNFeatureExtractor: embeddings, scikit-learn citizenship, input forms."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.svm import SVC
+
+from sktransfer import CNNFeatureExtractor
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A fitted resnet18 extractor (random seeded weights) shared by the module."""
+    X = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    return CNNFeatureExtractor("resnet18", weights=None, batch_size=4).fit(X)
+
+
+@pytest.mark.parametrize(
+    ("model", "width"),
+    [
+        ("alexnet", 4096),
+        ("vgg16", 4096),
+        ("resnet18", 512),
+        ("resnet50", 2048),
+        ("googlenet", 1024),
+        ("inception_v3", 2048),
+        ("mobilenet_v2", 1280),
+        ("mobilenet_v3_small", 1024),
+        ("efficientnet_lite0", 1280),
+    ],
+)
+def test_default_embedding_width(model, width, images):
+    extractor = CNNFeatureExtractor(model, weights=None).fit(images[:1])
+    assert extractor.n_features_out_ == width
+    assert extractor.get_feature_names_out().shape == (width,)
+
+
+def test_default_embedding_is_the_input_of_the_classifier(images):
+    """AlexNet's default embedding is fc7 after ReLU: what feeds classifier.6."""
+    extractor = CNNFeatureExtractor("alexnet", weights=None).fit(images)
+    Z = extractor.transform(images[:2])
+    module = extractor.backbone_.module
+    batch = torch.stack([extractor.backbone_.preprocessing(torch.from_numpy(im).permute(2, 0, 1)[None])[0] for im in images[:2]])
+    with torch.inference_mode():
+        hidden = module.classifier[:6](torch.flatten(module.avgpool(module.features(batch)), 1))
+    np.testing.assert_allclose(Z, hidden.numpy(), rtol=1e-5, atol=1e-5)
+    assert (Z >= 0).all()  # after the ReLU
+
+
+def test_pipeline_svc_on_arrays_and_jpeg_paths(images, labels, jpeg_paths):
+    pipe = Pipeline([("cnn", CNNFeatureExtractor("vgg16", weights=None)), ("svm", SVC())])
+    assert pipe.fit(images, labels).predict(images).shape == (8,)
+    predicted = pipe.fit(jpeg_paths, labels).predict(jpeg_paths)
+    assert set(predicted) <= {"cat", "dog"}
+
+
+def test_output_is_float32_and_batch_independent(fitted, images):
+    full = fitted.transform(images)
+    assert full.dtype == np.float32 and full.shape == (8, 512)
+    single = np.concatenate([fitted.transform(images[i : i + 1]) for i in range(len(images))])
+    other = clone(fitted).set_params(batch_size=3).fit(images).transform(images)
+    np.testing.assert_allclose(single, full, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(other, full, rtol=1e-4, atol=1e-5)
+
+
+def test_seeded_random_weights_agree_across_clones(fitted, images):
+    np.testing.assert_array_equal(
+        clone(fitted).fit(images).transform(images), fitted.transform(images)
+    )
+
+
+def test_array_layouts_give_the_same_embedding(fitted, images):
+    nhwc = fitted.transform(images)
+    nchw = images.transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(fitted.transform(nchw), nhwc, atol=1e-5)
+    # Float input is resized in float, uint8 in uint8 (rounded like PIL): the
+    # two agree up to that 1/255 quantisation.
+    floats = images.astype(np.float32) / 255
+    np.testing.assert_allclose(fitted.transform(floats), nhwc, rtol=0.05, atol=0.02)
+    in_255 = fitted.transform(images.astype(np.float64))
+    np.testing.assert_allclose(in_255, fitted.transform(floats), rtol=1e-4, atol=1e-5)
+    pil = [Image.fromarray(im) for im in images]
+    np.testing.assert_allclose(fitted.transform(pil), nhwc, atol=1e-5)
+
+
+def test_jpeg_paths_and_pathlib(fitted, jpeg_paths):
+    from pathlib import Path
+
+    Z = fitted.transform(jpeg_paths)
+    np.testing.assert_array_equal(fitted.transform([Path(p) for p in jpeg_paths]), Z)
+    np.testing.assert_array_equal(fitted.transform(np.array(jpeg_paths)), Z)
+
+
+def test_grayscale_is_replicated_and_alpha_dropped(images):
+    grey = images[..., 0]
+    extractor = CNNFeatureExtractor("resnet18", weights=None).fit(grey)
+    replicated = np.repeat(grey[..., None], 3, axis=-1)
+    rgb = CNNFeatureExtractor("resnet18", weights=None).fit(replicated)
+    np.testing.assert_allclose(extractor.transform(grey), rgb.transform(replicated), atol=1e-6)
+    rgba = np.concatenate([images, np.zeros_like(images[..., :1])], axis=-1)
+    np.testing.assert_allclose(
+        CNNFeatureExtractor("resnet18", weights=None).fit(rgba).transform(rgba),
+        rgb.fit(images).transform(images),
+        atol=1e-6,
+    )
+
+
+def test_other_image_size_at_transform_time_is_fine(fitted, rng):
+    big = rng.integers(0, 256, size=(2, 70, 50, 3), dtype=np.uint8)
+    assert fitted.transform(big).shape == (2, 512)
+
+
+def test_preprocessing_comes_from_the_weights():
+    extractor = CNNFeatureExtractor("inception_v3", weights=None)
+    extractor.fit(np.zeros((1, 32, 32, 3), np.uint8))
+    assert extractor.backbone_.preprocessing.crop_size == 299
+    lite0 = CNNFeatureExtractor("efficientnet_lite0", weights=None).fit(np.zeros((1, 8, 8), np.uint8))
+    assert lite0.backbone_.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert lite0.backbone_.preprocessing.interpolation == "bicubic"
+
+
+@pytest.mark.parametrize(("pooling", "width"), [("avg", 256), ("max", 256), ("avgmax", 512), (None, 256 * 14 * 14)])
+def test_layer_and_pooling(pooling, width, images):
+    extractor = CNNFeatureExtractor("resnet18", weights=None, layer="layer3", pooling=pooling)
+    Z = extractor.fit(images[:2]).transform(images[:2])
+    assert Z.shape == (2, width)
+    if pooling == "avgmax":
+        avg = clone(extractor).set_params(pooling="avg").fit(images[:2]).transform(images[:2])
+        np.testing.assert_allclose(Z[:, :256], avg, atol=1e-6)
+
+
+def test_layer_of_a_timm_model(images):
+    extractor = CNNFeatureExtractor("timm/resnet18", weights=None, layer="layer2")
+    assert extractor.fit(images[:1]).transform(images[:1]).shape == (1, 128)
+
+
+def test_normalize_gives_unit_vectors(images):
+    Z = CNNFeatureExtractor("resnet18", weights=None, normalize=True).fit_transform(images)
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, rtol=1e-5)
+
+
+def test_bare_module(images):
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)
+    )
+    before = [p.clone() for p in module.parameters()]
+    extractor = CNNFeatureExtractor(module).fit(images)
+    assert extractor.transform(images).shape == (8, 8)
+    assert extractor.backbone_.module is not module
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_set_output_pandas(fitted, images):
+    frame = clone(fitted).set_output(transform="pandas").fit(images).transform(images)
+    assert list(frame.columns[:2]) == ["cnnfeatureextractor0", "cnnfeatureextractor1"]
+    assert frame.shape == (8, 512)
+
+
+def test_joblib_round_trip_is_identical(fitted, images, tmp_path):
+    path = tmp_path / "extractor.joblib"
+    joblib.dump(fitted, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.transform(images), fitted.transform(images))
+
+
+def test_clone_and_params(fitted):
+    params = fitted.get_params()
+    assert params["model"] == "resnet18" and params["weights"] is None
+    unfitted = clone(fitted)
+    assert not hasattr(unfitted, "backbone_")
+    assert unfitted.set_params(pooling="max").pooling == "max"
+
+
+def test_grid_search_with_two_jobs(images, labels):
+    pipe = Pipeline([("cnn", CNNFeatureExtractor("mobilenet_v3_small", weights=None)), ("svm", SVC())])
+    search = GridSearchCV(pipe, {"svm__C": [0.1, 10.0]}, cv=2, n_jobs=2).fit(images, labels)
+    assert search.best_params_["svm__C"] in (0.1, 10.0)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_progress_bar_is_shown(fitted, images, capsys):
+    clone(fitted).set_params(progress=True).fit(images).transform(images)
+    assert "Embedding (resnet18)" in capsys.readouterr().err

