@@ -4,6 +4,7 @@ from ._backbones import layer_groups, list_backbones
 from ._extractor import CNNFeatureExtractor
 from ._imagenet import ImageNetClassifier
 from ._scoring import top_k_scorer, top_k_scorers
+from .datasets import load_image_folder
 from .exceptions import (
     ImageDecodeError,
     InvalidImageError,
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "layer_groups",
     "list_backbones",
+    "load_image_folder",
     "top_k_scorer",
     "top_k_scorers",
 ]
