@@ -19,7 +19,12 @@ from torch import nn
 from . import _weights
 from ._groups import _layer_groups
 from ._images import Preprocessing
-from .exceptions import UnknownBackboneError, WeightsError, WeightsNotAvailableError, did_you_mean
+from .exceptions import (
+    UnknownBackboneError,
+    WeightsError,
+    WeightsNotAvailableError,
+    did_you_mean,
+)
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 _TIMM_PREFIX = "timm/"
@@ -147,7 +152,9 @@ def _seeded(build):
 def _load_path(module: nn.Module, weights) -> str:
     """Load a local state dict file into ``module``; return its identity."""
     path = Path(weights).expanduser().resolve()
-    _weights.load_into(module, _weights.load_state_dict_file(path), source=repr(str(path)))
+    _weights.load_into(
+        module, _weights.load_state_dict_file(path), source=repr(str(path))
+    )
     stat = path.stat()
     return f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
@@ -156,7 +163,11 @@ def _from_torchvision(name: str, weights, aux_logits: bool) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
     path = _weights.is_weights_path(weights)
-    enum = None if (weights is None or path) else _weights.torchvision_weights(name, weights)
+    enum = (
+        None
+        if (weights is None or path)
+        else _weights.torchvision_weights(name, weights)
+    )
     # Preprocessing (and category names) come from the weights' own preset; for
     # random or file weights, from the architecture's DEFAULT preset.
     preset = enum or get_model_weights(name).DEFAULT
@@ -164,7 +175,9 @@ def _from_torchvision(name: str, weights, aux_logits: bool) -> Backbone:
     module = _seeded(lambda: get_model(name, weights=None, **kwargs))
     weights_id = "seeded-random"
     if enum is not None:
-        _weights.load_into(module, _weights.download_torchvision_weights(enum), source=str(enum))
+        _weights.load_into(
+            module, _weights.download_torchvision_weights(enum), source=str(enum)
+        )
         weights_id = str(enum)
     elif path:
         weights_id = _load_path(module, weights)
@@ -192,7 +205,9 @@ def _builder_kwargs(name: str, enum, aux_logits: bool) -> dict:
             kwargs["image_size"] = enum.meta["min_size"][0]
     if name in ("googlenet", "inception_v3"):
         pretrained = enum is not None
-        kwargs.update(aux_logits=True, init_weights=not pretrained, transform_input=pretrained)
+        kwargs.update(
+            aux_logits=True, init_weights=not pretrained, transform_input=pretrained
+        )
     return kwargs
 
 
@@ -235,7 +250,9 @@ def _timm_backbone(name: str, module: nn.Module, weights_id: str) -> Backbone:
 def _from_timm(arch: str, weights) -> Backbone:
     name = _TIMM_PREFIX + arch
     if weights is None:
-        return _timm_backbone(name, _timm_create(arch, pretrained=False), "seeded-random")
+        return _timm_backbone(
+            name, _timm_create(arch, pretrained=False), "seeded-random"
+        )
     if _weights.is_weights_path(weights):
         module = _timm_create(arch, pretrained=False)
         return _timm_backbone(name, module, _load_path(module, weights))
@@ -292,7 +309,9 @@ def _from_lite0(weights) -> Backbone:
             f"'efficientnet_lite0' takes weights='DEFAULT', a local file or None, got {weights!r}."
         )
     state_dict = _weights.load_state_dict_file(path)
-    _weights.load_into(module, _lite0_to_timm(state_dict, module), source=repr(str(path)))
+    _weights.load_into(
+        module, _lite0_to_timm(state_dict, module), source=repr(str(path))
+    )
     stat = os.stat(path)
     return _timm_backbone(EFFICIENTNET_LITE0, module, f"lite0:{path}:{stat.st_size}")
 
@@ -307,7 +326,9 @@ def _lite0_to_timm(state_dict: dict, module: nn.Module) -> dict:
     if set(state_dict) == set(target):
         return state_dict
     pairs = list(zip(state_dict.items(), target.items()))
-    if len(state_dict) != len(target) or any(v.shape != t.shape for (_, v), (_, t) in pairs):
+    if len(state_dict) != len(target) or any(
+        v.shape != t.shape for (_, v), (_, t) in pairs
+    ):
         raise WeightsError(
             f"The weights hold {len(state_dict)} tensors that do not match "
             f"EfficientNet-Lite0's {len(target)} in order and shape; they are for another model."
@@ -328,9 +349,13 @@ def _from_module(model: nn.Module, weights) -> Backbone:
     # A bare module carries no preprocessing: assume torchvision's ImageNet preset.
     from torchvision.models import ResNet50_Weights
 
-    preprocessing = Preprocessing.from_torchvision(ResNet50_Weights.IMAGENET1K_V1.transforms())
+    preprocessing = Preprocessing.from_torchvision(
+        ResNet50_Weights.IMAGENET1K_V1.transforms()
+    )
     head = _last_classifier(module)
-    return Backbone(type(model).__name__, module, preprocessing, head, weights_id=weights_id)
+    return Backbone(
+        type(model).__name__, module, preprocessing, head, weights_id=weights_id
+    )
 
 
 def _last_classifier(module: nn.Module) -> str:

@@ -25,7 +25,14 @@ def _layer_groups(backbone) -> list[list[str]]:
         return [
             ["conv1", "maxpool1", "conv2", "conv3", "maxpool2"],
             ["inception3a", "inception3b", "maxpool3"],
-            ["inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4"],
+            [
+                "inception4a",
+                "inception4b",
+                "inception4c",
+                "inception4d",
+                "inception4e",
+                "maxpool4",
+            ],
             ["inception5a", "inception5b"],
         ]
     if isinstance(module, tvm.Inception3):
@@ -49,7 +56,10 @@ def _layer_groups(backbone) -> list[list[str]]:
 
 def _fc_groups() -> list[list[str]]:
     """fc6 and fc7 of AlexNet/VGG: (dropout,) linear, relu (, dropout)."""
-    return [["classifier.0", "classifier.1", "classifier.2"], ["classifier.3", "classifier.4", "classifier.5"]]
+    return [
+        ["classifier.0", "classifier.1", "classifier.2"],
+        ["classifier.3", "classifier.4", "classifier.5"],
+    ]
 
 
 def _split_before(seq: nn.Sequential, prefix: str, kind: type) -> list[list[str]]:
@@ -106,7 +116,9 @@ def _children_groups(module: nn.Module, head: str) -> list[list[str]]:
         if name == "features" and isinstance(child, nn.Sequential):
             groups += [[f"features.{i}"] for i, c in enumerate(child) if _has_params(c)]
             continue
-        if name == head or (head.startswith(name + ".") and _only_head(child, name, head)):
+        if name == head or (
+            head.startswith(name + ".") and _only_head(child, name, head)
+        ):
             continue
         if _has_params(child):
             groups.append([name])
@@ -125,7 +137,9 @@ def _only_head(child: nn.Module, name: str, head: str) -> bool:
     return all(p.startswith(prefix + ".") for p, _ in child.named_parameters())
 
 
-def group_parameters(module: nn.Module, group: list[str]) -> list[tuple[str, torch.Tensor]]:
+def group_parameters(
+    module: nn.Module, group: list[str]
+) -> list[tuple[str, torch.Tensor]]:
     """The ``(name, parameter)`` pairs that belong to ``group``."""
     return [
         (name, param)

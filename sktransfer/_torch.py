@@ -15,9 +15,13 @@ def resolve_device(device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"Invalid device {device!r}: {exc}. Use 'auto', 'cpu' or 'cuda[:N]'.") from exc
+        raise ValueError(
+            f"Invalid device {device!r}: {exc}. Use 'auto', 'cpu' or 'cuda[:N]'."
+        ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'.")
+        raise ValueError(
+            f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'."
+        )
     return resolved
 
 
@@ -38,7 +42,9 @@ class _Captured(Exception):
     """Raised by a hook once the tapped activation is captured: skips the rest."""
 
 
-def forward_tap(module: nn.Module, x: torch.Tensor, tap: nn.Module, *, take_input: bool) -> torch.Tensor:
+def forward_tap(
+    module: nn.Module, x: torch.Tensor, tap: nn.Module, *, take_input: bool
+) -> torch.Tensor:
     """Run ``module(x)`` up to ``tap`` and return its input or output.
 
     The forward stops right after the tap, so layers after it cost nothing.

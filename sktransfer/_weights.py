@@ -69,7 +69,9 @@ def _read_state_dict(path: Path) -> StateDict:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own SafetensorError
-            raise WeightsError(f"Cannot read safetensors file {str(path)!r}: {exc}") from exc
+            raise WeightsError(
+                f"Cannot read safetensors file {str(path)!r}: {exc}"
+            ) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -91,7 +93,9 @@ def _unwrap_checkpoint(obj: object, path: Path) -> StateDict:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    ):
         raise WeightsError(
             f"{str(path)!r} does not hold a state dict (a mapping of names to tensors)."
         )

@@ -51,13 +51,18 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     if not matches:
         return ""
     quoted = [repr(m) for m in matches]
-    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
+    listed = (
+        quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
+    )
     return f" Did you mean {listed}?"
 
 
 def _edit_distance(a: str, b: str) -> int:
     """Optimal-string-alignment distance (Levenshtein plus adjacent swaps)."""
-    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    d = [
+        [i + j if i * j == 0 else 0 for j in range(len(b) + 1)]
+        for i in range(len(a) + 1)
+    ]
     for i in range(1, len(a) + 1):
         for j in range(1, len(b) + 1):
             cost = a[i - 1] != b[j - 1]

@@ -54,7 +54,13 @@ def test_layer_groups(model, n_groups, first, last):
 
 
 def test_layer_groups_cover_every_trainable_parameter_but_the_head():
-    for model in ("resnet18", "vgg11", "mobilenet_v3_small", "googlenet", "efficientnet_b0"):
+    for model in (
+        "resnet18",
+        "vgg11",
+        "mobilenet_v3_small",
+        "googlenet",
+        "efficientnet_b0",
+    ):
         backbone = build_backbone(model, weights=None)
         entries = [e for group in backbone.groups for e in group]
         for name, _ in backbone.module.named_parameters():
@@ -64,7 +70,12 @@ def test_layer_groups_cover_every_trainable_parameter_but_the_head():
 
 
 def test_layer_groups_of_a_module_and_timm():
-    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
     assert layer_groups(module) == [["0"]]
     assert len(layer_groups("timm/resnet18")) == 5
 
@@ -90,4 +101,6 @@ def test_aux_heads_are_kept_only_on_request():
     assert build_backbone("googlenet", weights=None).aux_heads == ()
     kept = build_backbone("googlenet", weights=None, aux_logits=True)
     assert kept.aux_heads == ("aux1.fc2", "aux2.fc2")
-    assert build_backbone("inception_v3", weights=None, aux_logits=True).aux_heads == ("AuxLogits.fc",)
+    assert build_backbone("inception_v3", weights=None, aux_logits=True).aux_heads == (
+        "AuxLogits.fc",
+    )

@@ -47,15 +47,26 @@ def test_default_embedding_is_the_input_of_the_classifier(images):
     extractor = CNNFeatureExtractor("alexnet", weights=None).fit(images)
     Z = extractor.transform(images[:2])
     module = extractor.backbone_.module
-    batch = torch.stack([extractor.backbone_.preprocessing(torch.from_numpy(im).permute(2, 0, 1)[None])[0] for im in images[:2]])
+    batch = torch.stack(
+        [
+            extractor.backbone_.preprocessing(
+                torch.from_numpy(im).permute(2, 0, 1)[None]
+            )[0]
+            for im in images[:2]
+        ]
+    )
     with torch.inference_mode():
-        hidden = module.classifier[:6](torch.flatten(module.avgpool(module.features(batch)), 1))
+        hidden = module.classifier[:6](
+            torch.flatten(module.avgpool(module.features(batch)), 1)
+        )
     np.testing.assert_allclose(Z, hidden.numpy(), rtol=1e-5, atol=1e-5)
     assert (Z >= 0).all()  # after the ReLU
 
 
 def test_pipeline_svc_on_arrays_and_jpeg_paths(images, labels, jpeg_paths):
-    pipe = Pipeline([("cnn", CNNFeatureExtractor("vgg16", weights=None)), ("svm", SVC())])
+    pipe = Pipeline(
+        [("cnn", CNNFeatureExtractor("vgg16", weights=None)), ("svm", SVC())]
+    )
     assert pipe.fit(images, labels).predict(images).shape == (8,)
     predicted = pipe.fit(jpeg_paths, labels).predict(jpeg_paths)
     assert set(predicted) <= {"cat", "dog"}
@@ -64,7 +75,9 @@ def test_pipeline_svc_on_arrays_and_jpeg_paths(images, labels, jpeg_paths):
 def test_output_is_float32_and_batch_independent(fitted, images):
     full = fitted.transform(images)
     assert full.dtype == np.float32 and full.shape == (8, 512)
-    single = np.concatenate([fitted.transform(images[i : i + 1]) for i in range(len(images))])
+    single = np.concatenate(
+        [fitted.transform(images[i : i + 1]) for i in range(len(images))]
+    )
     other = clone(fitted).set_params(batch_size=3).fit(images).transform(images)
     np.testing.assert_allclose(single, full, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(other, full, rtol=1e-4, atol=1e-5)
@@ -103,7 +116,9 @@ def test_grayscale_is_replicated_and_alpha_dropped(images):
     extractor = CNNFeatureExtractor("resnet18", weights=None).fit(grey)
     replicated = np.repeat(grey[..., None], 3, axis=-1)
     rgb = CNNFeatureExtractor("resnet18", weights=None).fit(replicated)
-    np.testing.assert_allclose(extractor.transform(grey), rgb.transform(replicated), atol=1e-6)
+    np.testing.assert_allclose(
+        extractor.transform(grey), rgb.transform(replicated), atol=1e-6
+    )
     rgba = np.concatenate([images, np.zeros_like(images[..., :1])], axis=-1)
     np.testing.assert_allclose(
         CNNFeatureExtractor("resnet18", weights=None).fit(rgba).transform(rgba),
@@ -121,18 +136,30 @@ def test_preprocessing_comes_from_the_weights():
     extractor = CNNFeatureExtractor("inception_v3", weights=None)
     extractor.fit(np.zeros((1, 32, 32, 3), np.uint8))
     assert extractor.backbone_.preprocessing.crop_size == 299
-    lite0 = CNNFeatureExtractor("efficientnet_lite0", weights=None).fit(np.zeros((1, 8, 8), np.uint8))
+    lite0 = CNNFeatureExtractor("efficientnet_lite0", weights=None).fit(
+        np.zeros((1, 8, 8), np.uint8)
+    )
     assert lite0.backbone_.preprocessing.mean == (0.5, 0.5, 0.5)
     assert lite0.backbone_.preprocessing.interpolation == "bicubic"
 
 
-@pytest.mark.parametrize(("pooling", "width"), [("avg", 256), ("max", 256), ("avgmax", 512), (None, 256 * 14 * 14)])
+@pytest.mark.parametrize(
+    ("pooling", "width"),
+    [("avg", 256), ("max", 256), ("avgmax", 512), (None, 256 * 14 * 14)],
+)
 def test_layer_and_pooling(pooling, width, images):
-    extractor = CNNFeatureExtractor("resnet18", weights=None, layer="layer3", pooling=pooling)
+    extractor = CNNFeatureExtractor(
+        "resnet18", weights=None, layer="layer3", pooling=pooling
+    )
     Z = extractor.fit(images[:2]).transform(images[:2])
     assert Z.shape == (2, width)
     if pooling == "avgmax":
-        avg = clone(extractor).set_params(pooling="avg").fit(images[:2]).transform(images[:2])
+        avg = (
+            clone(extractor)
+            .set_params(pooling="avg")
+            .fit(images[:2])
+            .transform(images[:2])
+        )
         np.testing.assert_allclose(Z[:, :256], avg, atol=1e-6)
 
 
@@ -142,13 +169,18 @@ def test_layer_of_a_timm_model(images):
 
 
 def test_normalize_gives_unit_vectors(images):
-    Z = CNNFeatureExtractor("resnet18", weights=None, normalize=True).fit_transform(images)
+    Z = CNNFeatureExtractor("resnet18", weights=None, normalize=True).fit_transform(
+        images
+    )
     np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, rtol=1e-5)
 
 
 def test_bare_module(images):
     module = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 5),
     )
     before = [p.clone() for p in module.parameters()]
     extractor = CNNFeatureExtractor(module).fit(images)
@@ -179,8 +211,15 @@ def test_clone_and_params(fitted):
 
 
 def test_grid_search_with_two_jobs(images, labels):
-    pipe = Pipeline([("cnn", CNNFeatureExtractor("mobilenet_v3_small", weights=None)), ("svm", SVC())])
-    search = GridSearchCV(pipe, {"svm__C": [0.1, 10.0]}, cv=2, n_jobs=2).fit(images, labels)
+    pipe = Pipeline(
+        [
+            ("cnn", CNNFeatureExtractor("mobilenet_v3_small", weights=None)),
+            ("svm", SVC()),
+        ]
+    )
+    search = GridSearchCV(pipe, {"svm__C": [0.1, 10.0]}, cv=2, n_jobs=2).fit(
+        images, labels
+    )
     assert search.best_params_["svm__C"] in (0.1, 10.0)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def lite0():
-    return CNNFeatureExtractor("efficientnet_lite0").fit(np.zeros((1, 8, 8, 3), np.uint8))
+    return CNNFeatureExtractor("efficientnet_lite0").fit(
+        np.zeros((1, 8, 8, 3), np.uint8)
+    )
 
 
 def test_cnn_features_beat_raw_pixels_on_real_textures(lite0):

@@ -8,8 +8,12 @@ import torch
 import torchvision
 from torchvision.models import ResNet18_Weights
 
-from sktransfer import CNNFeatureExtractor, WeightsError, WeightsNotAvailableError
-from sktransfer import _weights
+from sktransfer import (
+    CNNFeatureExtractor,
+    WeightsError,
+    WeightsNotAvailableError,
+    _weights,
+)
 
 
 @pytest.fixture
@@ -28,7 +32,9 @@ def _random_resnet18(seed: int) -> torch.nn.Module:
 def _embed(module, extractor, images):
     """Reference: a bare forward of ``module`` without its fc, on the same batch."""
     module.fc = torch.nn.Identity()
-    batch = extractor.backbone_.preprocessing(torch.from_numpy(images).permute(0, 3, 1, 2))
+    batch = extractor.backbone_.preprocessing(
+        torch.from_numpy(images).permute(0, 3, 1, 2)
+    )
     with torch.inference_mode():
         return module.eval()(batch).numpy()
 
@@ -75,7 +81,9 @@ def test_weights_file_is_read_once(tmp_path, images, monkeypatch):
     _weights.clear_cache()
     reads = []
     original = _weights._read_state_dict
-    monkeypatch.setattr(_weights, "_read_state_dict", lambda p: reads.append(p) or original(p))
+    monkeypatch.setattr(
+        _weights, "_read_state_dict", lambda p: reads.append(p) or original(p)
+    )
     for _ in range(3):  # e.g. three GridSearchCV candidates
         CNNFeatureExtractor("resnet18", weights=str(path)).fit(images[:1])
     assert len(reads) == 1

@@ -1,0 +1,166 @@
+"""Embedding cache: each image goes through the backbone once.
+
+Rows are keyed by the image's content hash inside a namespace keyed by
+everything that changes an embedding (model, weights identity, layer, pooling,
+normalisation, preprocessing). Two stores:
+
+* :class:`MemoryCache` (``cache="memory"``): in-process, shared by every clone
+  of an extractor (``GridSearchCV``), least-recently-used rows are evicted past
+  ``max_bytes`` (default 1 GiB).
+* :class:`DiskCache` (``cache="/some/dir"``): one ``.npy`` file per row, written
+  atomically (temporary file + ``os.replace``), so threads, processes and later
+  runs share it safely; no size bound (delete the folder to clear it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._images import Images
+
+DEFAULT_MEMORY_BYTES = 1 << 30
+
+
+def namespace(**identity) -> str:
+    """A stable hex digest of what determines an embedding."""
+    text = repr(sorted((k, repr(v)) for k, v in identity.items()))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def module_digest(module) -> str:
+    """A digest of a module's parameter/buffer names, shapes and values."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(
+            tensor.detach()
+            .cpu()
+            .contiguous()
+            .view(-1)
+            .view(torch.uint8)
+            .numpy()
+            .tobytes()
+        )
+    return digest.hexdigest()
+
+
+def image_keys(images: Images) -> list[str]:
+    """Content hashes of every image (file bytes, array bytes or PIL pixels)."""
+    return [_image_key(images, i) for i in range(len(images))]
+
+
+def _image_key(images: Images, index: int) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    if images.kind == "paths":
+        with open(images.data[index], "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    elif images.kind == "pil":
+        image = images.data[index]
+        digest.update(f"{image.mode}{image.size}".encode())
+        digest.update(image.tobytes())
+    else:
+        row = np.ascontiguousarray(images.data[index])
+        digest.update(f"{row.dtype}{row.shape}{images.scale}".encode())
+        digest.update(row.tobytes())
+    return digest.hexdigest()
+
+
+class MemoryCache:
+    """An in-process LRU of embedding rows bounded by ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES):
+        self.max_bytes = max_bytes
+        self._rows: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, space: str, keys: list[str]) -> list[np.ndarray | None]:
+        with self._lock:
+            rows = []
+            for key in keys:
+                row = self._rows.get((space, key))
+                if row is not None:
+                    self._rows.move_to_end((space, key))
+                rows.append(row)
+            return rows
+
+    def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:
+        with self._lock:
+            for key, row in zip(keys, rows):
+                if (space, key) in self._rows:
+                    continue
+                row = row.copy()  # never alias the caller's output array
+                self._rows[(space, key)] = row
+                self._bytes += row.nbytes
+            while self._bytes > self.max_bytes and self._rows:
+                _, evicted = self._rows.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._bytes = 0
+
+
+class DiskCache:
+    """Embedding rows as ``<root>/<namespace>/<key[:2]>/<key>.npy`` files."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+
+    def _path(self, space: str, key: str) -> Path:
+        return self.root / space / key[:2] / f"{key}.npy"
+
+    def get(self, space: str, keys: list[str]) -> list[np.ndarray | None]:
+        rows = []
+        for key in keys:
+            try:
+                rows.append(np.load(self._path(space, key), allow_pickle=False))
+            except (FileNotFoundError, ValueError, OSError):  # absent or half-written
+                rows.append(None)
+        return rows
+
+    def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:
+        for key, row in zip(keys, rows):
+            path = self._path(space, key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    np.save(file, row, allow_pickle=False)
+                os.replace(tmp, path)  # atomic: readers see all or nothing
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+
+_memory = MemoryCache()
+
+
+def memory_cache() -> MemoryCache:
+    """The process-wide cache behind ``cache="memory"``."""
+    return _memory
+
+
+def resolve(cache) -> MemoryCache | DiskCache | None:
+    """``None`` / ``"memory"`` / a folder -> a store."""
+    if cache is None:
+        return None
+    if isinstance(cache, (MemoryCache, DiskCache)):
+        return cache
+    if cache == "memory":
+        return _memory
+    return DiskCache(cache)
