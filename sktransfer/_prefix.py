@@ -1,0 +1,256 @@
+"""Frozen prefix computed once: split a network into a frozen prefix and a tail.
+
+When the first groups of a network are frozen and the training images are not
+augmented, their output is the same in every epoch. :func:`plan_split` traces
+the network with ``torch.fx`` (layer-group modules kept as leaves), finds the
+single activation where everything that must run every step begins (trainable
+or random layers), and returns a prefix graph (input -> that activation) and
+tail graphs (that activation -> logits) for training and for evaluation. The
+graphs share the network's own modules, so training the tail trains the
+network. When no such single activation exists (or tracing fails), the caller
+runs the whole network as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.nn.modules.dropout import _DropoutNd
+
+from ._freeze import is_under
+
+# Prefix outputs larger than this go to a temporary file (memory-mapped).
+MEMORY_LIMIT_BYTES = 2 * 1024**3
+
+_RANDOM_FUNCTIONS = {
+    torch.rand,
+    torch.randn,
+    torch.rand_like,
+    torch.randn_like,
+    torch.randint,
+    torch.randperm,
+    torch.bernoulli,
+    torch.normal,
+    torch.multinomial,
+}
+_RANDOM_METHODS = {
+    "bernoulli",
+    "bernoulli_",
+    "uniform_",
+    "normal_",
+    "random_",
+    "exponential_",
+}
+
+
+class _LeafTracer(fx.Tracer):
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+class NotSplittableError(Exception):
+    """The prefix did not produce one tensor row per image."""
+
+
+@dataclass
+class PrefixSplit:
+    """A frozen prefix and the tails that continue from its output."""
+
+    prefix: fx.GraphModule
+    tail_train: fx.GraphModule
+    tail_eval: fx.GraphModule
+    boundary: str
+
+    def tail(self, training: bool) -> fx.GraphModule:
+        return self.tail_train if training else self.tail_eval
+
+
+def _trace(module: nn.Module, leaves: set[str], training: bool) -> fx.GraphModule:
+    was_training = {m: m.training for m in module.modules()}
+    module.train(training)  # modes baked into traced control flow
+    try:
+        graph = _LeafTracer(leaves).trace(module)
+    finally:
+        for m, mode in was_training.items():
+            m.training = mode
+    return fx.GraphModule(module, graph)
+
+
+def _is_live(node: fx.Node, module: nn.Module, frozen: list[str]) -> bool:
+    """Whether ``node`` must run in every training step."""
+    if node.op == "call_module":
+        if is_under(node.target, frozen):
+            return False
+        sub = module.get_submodule(node.target)
+        stateless = not any(True for _ in sub.parameters()) and not any(
+            True for _ in sub.buffers()
+        )
+        return not stateless or isinstance(sub, _DropoutNd)
+    if node.op == "get_attr":
+        try:
+            value = module.get_parameter(node.target)
+        except AttributeError:
+            return False
+        return value.requires_grad
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.target in _RANDOM_FUNCTIONS or "dropout" in name
+    if node.op == "call_method":
+        return node.target in _RANDOM_METHODS or "dropout" in str(node.target)
+    return False
+
+
+def _descendants(roots) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(node.users)
+    return seen
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        stack.extend(current.all_input_nodes)
+    return seen
+
+
+def _find_boundary(
+    gm: fx.GraphModule, module: nn.Module, frozen: list[str]
+) -> fx.Node | None:
+    live = [n for n in gm.graph.nodes if _is_live(n, module, frozen)]
+    tail = _descendants(live)
+    crossing = {
+        node
+        for node in gm.graph.nodes
+        if node not in tail
+        and node.op not in ("get_attr", "output")
+        and any(user in tail for user in node.users)
+    }
+    if len(crossing) != 1:
+        return None
+    boundary = crossing.pop()
+    prefix = _ancestors(boundary)
+    if not any(n.op == "call_module" and is_under(n.target, frozen) for n in prefix):
+        return None  # nothing worth computing once
+    return boundary
+
+
+def _tail_graph(gm: fx.GraphModule, boundary_name: str) -> fx.GraphModule | None:
+    nodes = {node.name: node for node in gm.graph.nodes}
+    boundary = nodes.get(boundary_name)
+    if boundary is None:
+        return None
+    keep = _descendants([boundary]) - {boundary}
+    graph = fx.Graph()
+    env = {boundary: graph.placeholder("frozen_features")}
+    for node in gm.graph.nodes:
+        if node not in keep:
+            continue
+        for source in node.all_input_nodes:
+            if source in env:
+                continue
+            if source.op != "get_attr":
+                return None  # the tail needs more than the boundary
+            env[source] = graph.node_copy(source)
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    if not any(node.op == "output" for node in graph.nodes):
+        return None
+    return fx.GraphModule(gm, graph)
+
+
+def _prefix_graph(gm: fx.GraphModule, boundary: fx.Node) -> fx.GraphModule:
+    keep = _ancestors(boundary)
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node in keep or node.op == "placeholder":
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(env[boundary])
+    return fx.GraphModule(gm, graph)
+
+
+def plan_split(
+    module: nn.Module, groups: list[list[str]], frozen: list[str]
+) -> PrefixSplit | None:
+    """Split ``module`` after its frozen prefix, or ``None`` when it cannot be."""
+    names = dict(module.named_modules())
+    leaves = {entry for group in groups for entry in group if entry in names}
+    try:
+        train_gm = _trace(module, leaves, training=True)
+        eval_gm = _trace(module, leaves, training=False)
+    except Exception:  # untraceable control flow: run the whole network instead
+        return None
+    boundary = _find_boundary(train_gm, module, frozen)
+    if boundary is None:
+        return None
+    eval_nodes = {node.name: node for node in eval_gm.graph.nodes}
+    twin = eval_nodes.get(boundary.name)
+    if twin is None or (twin.op, twin.target) != (boundary.op, boundary.target):
+        return None
+    tail_train = _tail_graph(train_gm, boundary.name)
+    tail_eval = _tail_graph(eval_gm, boundary.name)
+    if tail_train is None or tail_eval is None:
+        return None
+    return PrefixSplit(
+        _prefix_graph(train_gm, boundary), tail_train, tail_eval, boundary.name
+    )
+
+
+@contextlib.contextmanager
+def computed_prefix(split: PrefixSplit, batches, n: int, device: torch.device):
+    """Run the prefix over all batches once; yield an ``(n, ...)`` float32 store.
+
+    The store is a CPU tensor, or a memory-mapped temporary file (deleted on
+    exit) when it would exceed :data:`MEMORY_LIMIT_BYTES`.
+    """
+    store = None
+    path = None
+    start = 0
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                out = split.prefix(batch.to(device, non_blocking=True))
+                if not isinstance(out, torch.Tensor) or out.shape[0] != len(batch):
+                    raise NotSplittableError
+                out = out.float().cpu()
+                if store is None:
+                    shape = (n, *out.shape[1:])
+                    nbytes = 4 * int(np.prod(shape))
+                    if nbytes > MEMORY_LIMIT_BYTES:
+                        fd, path = tempfile.mkstemp(
+                            prefix="sktransfer-prefix-", suffix=".npy"
+                        )
+                        os.close(fd)
+                        store = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+                    else:
+                        store = torch.empty(shape, dtype=torch.float32)
+                store[start : start + len(out)] = (
+                    out if isinstance(store, torch.Tensor) else out.numpy()
+                )
+                start += len(out)
+        yield store
+    finally:
+        if path is not None:
+            del store
+            with contextlib.suppress(OSError):
+                os.remove(path)
