@@ -2,6 +2,7 @@
 
 from ._backbones import layer_groups, list_backbones
 from ._extractor import CNNFeatureExtractor
+from ._finetune import FineTuneClassifier
 from ._imagenet import ImageNetClassifier
 from ._scoring import top_k_scorer, top_k_scorers
 from .datasets import load_image_folder
@@ -19,6 +20,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CNNFeatureExtractor",
+    "FineTuneClassifier",
     "ImageDecodeError",
     "ImageNetClassifier",
     "InvalidImageError",
