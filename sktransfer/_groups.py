@@ -114,7 +114,10 @@ def _children_groups(module: nn.Module, head: str) -> list[list[str]]:
     root_params = [name for name, _ in module.named_parameters(recurse=False)]
     for name, child in module.named_children():
         if name == "features" and isinstance(child, nn.Sequential):
-            groups += [[f"features.{i}"] for i, c in enumerate(child) if _has_params(c)]
+            # named_children: DenseNet's ``features`` names its children (conv0, ...)
+            groups += [
+                [f"features.{n}"] for n, c in child.named_children() if _has_params(c)
+            ]
             continue
         if name == head or (
             head.startswith(name + ".") and _only_head(child, name, head)
