@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,12 @@ class Images(Sequence):
         )
 
     def _array_batch(self, start: int, stop: int) -> torch.Tensor:
-        batch = torch.from_numpy(np.ascontiguousarray(self.data[start:stop]))
+        rows = self.data[start:stop]
+        if not rows.flags.writeable:  # read-only memmaps: torch wants writable memory
+            rows = rows.copy()
+        # NHWC input stays a channels-last view (no copy): torchvision's uint8
+        # resize is fastest on that layout.
+        batch = torch.from_numpy(rows)
         if batch.ndim == 3:  # (n, H, W) grayscale
             batch = batch.unsqueeze(1)
         if batch.dtype != torch.uint8:
@@ -116,35 +122,44 @@ class Images(Sequence):
                 batch = batch.mul_(self.scale)
         return to_rgb(batch)
 
+    def _load(self, index: int, preprocessing: Preprocessing) -> torch.Tensor:
+        if self.kind == "paths":  # JPEGs decode straight to >= the resize size
+            image = _decode_file(self.data[index], draft=preprocessing.resize_size)
+        else:
+            image = self[index]
+        return preprocessing(image.unsqueeze(0))[0]
+
     def batches(
         self, preprocessing: Preprocessing, batch_size: int, n_jobs: int | None = None
     ) -> Iterator[torch.Tensor]:
-        """Yield preprocessed float32 ``(b, 3, crop, crop)`` batches in order."""
-        if self.kind == "array":
-            for start in range(0, len(self), batch_size):
-                yield preprocessing(self._array_batch(start, start + batch_size))
-            return
-        # Files: decode + resize in threads (PIL and torch release the GIL) while
-        # the caller runs the forward pass on the previous batch.
-        workers = n_jobs or min(4, os.cpu_count() or 1)
+        """Yield preprocessed float32 ``(b, 3, crop, crop)`` batches in order.
 
-        def load(i: int) -> torch.Tensor:
-            if self.kind == "paths":  # JPEGs decode straight to >= the resize size
-                image = _decode_file(self.data[i], draft=preprocessing.resize_size)
-            else:
-                image = self[i]
-            return preprocessing(image.unsqueeze(0))[0]
+        Decoding and resizing run in a thread pool (PIL and torch release the
+        GIL), two batches ahead of the caller's forward pass; memory holds at
+        most three batches whatever the number of images.
+        """
+        workers = n_jobs or min(4, os.cpu_count() or 1)
+        starts = list(range(0, len(self), batch_size))
+
+        def submit(pool: ThreadPoolExecutor, start: int) -> list[Future]:
+            stop = min(start + batch_size, len(self))
+            if self.kind == "array":
+                return [pool.submit(self._preprocessed_rows, preprocessing, start, stop)]
+            return [pool.submit(self._load, i, preprocessing) for i in range(start, stop)]
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            chunks = [
-                range(s, min(s + batch_size, len(self)))
-                for s in range(0, len(self), batch_size)
-            ]
-            pending = [pool.map(load, chunks[0])] if chunks else []
-            for k in range(len(chunks)):
-                if k + 1 < len(chunks):  # prefetch the next batch
-                    pending.append(pool.map(load, chunks[k + 1]))
-                yield torch.stack(list(pending.pop(0)))
+            pending = deque(submit(pool, start) for start in starts[:2])
+            later = iter(starts[2:])
+            while pending:
+                futures = pending.popleft()
+                ahead = next(later, None)
+                if ahead is not None:
+                    pending.append(submit(pool, ahead))
+                results = [future.result() for future in futures]
+                yield results[0] if self.kind == "array" else torch.stack(results)
+
+    def _preprocessed_rows(self, preprocessing: Preprocessing, start: int, stop: int):
+        return preprocessing(self._array_batch(start, stop)).contiguous()
 
 
 def to_rgb(batch: torch.Tensor) -> torch.Tensor:

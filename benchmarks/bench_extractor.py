@@ -1,0 +1,57 @@
+"""Extractor throughput vs a bare ``torch.inference_mode()`` forward.
+
+Both run the same model at the same batch size in the same process. The bare
+forward starts from ready, preprocessed tensors; the extractor starts from
+uint8 arrays or JPEG files (decoding and resizing included). Prints
+throughput ratios (extractor / bare; 1.0 = no overhead).
+
+    python benchmarks/bench_extractor.py [--model resnet18] [--n 256] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from _common import best_of, photos, write_jpegs
+
+from sktransfer import CNNFeatureExtractor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    images = photos(args.n)
+    extractor = CNNFeatureExtractor(args.model, weights=None, batch_size=args.batch_size)
+    extractor.fit(images[:1])
+    module = extractor.backbone_.module.eval()
+    prep = extractor.backbone_.preprocessing
+    ready = prep(torch.from_numpy(images).permute(0, 3, 1, 2))
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(ready), args.batch_size):
+                module(ready[start : start + args.batch_size])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_jpegs(images, Path(tmp))
+        extractor.transform(images[: args.batch_size])  # warm-up
+        t_bare = best_of(bare)
+        t_arrays = best_of(lambda: extractor.transform(images))
+        t_paths = best_of(lambda: extractor.transform(paths))
+
+    print(f"model={args.model} n={args.n} batch_size={args.batch_size} "
+          f"images={images.shape[1]}x{images.shape[2]} threads={torch.get_num_threads()}")
+    print(f"bare forward:           {args.n / t_bare:7.1f} img/s (1.00)")
+    print(f"extractor, uint8 array: {args.n / t_arrays:7.1f} img/s ({t_bare / t_arrays:.2f}x bare)")
+    print(f"extractor, JPEG paths:  {args.n / t_paths:7.1f} img/s ({t_bare / t_paths:.2f}x bare)")
+
+
+if __name__ == "__main__":
+    main()
