@@ -103,7 +103,9 @@ def load_image_folder(root, *, return_X_y=False, categories=None, extensions=Non
     suffixes = _check_extensions(extensions)
     skipped: list[str] = []
     class_dirs = []
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+    with os.scandir(path) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():

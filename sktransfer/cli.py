@@ -1,0 +1,592 @@
+"""The ``sktransfer`` command: list backbones, embed, evaluate and predict images.
+
+Every sub-command has ``--help``. Errors print one line on stderr and exit with
+status 1 (2 for a wrong command line); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PROG = "sktransfer"
+OUTPUT_FORMATS = (".npy", ".csv", ".parquet")
+
+
+class _UsageError(Exception):
+    """A wrong command line: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def main(argv=None) -> int:
+    """Run the ``sktransfer`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit status: 0 on success, 1 on an error, 2 on a wrong command
+    line.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if getattr(args, "debug", False):
+        with _one_line_warnings():
+            return args.run(args) or 0
+    try:
+        with _one_line_warnings():
+            return args.run(args) or 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback: one line, non-zero exit
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, (OSError, ValueError, ImportError)):
+        text = f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)"
+    return text
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Show warnings as ``sktransfer: warning: ...`` lines, without source lines."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=ResourceWarning)
+        warnings.showwarning = show
+        yield
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Transfer learning with pretrained CNNs: embeddings, evaluation "
+        "and ImageNet predictions for image files and folders.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    models = sub.add_parser(
+        "models",
+        help="list backbones, embedding widths and offline weights",
+        description="List the backbone names accepted by --model, the width of "
+        "their default embedding and whether their pretrained weights are "
+        "available offline. Any timm model is also accepted as 'timm/<name>'.",
+    )
+    models.add_argument(
+        "--offline", action="store_true", help="only backbones usable without network"
+    )
+    _common(models, model=False)
+    models.set_defaults(run=_run_models)
+
+    embed = sub.add_parser(
+        "embed",
+        help="write image embeddings to .npy, .csv or .parquet",
+        description="Embed images with a pretrained CNN and write one row per image. "
+        "INPUT is image files, a folder of images, or an image folder "
+        "root/<class>/<image> (then the class is written too). .npy files get a "
+        "sidecar <name>.files.csv with the file names (and classes).",
+        epilog="example: sktransfer embed photos/ --model efficientnet_lite0 -o e.npy",
+    )
+    embed.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files or a folder"
+    )
+    embed.add_argument(
+        "-o", "--output", required=True, help="output file: .npy, .csv or .parquet"
+    )
+    embed.add_argument(
+        "--layer", default=None, help="module to tap (default: embedding)"
+    )
+    embed.add_argument(
+        "--pooling",
+        default="avg",
+        choices=["avg", "max", "avgmax"],
+        help="spatial pooling",
+    )
+    _common(embed)
+    embed.set_defaults(run=_run_embed)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="cross-validate a classifier on CNN features of an image folder",
+        description="Embed an image folder root/<class>/<image> and cross-validate "
+        "a classifier on the embeddings; print mean and standard deviation of "
+        "top-1 and top-5 accuracy across folds.",
+        epilog="example: sktransfer evaluate flowers/ --model resnet18 --cv 5 "
+        "--plot confusion.png",
+    )
+    evaluate.add_argument(
+        "root", metavar="ROOT", help="image folder root/<class>/<image>"
+    )
+    evaluate.add_argument(
+        "--classifier",
+        default="svm",
+        choices=sorted(_CLASSIFIERS),
+        help="classifier trained on the embeddings: svm (RBF SVC on L2-normalised "
+        "features), knn (cosine k-NN, k <= 5) or logreg (default: svm)",
+    )
+    evaluate.add_argument(
+        "--cv", type=_int_at_least(2), default=5, help="number of folds (default: 5)"
+    )
+    evaluate.add_argument(
+        "--plot", metavar="FILE", help="save a confusion matrix (.png)"
+    )
+    evaluate.add_argument(
+        "--layer", default=None, help="module to tap (default: embedding)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="fold shuffling seed")
+    _common(evaluate)
+    evaluate.set_defaults(run=_run_evaluate)
+
+    predict = sub.add_parser(
+        "predict",
+        help="print the pretrained network's top-k ImageNet categories",
+        description="Print, for each image, the k most probable categories of the "
+        "pretrained network's own classifier, with their probabilities.",
+        epilog="example: sktransfer predict cat.jpg --model efficientnet_lite0 --top 3",
+    )
+    predict.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files or a folder"
+    )
+    predict.add_argument(
+        "--top",
+        type=_int_at_least(1),
+        default=5,
+        help="categories per image (default: 5)",
+    )
+    _common(predict)
+    predict.set_defaults(run=_run_predict)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:
+        parser.add_argument(
+            "--model",
+            default="resnet18",
+            help="backbone name (see 'sktransfer models'; default: resnet18)",
+        )
+        parser.add_argument(
+            "--weights",
+            default="DEFAULT",
+            help="DEFAULT, a weights name (IMAGENET1K_V1), a local .pth/.safetensors "
+            "file, or 'none' for a random network",
+        )
+        parser.add_argument("--batch-size", type=_int_at_least(1), default=32)
+        parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+        parser.add_argument(
+            "-q", "--quiet", action="store_true", help="no progress bar"
+        )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks instead of one-line errors",
+    )
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _weights(args) -> str | None:
+    return None if str(args.weights).lower() == "none" else args.weights
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _run_models(args) -> int:
+    from ._backbones import list_backbones, weights_available
+
+    rows = []
+    for name in list_backbones(offline=args.offline):
+        rows.append((name, str(_embedding_width(name)), _yes(weights_available(name))))
+    _print_table(("backbone", "embedding", "offline weights"), rows)
+    print("\nAlso: any timm model as 'timm/<name>'.")
+    return 0
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _embedding_width(name: str) -> int | str:
+    """Width of the default embedding, from a build without memory or weights."""
+    import torch
+    from torch import nn
+
+    from ._backbones import build_backbone
+    from ._torch import find_layer
+
+    try:
+        with torch.device("meta"):
+            backbone = build_backbone(name, weights=None)
+    except Exception:  # builders that compute on tensors (RegNet) fail on meta
+        try:
+            with _parameters_on_meta():
+                backbone = build_backbone(name, weights=None)
+        except Exception:
+            return "?"
+    head = find_layer(backbone.module, backbone.head)
+    if isinstance(head, nn.Linear):
+        return head.in_features
+    return getattr(head, "in_channels", "?")
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Move each parameter to the meta device as it is registered.
+
+    Other tensors a builder computes with stay on the CPU, so this works where
+    ``torch.device("meta")`` does not.
+    """
+    from torch import nn
+
+    register = nn.Module.register_parameter
+
+    def to_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            moved = module._parameters[name].to("meta")
+            module._parameters[name] = nn.Parameter(
+                moved, requires_grad=param.requires_grad
+            )
+
+    nn.Module.register_parameter = to_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _print_table(header, rows) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(
+                str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _collect(
+    inputs: list[str],
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """File names (and labels for an image folder) from INPUT arguments.
+
+    One folder with class sub-folders is an image folder ``root/<class>/<image>``
+    (labels are returned); a folder without sub-folders gives its images;
+    otherwise every argument must be an image file.
+    """
+    from .datasets import IMAGE_EXTENSIONS, load_image_folder
+
+    if len(inputs) == 1 and os.path.isdir(inputs[0]):
+        root = inputs[0]
+        with os.scandir(root) as scan:
+            entries = list(scan)
+        if any(e.is_dir() and not e.name.startswith(".") for e in entries):
+            data = load_image_folder(root)
+            return data.filenames, data.target, data.target_names
+        files = sorted(
+            entry.name
+            for entry in entries
+            if entry.is_file()
+            and not entry.name.startswith(".")
+            and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise ValueError(
+                f"Folder {root!r} holds no image files (extensions: "
+                f"{', '.join(IMAGE_EXTENSIONS)})."
+            )
+        return np.asarray([os.path.join(root, f) for f in files]), None, None
+    for path in inputs:
+        if os.path.isdir(path):
+            raise ValueError(
+                f"{path!r} is a folder; give one folder or image files, not both."
+            )
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Input {path!r} does not exist.")
+    return np.asarray(inputs), None, None
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+def _run_embed(args) -> int:
+    from ._extractor import CNNFeatureExtractor
+
+    output = Path(args.output)
+    _check_output(output)
+    filenames, target, target_names = _collect(args.inputs)
+    extractor = CNNFeatureExtractor(
+        args.model,
+        weights=_weights(args),
+        layer=args.layer,
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    embeddings = extractor.fit_transform(filenames)
+    labels = None if target is None else np.asarray(target_names)[target]
+    columns = [str(c) for c in extractor.get_feature_names_out()]
+    _write(output, embeddings, filenames, labels, columns)
+    print(
+        f"Wrote {embeddings.shape[0]} embeddings of width {embeddings.shape[1]} "
+        f"({extractor.backbone_.name}) to {output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _check_output(output: Path) -> None:
+    """Fail before embedding: unknown format, missing folder, missing pyarrow."""
+    suffix = output.suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"Cannot write {str(output)!r}: unknown format "
+            f"{suffix or '(no extension)'!r}; use one of {', '.join(OUTPUT_FORMATS)}."
+        )
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"Output folder {str(parent)!r} does not exist.")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "Writing .parquet needs pyarrow, which is not installed: "
+                "pip install pyarrow, or write .npy or .csv instead."
+            ) from None
+
+
+def sidecar_path(output: Path) -> Path:
+    """``emb.npy`` -> ``emb.files.csv``: the file names (and classes) of the rows."""
+    return output.with_name(output.stem + ".files.csv")
+
+
+def _write(output: Path, embeddings, filenames, labels, columns) -> None:
+    import csv
+
+    suffix = output.suffix.lower()
+    meta = {"filename": [str(f) for f in filenames]}
+    if labels is not None:
+        meta["label"] = [str(label) for label in labels]
+    if suffix == ".npy":
+        np.save(output, embeddings)
+        with open(sidecar_path(output), "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(list(meta))
+            writer.writerows(zip(*meta.values(), strict=True))
+    elif suffix == ".csv":
+        with open(output, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*meta, *columns])
+            for i, row in enumerate(embeddings):
+                writer.writerow(
+                    [*(v[i] for v in meta.values()), *map(repr, row.tolist())]
+                )
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data = {key: pa.array(values) for key, values in meta.items()}
+        data.update(
+            {name: pa.array(embeddings[:, j]) for j, name in enumerate(columns)}
+        )
+        pq.write_table(pa.table(data), output)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _svm():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer
+    from sklearn.svm import SVC
+
+    return make_pipeline(Normalizer(), SVC())
+
+
+def _knn():
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer
+
+    return make_pipeline(Normalizer(), KNeighborsClassifier(weights="distance"))
+
+
+def _logreg():
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=2000)
+
+
+_CLASSIFIERS = {"svm": _svm, "knn": _knn, "logreg": _logreg}
+
+
+def _run_evaluate(args) -> int:
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    from ._extractor import CNNFeatureExtractor
+    from ._scoring import top_k_scorers
+    from .datasets import load_image_folder
+
+    if args.plot:
+        _check_plot_path(Path(args.plot))
+    data = load_image_folder(args.root)
+    names = np.asarray(data.target_names, dtype=object)
+    counts = np.bincount(data.target)
+    if len(names) < 2:
+        raise ValueError(
+            f"Image folder {args.root!r} has one class ({names[0]!r}); evaluating a "
+            "classifier needs at least 2 class folders."
+        )
+    if counts.min() < args.cv:
+        small = names[counts.argmin()]
+        raise ValueError(
+            f"Class {small!r} has {counts.min()} image(s), fewer than --cv {args.cv} "
+            "folds: each fold needs an image of every class. Lower --cv or add images."
+        )
+    extractor = CNNFeatureExtractor(
+        args.model,
+        weights=_weights(args),
+        layer=args.layer,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    # The extractor learns nothing from the data, so embedding once and
+    # cross-validating the classifier is the same as cross-validating the pipeline.
+    features = extractor.fit_transform(data.filenames)
+    classifier = _CLASSIFIERS[args.classifier]()
+    if args.classifier == "knn":  # at most as many neighbours as the rarest class has
+        per_class = int(counts.min() * (args.cv - 1) // args.cv)
+        classifier.set_params(
+            kneighborsclassifier__n_neighbors=max(1, min(5, per_class))
+        )
+    cv = StratifiedKFold(args.cv, shuffle=True, random_state=args.seed)
+    ks = [k for k in (1, 5) if k < len(names)]
+    result = cross_validate(
+        classifier, features, data.target, cv=cv, scoring=top_k_scorers(ks)
+    )
+
+    print(
+        f"{len(features)} images, {len(names)} classes, {extractor.backbone_.name} "
+        f"embeddings ({features.shape[1]}) + {args.classifier}, {args.cv}-fold CV"
+    )
+    rows = []
+    for k in (1, 5):
+        if k in ks:
+            scores = result[f"test_top{k}"]
+            rows.append((f"top-{k}", f"{scores.mean():.3f} ± {scores.std():.3f}"))
+        else:
+            rows.append((f"top-{k}", f"n/a (needs more than {k} classes)"))
+    _print_table(("accuracy", "mean ± std"), rows)
+    if args.plot:
+        _plot_confusion(args, classifier, features, data.target, names, cv)
+    return 0
+
+
+def _check_plot_path(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"Folder {str(parent)!r} for --plot does not exist.")
+
+
+def _plot_confusion(args, classifier, features, target, names, cv) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+    from sklearn.model_selection import cross_val_predict
+
+    predicted = cross_val_predict(classifier, features, target, cv=cv)
+    size = min(4 + 0.4 * len(names), 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        names[target], names[predicted], labels=names, ax=ax, colorbar=False,
+        xticks_rotation="vertical",
+    )  # fmt: skip
+    ax.set_title(f"{args.model} + {args.classifier}, {args.cv}-fold CV")
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=100)
+    plt.close(fig)
+    print(f"Saved the confusion matrix to {args.plot}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _run_predict(args) -> int:
+    from ._imagenet import ImageNetClassifier
+
+    filenames, _, _ = _collect(args.inputs)
+    clf = ImageNetClassifier(
+        args.model,
+        weights=_weights(args),
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    clf.fit(filenames[:1])
+    names, probabilities = clf.top_k(filenames, k=args.top)
+    for filename, row_names, row_probs in zip(
+        filenames, names, probabilities, strict=True
+    ):
+        ranked = ", ".join(
+            f"{name} {p:.1%}" for name, p in zip(row_names, row_probs, strict=True)
+        )
+        print(f"{filename}: {ranked}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
