@@ -1,0 +1,539 @@
+"""Scale out on Dask: embed large image collections and grid-search on a cluster.
+
+This module needs Dask's distributed scheduler (``pip install sktransfer[dask]``)
+and is not imported by ``import sktransfer``::
+
+    from dask.distributed import Client, LocalCluster
+    from sktransfer import CNNFeatureExtractor
+    from sktransfer import distributed
+
+    client = Client(LocalCluster(n_workers=2, threads_per_worker=1))
+    X = distributed.transform(CNNFeatureExtractor("resnet18"), paths, client=client)
+
+    with distributed.parallel_backend(client):   # joblib's Dask backend
+        search.fit(paths, y)                       # GridSearchCV(..., n_jobs=-1)
+
+* :func:`transform` splits the paths into partitions, one Dask task each. Every
+  worker builds the backbone once (from the extractor's parameters) and keeps it
+  in a small per-process cache, so later partitions, and later calls with the
+  same parameters, reuse it. A worker that dies mid-run loses only its running
+  and held partitions; Dask recomputes them elsewhere, and the rows come back
+  exactly once, in input order.
+* :func:`parallel_backend` runs scikit-learn's ``n_jobs`` parallelism (grid
+  search, cross-validation) on the cluster through joblib's Dask backend, with
+  torch's thread count set on every worker thread so that the worker processes
+  of one machine do not oversubscribe its cores.
+
+See the "Scaling out" guide (``docs/scaling.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import threading
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
+from numbers import Integral
+from pathlib import Path
+
+try:
+    import dask
+    import distributed
+    from dask.system import cpu_count
+    from distributed import WorkerPlugin
+    from distributed.comm import get_address_host
+except ImportError as exc:  # pragma: no cover - exercised by a test with dask hidden
+    raise ImportError(
+        "sktransfer.distributed needs Dask's distributed scheduler, which is not "
+        f"installed ({exc}). Install it with: pip install sktransfer[dask]"
+    ) from exc
+
+import joblib
+import numpy as np
+import torch
+from sklearn.base import clone
+
+from ._backbones import check_model
+from ._extractor import CNNFeatureExtractor
+from .exceptions import InvalidImageError
+
+__all__ = ["clear_worker_cache", "parallel_backend", "transform"]
+
+_MAX_AUTO_PARTITION = 1024
+_WORKER_CACHE_SIZE = 2  # fitted extractors kept per worker process (a VGG is 0.5 GB)
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+def transform(
+    extractor: CNNFeatureExtractor,
+    X,
+    *,
+    client=None,
+    partition_size="auto",
+    torch_threads="auto",
+    resources: Mapping[str, float] | None = None,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Embed image files on a Dask cluster; the same array as ``extractor.transform``.
+
+    The paths are split into partitions, one task each. A worker builds the
+    backbone once, from the extractor's parameters, and reuses it for every
+    partition it runs (and for later calls with the same parameters). If a worker
+    dies, Dask reruns its partitions on the others; the rows still come back
+    exactly once and in the order of ``X``.
+
+    Parameters
+    ----------
+    extractor : CNNFeatureExtractor
+        Fitted or not: the workers build the backbone from its parameters
+        (``fit`` only builds the backbone, and builds are deterministic, also with
+        ``weights=None``), so the result equals ``extractor.fit(X).transform(X)``.
+        ``extractor`` itself is not modified. Weights files and the images must be
+        readable by the workers under the same paths; named pretrained weights
+        must be in each worker's ``TORCH_HOME`` (or downloadable there).
+    X : list of str or path-like, 1-D array of str, dask.bag.Bag or dask.array.Array
+        Image file paths. A Dask bag or 1-D Dask array of paths is embedded
+        partition by partition (chunk by chunk), without collecting it first.
+    client : distributed.Client, default=None
+        The cluster to run on; ``None`` uses the default client (the one most
+        recently created in this process).
+    partition_size : int or "auto", default="auto"
+        Images per task. ``"auto"`` makes about four tasks per worker thread
+        (at most 1024 images each) for a list or array of paths, and keeps a Dask
+        collection's own partitions. An integer re-chunks a Dask array; a bag
+        keeps its partitions (use ``bag.repartition``). Small partitions balance
+        load and lose less work when a worker dies; large ones cost less overhead.
+    torch_threads : int, "auto" or None, default="auto"
+        torch threads per task while it runs (restored afterwards). ``"auto"``
+        shares each machine's cores among the task slots of the workers on it:
+        ``max(1, cores // slots)``. ``None`` leaves the workers' setting alone
+        (Dask's nanny starts workers with ``OMP_NUM_THREADS=1``).
+    resources : dict, default=None
+        Dask resources each task needs, e.g. ``{"GPU": 1}`` on a cluster whose
+        workers were started with ``--resources GPU=1`` (one worker per GPU).
+    progress : bool, default=None
+        Show :func:`distributed.progress` while the tasks run (a widget in a
+        notebook, a text bar in a terminal). ``None`` follows
+        ``extractor.progress``. The dashboard shows the tasks as
+        ``sktransfer-embed``.
+
+    Returns
+    -------
+    embeddings : ndarray of shape (n_samples, n_features), float32
+        Row ``i`` embeds ``X[i]``.
+
+    Raises
+    ------
+    ValueError
+        No client is given and none exists, or ``partition_size`` or
+        ``torch_threads`` is invalid.
+    InvalidImageError
+        ``X`` is empty or holds something other than paths.
+    FileNotFoundError, ImageDecodeError, WeightsNotAvailableError
+        Raised on a worker (the first failing partition's error is re-raised here).
+
+    Examples
+    --------
+    >>> from dask.distributed import Client, LocalCluster  # doctest: +SKIP
+    >>> client = Client(LocalCluster(n_workers=2))  # doctest: +SKIP
+    >>> extractor = CNNFeatureExtractor("resnet18")  # doctest: +SKIP
+    >>> X = transform(extractor, paths, client=client, progress=True)  # doctest: +SKIP
+    """
+    if not isinstance(extractor, CNNFeatureExtractor):
+        raise TypeError(
+            "extractor must be a CNNFeatureExtractor, got "
+            f"{type(extractor).__name__}. For a pipeline, embed with its "
+            "CNNFeatureExtractor step here and fit the rest on the embeddings."
+        )
+    _check_partition_size(partition_size)
+    _check_torch_threads(torch_threads)
+    client = _get_client(client)
+    job = _make_job(extractor)
+    if progress is None:
+        progress = bool(extractor.progress)
+
+    slots = _slots_by_host(client)
+    parts, lengths = _partitions(X, partition_size, sum(slots.values()))
+    name = f"sktransfer-embed-{uuid.uuid4().hex[:12]}"
+    job_node = dask.delayed(job, name=f"sktransfer-extractor-{job.key}", pure=True)
+    tasks = [
+        dask.delayed(_embed_partition, pure=True)(
+            job_node, part, torch_threads, slots, dask_key_name=(name, i)
+        )
+        for i, part in enumerate(parts)
+    ]
+    futures = client.compute(tasks, resources=resources)
+    try:
+        if progress:
+            distributed.progress(futures)
+        results = client.gather(futures)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return _assemble(results, lengths)
+
+
+@contextlib.contextmanager
+def parallel_backend(
+    client=None, *, torch_threads="auto", **backend_params
+) -> Iterator[distributed.Client]:
+    """Run scikit-learn's ``n_jobs`` parallelism on a Dask cluster.
+
+    Inside the block, ``GridSearchCV(..., n_jobs=-1)``, ``cross_validate`` and
+    anything else that uses joblib run their jobs as Dask tasks (joblib's
+    ``"dask"`` backend), and torch uses ``torch_threads`` threads on every
+    worker thread. Estimators (a ``Pipeline`` with a
+    :class:`~sktransfer.CNNFeatureExtractor`, a ``FineTuneClassifier``) are
+    pickled to the workers; results equal the sequential run.
+
+    Parameters
+    ----------
+    client : distributed.Client, default=None
+        The cluster; ``None`` uses the default client.
+    torch_threads : int, "auto" or None, default="auto"
+        torch threads per worker thread while the block runs; the previous
+        setting is restored on exit. ``"auto"`` shares each machine's cores among
+        the task slots of the workers on it (``max(1, cores // slots)``), so
+        concurrent fits do not oversubscribe the machine. ``None`` leaves the
+        workers alone (Dask's nanny starts them with ``OMP_NUM_THREADS=1``).
+        Applied when entering (workers should be idle then) and to workers that
+        join later.
+    **backend_params
+        Passed to ``joblib.parallel_config(backend="dask", ...)``, e.g.
+        ``resources={"GPU": 1}`` to run each fit on a worker with a free GPU, or
+        ``scatter=[X]`` to send a large ``X`` to the workers once.
+
+    Yields
+    ------
+    client : distributed.Client
+
+    Examples
+    --------
+    >>> from sklearn.model_selection import GridSearchCV  # doctest: +SKIP
+    >>> search = GridSearchCV(pipeline, grid, n_jobs=-1)  # doctest: +SKIP
+    >>> with parallel_backend(client):  # doctest: +SKIP
+    ...     search.fit(paths, y)
+    """
+    _check_torch_threads(torch_threads)
+    client = _get_client(client)
+    name = None
+    if torch_threads is not None:
+        name = f"sktransfer-torch-threads-{uuid.uuid4().hex[:12]}"
+        plugin = _TorchThreads(torch_threads, _slots_by_host(client), name)
+        client.register_plugin(plugin, name=name)
+    try:
+        with joblib.parallel_config(backend="dask", client=client, **backend_params):
+            yield client
+    finally:
+        if name is not None:
+            client.unregister_worker_plugin(name)
+
+
+def clear_worker_cache(client=None) -> None:
+    """Drop the backbones that :func:`transform` keeps on every worker.
+
+    Parameters
+    ----------
+    client : distributed.Client, default=None
+        The cluster; ``None`` uses the default client.
+    """
+    _get_client(client).run(_clear_cache)
+
+
+# --------------------------------------------------------------------------
+# Validation and client-side helpers
+# --------------------------------------------------------------------------
+def _get_client(client):
+    if client is not None:
+        if not isinstance(client, distributed.Client):
+            raise TypeError(
+                f"client must be a distributed.Client, got {type(client).__name__}."
+            )
+        return client
+    try:
+        return distributed.default_client()
+    except ValueError:
+        raise ValueError(
+            "No Dask client: pass client=Client(...) or create one first, e.g. "
+            "client = Client(LocalCluster()) for this machine or "
+            "Client('tcp://scheduler:8786') for a cluster."
+        ) from None
+
+
+def _check_partition_size(partition_size) -> None:
+    if isinstance(partition_size, str) and partition_size == "auto":
+        return
+    if (
+        isinstance(partition_size, Integral)
+        and not isinstance(partition_size, bool)
+        and partition_size >= 1
+    ):
+        return
+    raise ValueError(
+        "partition_size must be a positive integer (images per task) or 'auto', "
+        f"got {partition_size!r}."
+    )
+
+
+def _check_torch_threads(torch_threads) -> None:
+    if torch_threads is None or (
+        isinstance(torch_threads, str) and torch_threads == "auto"
+    ):
+        return
+    if (
+        isinstance(torch_threads, Integral)
+        and not isinstance(torch_threads, bool)
+        and torch_threads >= 1
+    ):
+        return
+    raise ValueError(
+        "torch_threads must be a positive integer, 'auto' or None, "
+        f"got {torch_threads!r}."
+    )
+
+
+class _Job:
+    """What a worker needs to build the extractor: its unfitted clone and a key."""
+
+    def __init__(self, key: str, spec: CNNFeatureExtractor):
+        self.key = key
+        self.spec = spec
+
+
+def _make_job(extractor: CNNFeatureExtractor) -> _Job:
+    spec = clone(extractor).set_params(progress=False)
+    spec._validate_params()  # bad parameters fail here, not on every worker
+    check_model(spec.model)
+    params = spec.get_params(deep=False)
+    key = dask.base.tokenize(type(spec).__module__, type(spec).__qualname__, params)
+    return _Job(key, spec)
+
+
+def _slots_by_host(client) -> dict[str, int]:
+    """Task slots (worker threads) per machine, from the scheduler's view."""
+    slots: Counter[str] = Counter()
+    for address, nthreads in client.nthreads().items():
+        slots[get_address_host(address)] += nthreads
+    return dict(slots)
+
+
+def _auto_threads(cpus: int, slots: int) -> int:
+    """torch threads per task when ``slots`` tasks share ``cpus`` cores."""
+    return max(1, cpus // max(1, slots))
+
+
+def _as_paths(X) -> list[str]:
+    if isinstance(X, (str, bytes, Path)):
+        raise InvalidImageError(
+            f"Expected a collection of image paths, got a single path {X!r}; wrap "
+            "it in a list."
+        )
+    if isinstance(X, np.ndarray) and not (X.ndim == 1 and X.dtype.kind in "OUS"):
+        raise InvalidImageError(
+            "sktransfer.distributed.transform embeds image files: X must be paths, "
+            f"got an array of shape {X.shape} and dtype {X.dtype}. For images in "
+            "memory, call extractor.transform(X), or write them to files first."
+        )
+    if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):  # pandas Series
+        X = X.to_numpy()
+    items = list(X)
+    paths = []
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, os.PathLike)):
+            raise InvalidImageError(
+                "sktransfer.distributed.transform embeds image files: X must hold "
+                f"str or path-like items, got {type(item).__name__} at index {i}. "
+                "For images in memory, call extractor.transform(X)."
+            )
+        paths.append(os.fspath(item))
+    return paths
+
+
+def _partitions(X, partition_size, n_slots: int) -> tuple[list, list[int] | None]:
+    """The partitions to embed (lists or Dask delayed objects) and their lengths."""
+    if dask.is_dask_collection(X):
+        return _dask_partitions(X, partition_size), None
+    paths = _as_paths(X)
+    if not paths:
+        raise InvalidImageError("Got an empty list of images; need at least one image.")
+    if partition_size == "auto":
+        size = math.ceil(len(paths) / (4 * max(1, n_slots)))
+        partition_size = min(_MAX_AUTO_PARTITION, max(1, size))
+    parts = [
+        paths[start : start + partition_size]
+        for start in range(0, len(paths), partition_size)
+    ]
+    return parts, [len(part) for part in parts]
+
+
+def _dask_partitions(X, partition_size) -> list:
+    import dask.array as da
+    import dask.bag as db
+
+    if isinstance(X, db.Bag):
+        if partition_size != "auto":
+            raise ValueError(
+                "A Dask bag keeps its own partitions; leave partition_size='auto' "
+                f"(got {partition_size!r}) and use bag.repartition(npartitions=...) "
+                "to change them."
+            )
+        return list(X.to_delayed(optimize_graph=True))
+    if isinstance(X, da.Array):
+        if X.ndim != 1 or X.dtype.kind not in "OUS":
+            raise InvalidImageError(
+                "A Dask array given to sktransfer.distributed.transform must be a 1-D "
+                f"array of paths, got shape {X.shape} and dtype {X.dtype}."
+            )
+        if X.shape[0] == 0:
+            raise InvalidImageError(
+                "Got an empty array of images; need at least one image."
+            )
+        if partition_size != "auto":
+            X = X.rechunk(partition_size)
+        return list(X.to_delayed(optimize_graph=True).ravel())
+    raise InvalidImageError(
+        "X must be a list or 1-D array of paths, a dask.bag.Bag or a 1-D "
+        f"dask.array.Array of paths; got {type(X).__name__}. Convert a Dask "
+        "DataFrame column with .to_dask_array(lengths=True) or .to_bag()."
+    )
+
+
+def _assemble(results: list[np.ndarray], lengths: list[int] | None) -> np.ndarray:
+    if lengths is not None:
+        got = [len(r) for r in results]
+        if got != lengths:  # cannot happen unless a task returned the wrong rows
+            raise RuntimeError(
+                f"Distributed embedding returned partitions of {got} rows for "
+                f"partitions of {lengths} paths; please report this as a bug."
+            )
+    blocks = [r for r in results if len(r)]
+    if not blocks:
+        raise InvalidImageError("Got an empty collection of images; need at least one.")
+    return np.concatenate(blocks, axis=0)
+
+
+# --------------------------------------------------------------------------
+# Worker side
+# --------------------------------------------------------------------------
+_cache: OrderedDict[str, CNNFeatureExtractor] = OrderedDict()
+_cache_lock = threading.Lock()
+_loads: Counter[str] = Counter()  # backbone builds per job key, in this process
+
+
+def _embed_partition(job: _Job, paths, torch_threads, slots) -> np.ndarray:
+    """Embed one partition of paths on a worker (runs in a worker thread)."""
+    paths = [os.fspath(p) for p in paths]
+    if not paths:  # an empty bag partition: nothing to load
+        return np.empty((0, 0), dtype=np.float32)
+    with _torch_threads(_threads_here(torch_threads, slots)):
+        extractor = _cached_extractor(job, paths[:1])
+        features = extractor.transform(paths)
+    if len(features) != len(paths):  # pragma: no cover - defensive
+        raise RuntimeError(f"Embedded {len(features)} rows for {len(paths)} paths.")
+    return features
+
+
+def _cached_extractor(job: _Job, probe: list[str]) -> CNNFeatureExtractor:
+    """This process's fitted extractor for ``job``: built once, then reused."""
+    with _cache_lock:  # also makes concurrent tasks of one worker build it once
+        extractor = _cache.get(job.key)
+        if extractor is None:
+            extractor = clone(job.spec).fit(probe)
+            _loads[job.key] += 1
+            _cache[job.key] = extractor
+            while len(_cache) > _WORKER_CACHE_SIZE:
+                _cache.popitem(last=False)
+        _cache.move_to_end(job.key)
+        return extractor
+
+
+def _clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+        _loads.clear()
+
+
+def _cache_loads() -> dict[str, int]:
+    """Backbone builds per job key in this process (read with ``client.run``)."""
+    with _cache_lock:
+        return dict(_loads)
+
+
+def _threads_here(torch_threads, slots: Mapping[str, int]) -> int | None:
+    """Resolve ``torch_threads`` on the worker that runs the task."""
+    if torch_threads != "auto":
+        return torch_threads
+    worker = distributed.get_worker()
+    host = get_address_host(worker.address)
+    return _auto_threads(cpu_count(), slots.get(host, worker.state.nthreads))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch threads in the calling thread, then restore."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _TorchThreads(WorkerPlugin):
+    """Set torch's thread count on every thread of a worker; restore on teardown.
+
+    torch's (OpenMP's) thread count belongs to each thread, so it is set from
+    inside each of the worker's executor threads, not just once per process.
+    """
+
+    def __init__(self, torch_threads, slots: Mapping[str, int], name: str):
+        self.torch_threads = torch_threads
+        self.slots = dict(slots)
+        self.name = name
+        self._previous: int | None = None
+
+    async def setup(self, worker) -> None:
+        if self.torch_threads == "auto":
+            host = get_address_host(worker.address)
+            n = _auto_threads(cpu_count(), self.slots.get(host, worker.state.nthreads))
+        else:
+            n = int(self.torch_threads)
+        self._previous = await _set_threads_everywhere(worker, n)
+
+    async def teardown(self, worker) -> None:
+        if self._previous is not None:
+            await _set_threads_everywhere(worker, self._previous)
+
+
+async def _set_threads_everywhere(worker, n: int, timeout: float = 10.0) -> int:
+    """Set torch threads in each executor thread of ``worker``; return the old value.
+
+    One call per thread, held at a barrier so that no thread takes two; threads
+    busy with a running task are skipped after ``timeout`` seconds (they keep
+    their setting; threads started later inherit ``n``).
+    """
+    torch.set_num_threads(n)  # this thread, and the default for new threads
+    executor = worker.executors["default"]
+    count = max(1, worker.state.nthreads)
+    barrier = threading.Barrier(count)
+    previous: list[int] = []
+
+    def apply() -> None:
+        previous.append(torch.get_num_threads())
+        torch.set_num_threads(n)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout)
+
+    await asyncio.gather(
+        *(asyncio.wrap_future(executor.submit(apply)) for _ in range(count))
+    )
+    return previous[0] if previous else n
