@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +122,46 @@ def check_model(model) -> None:
             f"Unknown backbone {model!r}.{hint} Known backbones: list_backbones(); "
             "any timm model as 'timm/<name>'; or pass a torch.nn.Module."
         )
+
+
+_built: dict[tuple, Backbone] = {}  # the last backbone built, for reuse
+_built_lock = threading.Lock()
+
+
+def cached_backbone(model, weights="DEFAULT") -> Backbone:
+    """:func:`build_backbone`, reusing the last build of the same (model, weights).
+
+    ``GridSearchCV`` fits one clone per candidate and fold; they get private
+    deep copies of one build instead of rebuilding (and re-reading weights).
+    Modules passed as ``model`` are always built afresh.
+    """
+    key = _build_key(model, weights)
+    if key is None:
+        return build_backbone(model, weights)
+    with _built_lock:
+        hit = _built.get(key)
+    if hit is None:
+        hit = build_backbone(model, weights)
+        with _built_lock:
+            _built.clear()  # keep one: a backbone can weigh hundreds of MB
+            _built[key] = hit
+    return copy.deepcopy(hit)
+
+
+def _build_key(model, weights) -> tuple | None:
+    if not isinstance(model, str):
+        return None
+    if _weights.is_weights_path(weights):
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            return None  # let build_backbone raise its error
+        stat = path.stat()
+        return (model, str(path), stat.st_size, stat.st_mtime_ns)
+    if weights is not None and not isinstance(weights, str):
+        weights = str(weights)  # an enum member
+    if weights == "DEFAULT" or (weights and model in _torchvision_names()):
+        return (model, weights, torch.hub.get_dir())  # TORCH_HOME may change
+    return (model, weights)
 
 
 def build_backbone(model, weights="DEFAULT", *, aux_logits: bool = False) -> Backbone:

@@ -14,9 +14,12 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from . import _cache
-from ._backbones import build_backbone
+from ._backbones import cached_backbone
 from ._images import check_images
 from ._torch import find_layer, forward_tap, pool, resolve_device
+
+
+_WIDTHS: dict[tuple, int] = {}  # (model, weights, layer, pooling) -> width
 
 
 class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -143,15 +146,28 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         """
         images = check_images(X)
         resolve_device(self.device)
-        self.backbone_ = build_backbone(self.model, self.weights)
+        self.backbone_ = cached_backbone(self.model, self.weights)
         self._tap()  # an unknown layer fails here, not at transform time
         self.n_channels_in_ = images.n_channels
-        crop = self.backbone_.preprocessing.crop_size
-        probe = torch.zeros(1, 3, crop, crop)
-        self.backbone_.module.cpu()
-        with torch.inference_mode():
-            self.n_features_out_ = int(self._embed(probe, torch.device("cpu")).shape[1])
+        self.n_features_out_ = self._width()
         return self
+
+    def _width(self) -> int:
+        """Embedding width, from one forward of a blank image (memoised by name;
+        not for module instances, whose ids Python reuses)."""
+        backbone = self.backbone_
+        key = (backbone.name, backbone.weights_id, self.layer, self.pooling)
+        if isinstance(self.model, nn.Module):
+            key = None
+        if key in _WIDTHS:
+            return _WIDTHS[key]
+        crop = backbone.preprocessing.crop_size
+        backbone.module.cpu()
+        with torch.inference_mode():
+            probe = self._embed(torch.zeros(1, 3, crop, crop), torch.device("cpu"))
+        if key is not None:
+            _WIDTHS[key] = int(probe.shape[1])
+        return int(probe.shape[1])
 
     def transform(self, X) -> np.ndarray:
         """Embed images.
