@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import math
 import os
 import threading
@@ -113,7 +114,8 @@ def transform(
         torch threads per task while it runs (restored afterwards). ``"auto"``
         shares each machine's cores among the task slots of the workers on it:
         ``max(1, cores // slots)``. ``None`` leaves the workers' setting alone
-        (Dask's nanny starts workers with ``OMP_NUM_THREADS=1``).
+        (Dask's nanny starts workers with ``OMP_NUM_THREADS=1``). An extractor
+        with ``n_jobs=None`` also decodes files with that many threads.
     resources : dict, default=None
         Dask resources each task needs, e.g. ``{"GPU": 1}`` on a cluster whose
         workers were started with ``--resources GPU=1`` (one worker per GPU).
@@ -171,7 +173,8 @@ def transform(
     futures = client.compute(tasks, resources=resources)
     try:
         if progress:
-            distributed.progress(futures)
+            with client.as_current():  # progress() talks to the current client
+                distributed.progress(futures)
         results = client.gather(futures)
     except BaseException:
         client.cancel(futures)
@@ -431,8 +434,13 @@ def _embed_partition(job: _Job, paths, torch_threads, slots) -> np.ndarray:
     paths = [os.fspath(p) for p in paths]
     if not paths:  # an empty bag partition: nothing to load
         return np.empty((0, 0), dtype=np.float32)
-    with _torch_threads(_threads_here(torch_threads, slots)):
+    threads = _threads_here(torch_threads, slots)
+    with _torch_threads(threads):
         extractor = _cached_extractor(job, paths[:1])
+        if threads is not None and extractor.n_jobs is None:
+            # Decode with as many threads as torch gets, not min(4, all cores).
+            extractor = copy.copy(extractor)  # shares the backbone
+            extractor.n_jobs = threads
         features = extractor.transform(paths)
     if len(features) != len(paths):  # pragma: no cover - defensive
         raise RuntimeError(f"Embedded {len(features)} rows for {len(paths)} paths.")

@@ -196,6 +196,15 @@ def test_worker_killed_mid_run_gives_every_row_once(
         assert set(counts.values()) <= {1}
 
 
+def test_progress_uses_dask_progress_bar(client, many_paths, reference, capsys):
+    extractor = CNNFeatureExtractor(MODEL, weights=None, progress=True)
+    out = skd.transform(extractor, many_paths[:8], client=client, partition_size=4)
+    np.testing.assert_allclose(out, reference[:8], atol=1e-5, rtol=0)
+    assert "100% Completed" in capsys.readouterr().out
+    skd.transform(extractor, many_paths[:8], client=client, progress=False)
+    assert "Completed" not in capsys.readouterr().out
+
+
 def test_error_on_worker_is_raised_here(client, extractor, many_paths, tmp_path):
     missing = str(tmp_path / "missing.jpg")
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
@@ -228,6 +237,30 @@ def test_grid_search_on_dask_equals_sequential(client):
             parallel.cv_results_[key], sequential.cv_results_[key], atol=1e-12
         )
     assert len(set(sequential.cv_results_["mean_test_score"])) > 1  # not all tied
+
+
+def test_grid_search_fine_tune_classifier_on_dask(client):
+    from sktransfer import FineTuneClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    X[6:, :, :16] = 255
+    y = np.array(["a"] * 6 + ["b"] * 6)
+    clf = FineTuneClassifier(
+        "mobilenet_v3_small", weights=None, max_epochs=2, augment=False, random_state=0
+    )
+    grid = {"lr": [1e-4, 1e-1]}
+    sequential = GridSearchCV(clf, grid, cv=2, n_jobs=1).fit(X, y)
+    with skd.parallel_backend(client), get_task_stream(client) as stream:
+        parallel = GridSearchCV(clf, grid, cv=2, n_jobs=-1).fit(X, y)
+
+    assert len(stream.data) >= 4
+    assert parallel.best_params_ == sequential.best_params_
+    np.testing.assert_allclose(
+        parallel.cv_results_["mean_test_score"],
+        sequential.cv_results_["mean_test_score"],
+    )
+    assert list(parallel.classes_) == ["a", "b"]
 
 
 def _threads(_=None):
