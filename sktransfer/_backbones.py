@@ -129,11 +129,15 @@ _built_lock = threading.Lock()
 
 
 def cached_backbone(model, weights="DEFAULT") -> Backbone:
-    """:func:`build_backbone`, reusing the last build of the same (model, weights).
+    """:func:`build_backbone` for inference, reusing the last build of the same
+    (model, weights).
 
-    ``GridSearchCV`` fits one clone per candidate and fold; they get private
-    deep copies of one build instead of rebuilding (and re-reading weights).
-    Modules passed as ``model`` are always built afresh.
+    ``GridSearchCV`` fits one clone per candidate and fold: each gets its own
+    module objects (hooks stay private) that share the build's weight tensors
+    instead of rebuilding, re-reading or cloning them. The tensors are
+    read-only here: whoever moves or trains a module copies it first (the
+    extractor does before a device change). Modules passed as ``model`` are
+    always built afresh.
     """
     key = _build_key(model, weights)
     if key is None:
@@ -145,7 +149,8 @@ def cached_backbone(model, weights="DEFAULT") -> Backbone:
         with _built_lock:
             _built.clear()  # keep one: a backbone can weigh hundreds of MB
             _built[key] = hit
-    return copy.deepcopy(hit)
+    shared = {id(t): t for t in (*hit.module.parameters(), *hit.module.buffers())}
+    return copy.deepcopy(hit, shared)
 
 
 def _build_key(model, weights) -> tuple | None:

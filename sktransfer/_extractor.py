@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
 from numbers import Integral
 
@@ -162,7 +164,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         if key in _WIDTHS:
             return _WIDTHS[key]
         crop = backbone.preprocessing.crop_size
-        backbone.module.cpu()
+        self._prepare(torch.device("cpu"))
         with torch.inference_mode():
             probe = self._embed(torch.zeros(1, 3, crop, crop), torch.device("cpu"))
         if key is not None:
@@ -222,7 +224,12 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _prepare(self, device: torch.device) -> None:
         """Move the backbone to ``device``; channels-last and cuDNN autotune on CUDA."""
-        module = self.backbone_.module.to(device)
+        module = self.backbone_.module
+        first = next(itertools.chain(module.parameters(), module.buffers()), None)
+        if first is not None and first.device != device:
+            # Weights may be shared with other fitted clones (cached_backbone):
+            # take a private copy before moving them.
+            module = self.backbone_.module = copy.deepcopy(module).to(device)
         if device.type == "cuda":
             module.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
@@ -288,8 +295,6 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             and next(backbone.module.parameters(), torch.zeros(0)).device.type != "cpu"
         ):
             # Pickles always hold CPU tensors: they load on machines without a GPU.
-            import copy
-
             cpu = copy.copy(backbone)
             cpu.module = copy.deepcopy(backbone.module).cpu()
             state["backbone_"] = cpu

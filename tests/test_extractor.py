@@ -227,3 +227,11 @@ def test_grid_search_with_two_jobs(images, labels):
 def test_progress_bar_is_shown(fitted, images, capsys):
     clone(fitted).set_params(progress=True).fit(images).transform(images)
     assert "Embedding (resnet18)" in capsys.readouterr().err
+
+
+def test_refits_share_weight_tensors_not_modules(images):
+    a = CNNFeatureExtractor("resnet18", weights=None).fit(images)
+    b = clone(a).fit(images)
+    assert a.backbone_.module is not b.backbone_.module
+    assert a.backbone_.module.conv1.weight is b.backbone_.module.conv1.weight
+    np.testing.assert_array_equal(a.transform(images), b.transform(images))
