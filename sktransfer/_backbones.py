@@ -217,7 +217,7 @@ def _from_torchvision(name: str, weights, aux_logits: bool) -> Backbone:
     # Preprocessing (and category names) come from the weights' own preset; for
     # random or file weights, from the architecture's DEFAULT preset.
     preset = enum or get_model_weights(name).DEFAULT
-    kwargs = _builder_kwargs(name, enum, aux_logits)
+    kwargs = _builder_kwargs(name, enum, preset, aux_logits)
     module = _seeded(lambda: get_model(name, weights=None, **kwargs))
     weights_id = "seeded-random"
     if enum is not None:
@@ -240,15 +240,19 @@ def _from_torchvision(name: str, weights, aux_logits: bool) -> Backbone:
     )
 
 
-def _builder_kwargs(name: str, enum, aux_logits: bool) -> dict:
-    """What torchvision's builders set when they load pretrained weights."""
+def _builder_kwargs(name: str, enum, preset, aux_logits: bool) -> dict:
+    """What torchvision's builders set when they load pretrained weights.
+
+    The input size of ViT/MaxViT follows ``preset`` even for random weights, so
+    the network matches the preprocessing (vit_h_14's DEFAULT is 518 px).
+    """
     kwargs: dict = {}
     if enum is not None:
         kwargs["num_classes"] = len(enum.meta["categories"])
-        if name == "maxvit_t":
-            kwargs["input_size"] = enum.meta["min_size"]
-        if name.startswith("vit_"):
-            kwargs["image_size"] = enum.meta["min_size"][0]
+    if name == "maxvit_t":
+        kwargs["input_size"] = preset.meta["min_size"]
+    if name.startswith("vit_"):
+        kwargs["image_size"] = preset.meta["min_size"][0]
     if name in ("googlenet", "inception_v3"):
         pretrained = enum is not None
         kwargs.update(
@@ -440,5 +444,14 @@ def layer_groups(model="resnet18") -> list[list[str]]:
     check_model(model)
     if isinstance(model, nn.Module):
         return _layer_groups(Backbone("module", model, None, _last_classifier(model)))
-    with torch.device("meta"):  # structure only: no memory, no weights
-        return build_backbone(model, weights=None).groups
+    return structure(model).groups
+
+
+def structure(model: str) -> Backbone:
+    """``model`` built for its structure and shapes only: on the ``meta`` device
+    (no memory, no weights) where its builder allows, else on the CPU."""
+    try:
+        with torch.device("meta"):
+            return build_backbone(model, weights=None)
+    except NotImplementedError:  # builders computing with tensors (RegNet)
+        return build_backbone(model, weights=None)
