@@ -1,0 +1,96 @@
+"""Run every example script, as a user would, and check what it prints and saves."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, tmp_path: Path) -> str:
+    env = {
+        **os.environ,
+        "SKTRANSFER_EXAMPLES_OUTPUT": str(tmp_path),
+        "MPLBACKEND": "Agg",
+    }
+    env.setdefault("OMP_NUM_THREADS", "2")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_every_example_is_tested():
+    scripts = {p.name for p in EXAMPLES.glob("plot_*.py")}
+    tested = {
+        "plot_pixels_vs_features.py", "plot_knn_svm_embeddings.py",
+        "plot_imagenet_top5.py", "plot_layer_choice.py",
+    }  # fmt: skip
+    assert tested <= scripts
+    untested = scripts - tested - {"plot_frozen_layers.py"}  # tested by its owner
+    assert not untested, f"examples without a test: {sorted(untested)}"
+
+
+def png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_pixels_vs_features(tmp_path):
+    out = run_example("plot_pixels_vs_features.py", tmp_path)
+    pixels = float(re.search(r"raw pixels\s+\+ SVM: accuracy ([\d.]+)", out).group(1))
+    cnn = float(re.search(r"CNN features \+ SVM: accuracy ([\d.]+)", out).group(1))
+    assert cnn >= 0.95 and cnn > pixels + 0.15, out
+    assert png(tmp_path / "pixels_vs_features.png")
+
+
+@pytest.mark.slow
+def test_knn_svm_embeddings(tmp_path):
+    out = run_example("plot_knn_svm_embeddings.py", tmp_path)
+    rows = {
+        line.split(":")[0].strip(): [float(v) for v in line.split(":")[1].split()]
+        for line in out.splitlines()
+        if " on " in line
+    }
+    assert set(rows) == {
+        "linear SVM on embeddings", "1-NN (cosine) on embeddings",
+        "linear SVM on pixels", "1-NN (cosine) on pixels",
+    }  # fmt: skip
+    for classifier in ("linear SVM", "1-NN (cosine)"):
+        embedded, raw = (
+            rows[f"{classifier} on embeddings"],
+            rows[f"{classifier} on pixels"],
+        )
+        assert all(e > r for e, r in zip(embedded, raw, strict=True)), out
+    assert png(tmp_path / "knn_svm_embeddings.png")
+
+
+@pytest.mark.slow
+def test_imagenet_top5(tmp_path):
+    out = run_example("plot_imagenet_top5.py", tmp_path)
+    assert re.search(r"palace: .*(palace|bell cote|monastery|church|dome)", out)
+    assert re.search(r"espresso: espresso", out)
+    assert "top5 accuracy: 1.00" in out
+    top1 = float(re.search(r"top1 accuracy: ([\d.]+)", out).group(1))
+    assert top1 >= 0.5
+    assert png(tmp_path / "imagenet_top5.png")
+
+
+@pytest.mark.slow
+def test_layer_choice(tmp_path):
+    out = run_example("plot_layer_choice.py", tmp_path)
+    rows = re.findall(
+        r"(\S+(?: embedding)?) \(\s*(\d+) features\)\s+textures.*?: ([\d.]+)", out
+    )
+    assert [int(width) for _, width, _ in rows] == [16, 24, 80, 192, 1280]
+    accuracy = [float(a) for _, _, a in rows]
+    assert max(accuracy) >= 0.9 and accuracy[0] < max(accuracy)
+    assert png(tmp_path / "layer_choice.png")
