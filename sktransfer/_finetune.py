@@ -373,6 +373,11 @@ class FineTuneClassifier(NeuralNetClassifier):
         """Classes come from ``fit`` (labels are encoded before skorch sees them)."""
 
     # ---------------------------------------------------------- initialise
+    def initialize(self):
+        """skorch's ``initialize`` (``device="auto"`` resolved); needs ``classes_``."""
+        with self._resolved_device():
+            return super().initialize()
+
     def initialize_module(self):
         """Build the backbone, replace its head(s) and freeze its first groups."""
         classes = self.classes_
@@ -558,13 +563,15 @@ class FineTuneClassifier(NeuralNetClassifier):
     def infer(self, x, **fit_params):
         """One forward pass: preprocessing (augmented in training), then the network."""
         training = self.module_.training
+        auto = isinstance(self.device, str) and self.device == "auto"
+        device = _auto_device() if auto else self.device
         if isinstance(x, dict) and FEATURES_KEY in x:
             split = getattr(self, "prefix_split_", None)
             if split is None:
                 raise RuntimeError(
                     "Precomputed features reached the network outside fit."
                 )
-            return split.tail(training)(x[FEATURES_KEY].to(self.device))
+            return split.tail(training)(x[FEATURES_KEY].to(device))
         augment = None
         if training and self.augment is not False:
             augment = self.augment
@@ -573,7 +580,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         batch = prepare_batch(
             x, self.preprocessing_, augment, builtin=self.augment is True
         )
-        return self.module_(batch.to(self.device), **fit_params)
+        return self.module_(batch.to(device), **fit_params)
 
     def _outputs(self, y_pred):
         """``(main, [aux, ...])`` from the network's output."""
@@ -641,7 +648,8 @@ class FineTuneClassifier(NeuralNetClassifier):
         labels : ndarray of shape (n_samples,)
             Elements of ``classes_``.
         """
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        index = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[index]
 
     # ---------------------------------------------------------- persistence
     @contextlib.contextmanager
