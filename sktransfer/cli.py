@@ -140,8 +140,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="cross-validate a classifier on CNN features of an image folder",
         description="Embed an image folder root/<class>/<image> and cross-validate "
-        "a classifier on the embeddings; print mean and standard deviation of "
-        "top-1 and top-5 accuracy across folds.",
+        "a classifier on the embeddings (or fine-tune the network itself with "
+        "--classifier finetune); print mean and standard deviation of top-1 and "
+        "top-5 accuracy across folds.",
         epilog="example: sktransfer evaluate flowers/ --model resnet18 --cv 5 "
         "--plot confusion.png",
     )
@@ -151,9 +152,22 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--classifier",
         default="svm",
-        choices=sorted(_CLASSIFIERS),
-        help="classifier trained on the embeddings: svm (RBF SVC on L2-normalised "
-        "features), knn (cosine k-NN, k <= 5) or logreg (default: svm)",
+        choices=list(_CLASSIFIERS),
+        help="svm (RBF SVC on L2-normalised embeddings), knn (cosine k-NN, k <= 5), "
+        "logreg (logistic regression on embeddings) or finetune "
+        "(FineTuneClassifier trained on the images) (default: svm)",
+    )
+    evaluate.add_argument(
+        "--epochs",
+        type=_int_at_least(1),
+        default=10,
+        help="finetune: training epochs (default: 10)",
+    )
+    evaluate.add_argument(
+        "--frozen-layers",
+        type=_frozen_layers,
+        default="all",
+        help="finetune: layer groups kept frozen, 'all' or a number (default: all)",
     )
     evaluate.add_argument(
         "--cv", type=_int_at_least(2), default=5, help="number of folds (default: 5)"
@@ -468,14 +482,38 @@ def _logreg():
     return LogisticRegression(max_iter=2000)
 
 
-_CLASSIFIERS = {"svm": _svm, "knn": _knn, "logreg": _logreg}
+def _finetune(args):
+    from ._finetune import FineTuneClassifier
+
+    return FineTuneClassifier(
+        args.model,
+        weights=_weights(args),
+        frozen_layers=args.frozen_layers,
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        random_state=args.seed,
+    )
+
+
+# On embeddings (computed once) except finetune, which trains on the images.
+_CLASSIFIERS = {"svm": _svm, "knn": _knn, "logreg": _logreg, "finetune": _finetune}
+
+
+def _frozen_layers(text: str):
+    if text == "all":
+        return "all"
+    try:
+        return _int_at_least(0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or an integer >= 0, got {text!r}"
+        ) from None
 
 
 def _run_evaluate(args) -> int:
-    from sklearn.model_selection import StratifiedKFold, cross_validate
+    from sklearn.model_selection import StratifiedKFold
 
-    from ._extractor import CNNFeatureExtractor
-    from ._scoring import top_k_scorers
     from .datasets import load_image_folder
 
     if args.plot:
@@ -494,6 +532,42 @@ def _run_evaluate(args) -> int:
             f"Class {small!r} has {counts.min()} image(s), fewer than --cv {args.cv} "
             "folds: each fold needs an image of every class. Lower --cv or add images."
         )
+    if args.classifier == "finetune":
+        X, classifier = data.filenames, _finetune(args)
+        what = (
+            f"fine-tuned {args.model} (frozen_layers={args.frozen_layers}, "
+            f"{args.epochs} epochs)"
+        )
+    else:
+        X, width, backbone = _embed_for_evaluate(args, data.filenames)
+        classifier = _CLASSIFIERS[args.classifier]()
+        if args.classifier == "knn":  # at most as many neighbours as a class has
+            per_class = int(counts.min() * (args.cv - 1) // args.cv)
+            classifier.set_params(
+                kneighborsclassifier__n_neighbors=max(1, min(5, per_class))
+            )
+        what = f"{backbone} embeddings ({width}) + {args.classifier}"
+    cv = StratifiedKFold(args.cv, shuffle=True, random_state=args.seed)
+    ks = [k for k in (1, 5) if k < len(names)]
+    scores, predicted = _cross_validate(args, classifier, X, data.target, cv, ks)
+
+    print(f"{len(X)} images, {len(names)} classes, {what}, {args.cv}-fold CV")
+    rows = []
+    for k in (1, 5):
+        if k in ks:
+            values = np.asarray(scores[k])
+            rows.append((f"top-{k}", f"{values.mean():.3f} ± {values.std():.3f}"))
+        else:
+            rows.append((f"top-{k}", f"n/a (needs more than {k} classes)"))
+    _print_table(("accuracy", "mean ± std"), rows)
+    if args.plot:
+        _plot_confusion(args, data.target, predicted, names)
+    return 0
+
+
+def _embed_for_evaluate(args, filenames):
+    from ._extractor import CNNFeatureExtractor
+
     extractor = CNNFeatureExtractor(
         args.model,
         weights=_weights(args),
@@ -504,34 +578,34 @@ def _run_evaluate(args) -> int:
     )
     # The extractor learns nothing from the data, so embedding once and
     # cross-validating the classifier is the same as cross-validating the pipeline.
-    features = extractor.fit_transform(data.filenames)
-    classifier = _CLASSIFIERS[args.classifier]()
-    if args.classifier == "knn":  # at most as many neighbours as the rarest class has
-        per_class = int(counts.min() * (args.cv - 1) // args.cv)
-        classifier.set_params(
-            kneighborsclassifier__n_neighbors=max(1, min(5, per_class))
-        )
-    cv = StratifiedKFold(args.cv, shuffle=True, random_state=args.seed)
-    ks = [k for k in (1, 5) if k < len(names)]
-    result = cross_validate(
-        classifier, features, data.target, cv=cv, scoring=top_k_scorers(ks)
-    )
+    features = extractor.fit_transform(filenames)
+    return features, features.shape[1], extractor.backbone_.name
 
-    print(
-        f"{len(features)} images, {len(names)} classes, {extractor.backbone_.name} "
-        f"embeddings ({features.shape[1]}) + {args.classifier}, {args.cv}-fold CV"
+
+def _cross_validate(args, classifier, X, y, cv, ks):
+    """Top-k scores per fold and out-of-fold predictions, in one pass."""
+    from sklearn.base import clone
+    from tqdm.auto import tqdm
+
+    from ._scoring import _scores, top_k_accuracy
+
+    scores: dict[int, list[float]] = {k: [] for k in ks}
+    predicted = np.zeros(len(y), dtype=np.int64)
+    folds = tqdm(
+        cv.split(X, y),
+        total=args.cv,
+        desc=f"Cross-validating ({args.classifier})",
+        unit="fold",
+        disable=args.quiet,
     )
-    rows = []
-    for k in (1, 5):
-        if k in ks:
-            scores = result[f"test_top{k}"]
-            rows.append((f"top-{k}", f"{scores.mean():.3f} ± {scores.std():.3f}"))
-        else:
-            rows.append((f"top-{k}", f"n/a (needs more than {k} classes)"))
-    _print_table(("accuracy", "mean ± std"), rows)
-    if args.plot:
-        _plot_confusion(args, classifier, features, data.target, names, cv)
-    return 0
+    for train, test in folds:
+        fitted = clone(classifier).fit(X[train], y[train])
+        classes = np.asarray(fitted.classes_)
+        fold_scores = _scores(fitted, X[test], len(classes))
+        for k in ks:
+            scores[k].append(top_k_accuracy(y[test], fold_scores, classes, k))
+        predicted[test] = fitted.predict(X[test]) if args.plot else 0
+    return scores, predicted
 
 
 def _check_plot_path(path: Path) -> None:
@@ -540,15 +614,13 @@ def _check_plot_path(path: Path) -> None:
         raise FileNotFoundError(f"Folder {str(parent)!r} for --plot does not exist.")
 
 
-def _plot_confusion(args, classifier, features, target, names, cv) -> None:
+def _plot_confusion(args, target, predicted, names) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
-    from sklearn.model_selection import cross_val_predict
 
-    predicted = cross_val_predict(classifier, features, target, cv=cv)
     size = min(4 + 0.4 * len(names), 20)
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay.from_predictions(

@@ -74,7 +74,8 @@ def test_no_command_prints_help(capsys):
 def test_unknown_classifier(capsys, image_folder):
     code, _, err = run(capsys, "evaluate", image_folder, "--classifier", "forest")
     assert_one_line_error(code, err, "invalid choice: 'forest'", status=2)
-    assert "'svm'" in err and "'knn'" in err and "'logreg'" in err
+    for choice in ("svm", "knn", "logreg", "finetune"):
+        assert f"'{choice}'" in err
 
 
 @pytest.mark.parametrize(
@@ -242,6 +243,26 @@ def test_evaluate_other_classifiers(capsys, image_folder, classifier):
     assert f"+ {classifier}, 2-fold CV" in out
     assert "top-5     n/a (needs more than 5 classes)" in out
     assert float(out.split("top-1")[1].split()[0]) >= 0.0
+
+
+def test_evaluate_finetune(capsys, image_folder, tmp_path):
+    plot = tmp_path / "cm.png"
+    code, out, err = run(
+        capsys, "evaluate", image_folder, "--cv", 2, "--classifier", "finetune",
+        "--epochs", 1, "--frozen-layers", 3, "--plot", plot,
+        "--model", "mobilenet_v3_small", "--weights", "none", "--device", "cpu", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (
+        "12 images, 3 classes, fine-tuned mobilenet_v3_small (frozen_layers=3, " in out
+    )
+    assert "1 epochs), 2-fold CV" in out and "top-1" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_bad_frozen_layers(capsys, image_folder):
+    code, _, err = run(capsys, "evaluate", image_folder, "--frozen-layers", "some")
+    assert_one_line_error(code, err, "expected 'all' or an integer >= 0", status=2)
 
 
 def test_evaluate_missing_folder(capsys, tmp_path):
