@@ -28,7 +28,9 @@ def photos(n: int, size=(375, 500), seed: int = 0) -> np.ndarray:
     out = np.empty((n, *size, 3), np.uint8)
     for i in range(n):
         source = np.asarray(
-            Image.fromarray(sources[i % len(sources)]).resize((size[1] * 2, size[0] * 2))
+            Image.fromarray(sources[i % len(sources)]).resize(
+                (size[1] * 2, size[0] * 2)
+            )
         )
         top = rng.integers(0, source.shape[0] - size[0])
         left = rng.integers(0, source.shape[1] - size[1])

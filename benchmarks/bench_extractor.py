@@ -28,7 +28,9 @@ def main() -> None:
     args = parser.parse_args()
 
     images = photos(args.n)
-    extractor = CNNFeatureExtractor(args.model, weights=None, batch_size=args.batch_size)
+    extractor = CNNFeatureExtractor(
+        args.model, weights=None, batch_size=args.batch_size
+    )
     extractor.fit(images[:1])
     module = extractor.backbone_.module.eval()
     prep = extractor.backbone_.preprocessing
@@ -46,11 +48,19 @@ def main() -> None:
         t_arrays = best_of(lambda: extractor.transform(images))
         t_paths = best_of(lambda: extractor.transform(paths))
 
-    print(f"model={args.model} n={args.n} batch_size={args.batch_size} "
-          f"images={images.shape[1]}x{images.shape[2]} threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} n={args.n} batch_size={args.batch_size} "
+        f"images={images.shape[1]}x{images.shape[2]} threads={torch.get_num_threads()}"
+    )
     print(f"bare forward:           {args.n / t_bare:7.1f} img/s (1.00)")
-    print(f"extractor, uint8 array: {args.n / t_arrays:7.1f} img/s ({t_bare / t_arrays:.2f}x bare)")
-    print(f"extractor, JPEG paths:  {args.n / t_paths:7.1f} img/s ({t_bare / t_paths:.2f}x bare)")
+    print(
+        f"extractor, uint8 array: {args.n / t_arrays:7.1f} img/s "
+        f"({t_bare / t_arrays:.2f}x bare)"
+    )
+    print(
+        f"extractor, JPEG paths:  {args.n / t_paths:7.1f} img/s "
+        f"({t_bare / t_paths:.2f}x bare)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--n", type=int, default=60)
-    parser.add_argument("--skip-uncached", action="store_true", help="skip the slow baseline")
+    parser.add_argument(
+        "--skip-uncached", action="store_true", help="skip the slow baseline"
+    )
     args = parser.parse_args()
 
     X = photos(args.n, size=(256, 256))
@@ -35,7 +37,12 @@ def main() -> None:
     grid = {"svm__C": [0.1, 1, 10, 100]}
 
     def search(cache):
-        pipe = Pipeline([("cnn", CNNFeatureExtractor(args.model, weights=None, cache=cache)), ("svm", SVC())])
+        pipe = Pipeline(
+            [
+                ("cnn", CNNFeatureExtractor(args.model, weights=None, cache=cache)),
+                ("svm", SVC()),
+            ]
+        )
         GridSearchCV(pipe, grid, cv=5).fit(X, y)
 
     plain = CNNFeatureExtractor(args.model, weights=None).fit(X[:1])
@@ -47,7 +54,9 @@ def main() -> None:
         search("memory")
 
     t_cached = best_of(cached_search)
-    print(f"model={args.model} n={args.n} grid=4 values of C, cv=5 (21 fits incl. refit)")
+    print(
+        f"model={args.model} n={args.n} grid=4 values of C, cv=5 (21 fits incl. refit)"
+    )
     print("one plain transform pass:      1.00")
     print(f"GridSearchCV, cache='memory':  {t_cached / t_pass:.2f}x one pass")
     if not args.skip_uncached:

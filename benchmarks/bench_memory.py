@@ -26,14 +26,17 @@ extractor.transform(paths[:64])  # warm-up: allocator pools, thread pools
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = extractor.transform(paths)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_growth_mb": (after - before) / 1024, "output_mb": out.nbytes / 2**20}))
+growth = (after - before) / 1024
+print(json.dumps({"peak_growth_mb": growth, "output_mb": out.nbytes / 2**20}))
 """
 
 
 def measure(folder: str, n: int, model: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", CHILD, folder, str(n), model],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -55,10 +58,16 @@ def main() -> None:
     growth = large["peak_growth_mb"] - small["peak_growth_mb"]
     output_growth = large["output_mb"] - small["output_mb"]
     print(f"model={args.model}, JPEG 320x240, batch_size=32")
-    print(f"peak RSS growth during transform: 200 images {small['peak_growth_mb']:.1f} MB, "
-          f"2,000 images {large['peak_growth_mb']:.1f} MB")
-    print(f"growth 200 -> 2,000: {growth:.1f} MB; output array grew {output_growth:.1f} MB; "
-          f"limit 1.2 x {output_growth:.1f} + 50 = {1.2 * output_growth + 50:.1f} MB")
+    print(
+        f"peak RSS growth during transform: 200 images {small['peak_growth_mb']:.1f} "
+        "MB, "
+        f"2,000 images {large['peak_growth_mb']:.1f} MB"
+    )
+    print(
+        f"growth 200 -> 2,000: {growth:.1f} MB; output array grew {output_growth:.1f} "
+        "MB; "
+        f"limit 1.2 x {output_growth:.1f} + 50 = {1.2 * output_growth + 50:.1f} MB"
+    )
 
 
 if __name__ == "__main__":

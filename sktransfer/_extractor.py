@@ -20,7 +20,6 @@ from ._backbones import cached_backbone
 from ._images import check_images
 from ._torch import find_layer, forward_tap, pool, resolve_device
 
-
 _WIDTHS: dict[tuple, int] = {}  # (model, weights, layer, pooling) -> width
 
 
@@ -84,7 +83,8 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
     --------
     >>> import numpy as np
     >>> from sktransfer import CNNFeatureExtractor
-    >>> images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     >>> extractor = CNNFeatureExtractor("resnet18", weights=None).fit(images)
     >>> extractor.transform(images).shape
     (4, 512)
@@ -280,7 +280,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         return features
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        """Names ``cnnfeatureextractor0``, ``cnnfeatureextractor1``, ... of the output columns."""
+        """Output column names: ``cnnfeatureextractor0``, ``...1``, ..."""
         check_is_fitted(self, "n_features_out_")
         prefix = type(self).__name__.lower()
         return np.asarray(

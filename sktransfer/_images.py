@@ -9,8 +9,8 @@ and not on the number of images.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ class Preprocessing:
 
     @classmethod
     def from_torchvision(cls, transform) -> Preprocessing:
-        """From a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
+        """From torchvision's ``ImageClassification`` (``weights.transforms()``)."""
         return cls(
             resize_size=int(transform.resize_size[0]),
             crop_size=int(transform.crop_size[0]),
@@ -144,8 +144,12 @@ class Images(Sequence):
         def submit(pool: ThreadPoolExecutor, start: int) -> list[Future]:
             stop = min(start + batch_size, len(self))
             if self.kind == "array":
-                return [pool.submit(self._preprocessed_rows, preprocessing, start, stop)]
-            return [pool.submit(self._load, i, preprocessing) for i in range(start, stop)]
+                return [
+                    pool.submit(self._preprocessed_rows, preprocessing, start, stop)
+                ]
+            return [
+                pool.submit(self._load, i, preprocessing) for i in range(start, stop)
+            ]
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = deque(submit(pool, start) for start in starts[:2])
@@ -163,7 +167,7 @@ class Images(Sequence):
 
 
 def to_rgb(batch: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` with C in 1/3/4 -> 3 channels (grey replicated, alpha dropped)."""
+    """``(N, C, H, W)``, C in 1/3/4 -> 3 channels (grey copied, alpha dropped)."""
     channels = batch.shape[1]
     if channels == 1:
         return batch.expand(-1, 3, -1, -1)
@@ -196,7 +200,8 @@ def _decode_file(path: str | os.PathLike, draft: int | None = None) -> torch.Ten
         raise FileNotFoundError(f"Image file {str(path)!r} does not exist.") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
-            f"Cannot decode image file {str(path)!r}: not an image format Pillow can read."
+            f"Cannot decode image file {str(path)!r}: not an image format Pillow can "
+            "read."
         ) from exc
     except IsADirectoryError as exc:
         raise ImageDecodeError(
@@ -219,7 +224,8 @@ def check_images(X, *, n_channels: int | None = None) -> Images:
     """
     if isinstance(X, (str, Path)):
         raise InvalidImageError(
-            f"Expected a collection of images, got a single path {str(X)!r}; wrap it in a list."
+            f"Expected a collection of images, got a single path {str(X)!r}; wrap it "
+            "in a list."
         )
     if isinstance(X, Image.Image):
         raise InvalidImageError(
@@ -243,7 +249,8 @@ def _check_list(items: list) -> Images:
     if len(kinds) > 1 or None in kinds:
         seen = sorted({type(item).__name__ for item in items})
         raise InvalidImageError(
-            f"A list of images must hold only file paths (str/pathlib.Path) or only PIL "
+            "A list of images must hold only file paths (str/pathlib.Path) or only "
+            "PIL "
             f"images; got mixed types {seen}. Stack arrays into one array instead."
         )
     kind = kinds.pop()
@@ -266,7 +273,8 @@ def _item_kind(item) -> str | None:
 def _check_array(X, n_channels: int | None) -> Images:
     if hasattr(X, "tocsr") or hasattr(X, "todense"):
         raise InvalidImageError(
-            "Sparse input is not supported: pass images as a dense array, file paths or PIL images."
+            "Sparse input is not supported: pass images as a dense array, file paths "
+            "or PIL images."
         )
     try:
         array = np.asarray(X)
@@ -297,7 +305,8 @@ def _check_array(X, n_channels: int | None) -> Images:
             array = array.transpose(0, 3, 1, 2)  # NHWC view -> NCHW, copied per batch
         elif array.shape[1] not in _CHANNELS:
             raise InvalidImageError(
-                f"Cannot find the channel axis of images of shape {array.shape}: expected "
+                f"Cannot find the channel axis of images of shape {array.shape}: "
+                "expected "
                 f"1, 3 or 4 channels in the last (NHWC) or second (NCHW) axis."
             )
     channels = 1 if array.ndim == 3 else array.shape[1]
@@ -306,7 +315,8 @@ def _check_array(X, n_channels: int | None) -> Images:
     if n_channels is not None and channels != n_channels:
         raise InvalidImageError(
             f"Images have {channels} channel(s) but the estimator was fitted on "
-            f"{n_channels}-channel images; the image size may change, the channel count may not."
+            f"{n_channels}-channel images; the image size may change, the channel "
+            "count may not."
         )
     scale = 1.0
     if array.dtype.kind == "f":
@@ -330,6 +340,7 @@ def _float_scale(array: np.ndarray) -> float:
     if low >= 0 and high <= 255:
         return 1.0 / 255.0
     raise InvalidImageError(
-        f"Float images must lie in [0, 1] or in [0, 255], got values in [{low:g}, {high:g}]. "
+        f"Float images must lie in [0, 1] or in [0, 255], got values in [{low:g}, "
+        f"{high:g}]. "
         "Undo any normalisation first: sktransfer applies the backbone's own mean/std."
     )

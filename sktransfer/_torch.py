@@ -31,7 +31,8 @@ def find_layer(module: nn.Module, layer: str) -> nn.Module:
     modules.pop("", None)
     if layer not in modules:
         raise UnknownLayerError(
-            f"Unknown layer {layer!r} for {type(module).__name__}.{did_you_mean(layer, modules, n=5)} "
+            f"Unknown layer {layer!r} for "
+            f"{type(module).__name__}.{did_you_mean(layer, modules, n=5)} "
             "Valid names are those of dict(model.named_modules()), e.g. "
             f"{', '.join(repr(n) for n in list(modules)[:4])}, ..."
         )
@@ -72,7 +73,8 @@ def forward_tap(
         handle.remove()
     if not captured:
         raise UnknownLayerError(
-            f"Layer {type(tap).__name__} was never called in the forward pass; choose a layer "
+            f"Layer {type(tap).__name__} was never called in the forward pass; choose "
+            "a layer "
             "that the network's forward() uses."
         )
     out = captured[0]
@@ -84,7 +86,7 @@ def forward_tap(
 
 
 def pool(features: torch.Tensor, pooling: str | None) -> torch.Tensor:
-    """``(N, C, H, W)`` or ``(N, L, D)`` -> ``(N, d)`` by ``avg``/``max``/``avgmax``/flatten."""
+    """``(N, C, H, W)`` or ``(N, L, D)`` -> ``(N, d)``: avg, max, avgmax or flatten."""
     if features.ndim == 2:
         return features
     if pooling is None:

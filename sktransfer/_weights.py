@@ -46,7 +46,8 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
     if not path.is_file():
         raise WeightsNotAvailableError(
             f"Weights file {str(path)!r} does not exist. Pass the path of a state "
-            "dict saved with torch.save(model.state_dict(), path) or a .safetensors file."
+            "dict saved with torch.save(model.state_dict(), path) or a .safetensors "
+            "file."
         )
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
@@ -76,8 +77,10 @@ def _read_state_dict(path: Path) -> StateDict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise WeightsError(
-            f"Refusing to load {str(path)!r}: it needs arbitrary unpickling (for example "
-            "a whole pickled model), which can execute code. Save only the tensors with "
+            f"Refusing to load {str(path)!r}: it needs arbitrary unpickling (for "
+            "example "
+            "a whole pickled model), which can execute code. Save only the tensors "
+            "with "
             "torch.save(model.state_dict(), path) or use a .safetensors file."
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
@@ -152,8 +155,10 @@ def download_torchvision_weights(weights: WeightsEnum) -> StateDict:
             )
         except Exception as exc:  # offline: URLError, socket errors, timeouts
             raise WeightsNotAvailableError(
-                f"Pretrained weights {weights} are not available offline: {path.name!r} "
-                f"is not in {str(path.parent)!r} (TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}) "
+                f"Pretrained weights {weights} are not available offline: "
+                f"{path.name!r} "
+                f"is not in {str(path.parent)!r} "
+                f"(TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}) "
                 f"and downloading {weights.url} failed ({type(exc).__name__}: {exc}). "
                 f"Copy the file there from a machine with network access, set "
                 f"TORCH_HOME to a folder holding hub/checkpoints/{path.name}, pass a "

@@ -186,7 +186,9 @@ def test_bare_module(images):
     extractor = CNNFeatureExtractor(module).fit(images)
     assert extractor.transform(images).shape == (8, 8)
     assert extractor.backbone_.module is not module
-    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True)
+    )
 
 
 def test_set_output_pandas(fitted, images):
