@@ -274,11 +274,19 @@ def _check_input(X, n_channels=None):
 
 
 def _check_labels(y, n_samples: int, categories: list[str]) -> None:
+    from sklearn.utils.multiclass import type_of_target
+
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != n_samples:
         raise ValueError(
             f"y must be 1-D with one label per image ({n_samples} images), "
             f"got shape {y.shape}."
+        )
+    kind = type_of_target(y, input_name="y")
+    if kind not in ("binary", "multiclass"):
+        raise ValueError(
+            f"Unknown label type: {kind!r}. y holds class labels: category names "
+            f"such as {categories[0]!r} (see classes_)."
         )
     known = set(categories)
     unknown = sorted({str(label) for label in y.tolist() if label not in known})
