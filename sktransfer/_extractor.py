@@ -65,10 +65,11 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         estimator embeds each image once. A folder: an on-disk cache shared by
         processes and runs (one ``.npy`` per image, written atomically).
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        ``"auto"`` runs CUDA under bfloat16 autocast (float16 where bfloat16 is
-        unsupported) with channels-last memory, and the CPU in float32.
-        Embeddings under autocast agree with float32 ones to about 1e-2
-        relative (see docs/benchmarks.md); outputs are always float32.
+        Autocast dtype of the forward pass. ``"auto"``: float16 with
+        channels-last memory and cuDNN autotuning on CUDA, float32 on the CPU.
+        Measured cosine similarity to float32 embeddings (EfficientNet-Lite0,
+        real weights): float16 >= 0.9999, bfloat16 >= 0.98. Outputs are
+        always float32.
 
     Attributes
     ----------
@@ -240,7 +241,9 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         ):
             return None
         if self.precision == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # float16 keeps 3 more mantissa bits than bfloat16: EfficientNet-Lite0
+            # embeddings reach cosine 0.9999 to float32 against 0.98 (see docs).
+            return torch.float16
         return getattr(torch, self.precision)
 
     def _cache_namespace(self) -> str:

@@ -237,3 +237,12 @@ def test_refits_share_weight_tensors_not_modules(images):
     assert a.backbone_.module is not b.backbone_.module
     assert a.backbone_.module.conv1.weight is b.backbone_.module.conv1.weight
     np.testing.assert_array_equal(a.transform(images), b.transform(images))
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(images):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        CNNFeatureExtractor("resnet18", weights=None, device="cuda").fit(images)
+    with pytest.raises(ValueError, match="Invalid device 'gpu0'"):
+        CNNFeatureExtractor("resnet18", weights=None, device="gpu0").fit(images)

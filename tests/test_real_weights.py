@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import texture_patches
+from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -47,3 +48,18 @@ def test_real_weights_recognise_a_photo(lite0):
     with torch.inference_mode():
         top = head(features).softmax(1)[0].argmax().item()
     assert lite0.backbone_.categories[top] == "espresso"
+
+
+@pytest.mark.parametrize(
+    ("precision", "min_cosine"), [("float16", 0.999), ("bfloat16", 0.97)]
+)
+def test_autocast_embeddings_agree_with_float32(lite0, precision, min_cosine):
+    """The documented tolerance of ``precision`` (run here under CPU autocast)."""
+    X, _ = texture_patches(size=64, per_class=3)
+    reference = lite0.transform(X)
+    low = clone(lite0).set_params(precision=precision).fit(X).transform(X)
+    assert low.dtype == np.float32
+    cosine = (reference * low).sum(1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1)
+    )
+    assert cosine.min() >= min_cosine
