@@ -54,6 +54,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `sktransfer predict ... | head`: stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # never a traceback: one line, non-zero exit
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
@@ -332,40 +336,34 @@ def _collect(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """File names (and labels for an image folder) from INPUT arguments.
 
-    One folder with class sub-folders is an image folder ``root/<class>/<image>``
-    (labels are returned); a folder without sub-folders gives its images;
-    otherwise every argument must be an image file.
+    A single folder with class sub-folders is an image folder
+    ``root/<class>/<image>``: its labels are returned too. Otherwise each
+    argument is an image file, or a folder standing for the image files below
+    it (sorted, hidden names skipped), in the order given.
     """
-    from .datasets import IMAGE_EXTENSIONS, load_image_folder
+    from .datasets import IMAGE_EXTENSIONS, _class_files, load_image_folder
 
     if len(inputs) == 1 and os.path.isdir(inputs[0]):
-        root = inputs[0]
-        with os.scandir(root) as scan:
+        with os.scandir(inputs[0]) as scan:
             entries = list(scan)
         if any(e.is_dir() and not e.name.startswith(".") for e in entries):
-            data = load_image_folder(root)
+            data = load_image_folder(inputs[0])
             return data.filenames, data.target, data.target_names
-        files = sorted(
-            entry.name
-            for entry in entries
-            if entry.is_file()
-            and not entry.name.startswith(".")
-            and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-        )
-        if not files:
-            raise ValueError(
-                f"Folder {root!r} holds no image files (extensions: "
-                f"{', '.join(IMAGE_EXTENSIONS)})."
-            )
-        return np.asarray([os.path.join(root, f) for f in files]), None, None
+    filenames: list[str] = []
     for path in inputs:
         if os.path.isdir(path):
-            raise ValueError(
-                f"{path!r} is a folder; give one folder or image files, not both."
-            )
-        if not os.path.exists(path):
+            files = _class_files(Path(path), IMAGE_EXTENSIONS, skipped=[])
+            if not files:
+                raise ValueError(
+                    f"Folder {path!r} holds no image files (extensions: "
+                    f"{', '.join(IMAGE_EXTENSIONS)})."
+                )
+            filenames.extend(os.path.join(path, f) for f in files)
+        elif os.path.exists(path):
+            filenames.append(path)
+        else:
             raise FileNotFoundError(f"Input {path!r} does not exist.")
-    return np.asarray(inputs), None, None
+    return np.asarray(filenames), None, None
 
 
 # ----------------------------------------------------------------------------- embed

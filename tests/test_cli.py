@@ -188,14 +188,28 @@ def test_embed_bad_output(capsys, image_folder, tmp_path, output, match):
     assert_one_line_error(code, err, match)
 
 
+def test_embed_folders_and_files_mixed(capsys, image_folder, jpeg_paths, tmp_path):
+    out = tmp_path / "mixed.npy"
+    argv = ["embed", image_folder / "bee", jpeg_paths[1], image_folder, "-o", out]
+    code, _, err = run(capsys, *argv, *FAST)
+    assert code == 0, err
+    with open(sidecar_path(out), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = [str(image_folder / "bee" / f"{i}.png") for i in range(4)]
+    expected.append(jpeg_paths[1])
+    expected += [str(image_folder / c / f"{i}.png") for c in ("ant", "bee", "cow")
+                 for i in range(4)]  # fmt: skip
+    assert [r["filename"] for r in rows] == expected
+    assert "label" not in rows[0]
+    assert np.load(out).shape == (17, 512)
+
+
 def test_embed_bad_inputs(capsys, image_folder, jpeg_paths, tmp_path):
     out = tmp_path / "e.npy"
     code, _, err = run(
         capsys, "embed", jpeg_paths[0], tmp_path / "nope.jpg", "-o", out, *FAST
     )
     assert_one_line_error(code, err, "nope.jpg' does not exist")
-    code, _, err = run(capsys, "embed", image_folder, jpeg_paths[0], "-o", out, *FAST)
-    assert_one_line_error(code, err, "is a folder; give one folder or image files")
     (tmp_path / "empty").mkdir()
     code, _, err = run(capsys, "embed", tmp_path / "empty", "-o", out, *FAST)
     assert_one_line_error(code, err, "holds no image files")
