@@ -29,14 +29,11 @@ See the "Scaling out" guide (``docs/scaling.md``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import copy
 import math
 import os
-import threading
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from numbers import Integral
 from pathlib import Path
@@ -44,8 +41,6 @@ from pathlib import Path
 try:
     import dask
     import distributed
-    from dask.system import cpu_count
-    from distributed import WorkerPlugin
     from distributed.comm import get_address_host
 except ImportError as exc:  # pragma: no cover - exercised by a test with dask hidden
     raise ImportError(
@@ -55,17 +50,21 @@ except ImportError as exc:  # pragma: no cover - exercised by a test with dask h
 
 import joblib
 import numpy as np
-import torch
 from sklearn.base import clone
 
 from ._backbones import check_model
+from ._dask_worker import (
+    _clear_cache,
+    _embed_partition,
+    _Job,
+    _TorchThreads,
+)
 from ._extractor import CNNFeatureExtractor
 from .exceptions import InvalidImageError
 
 __all__ = ["clear_worker_cache", "parallel_backend", "transform"]
 
 _MAX_AUTO_PARTITION = 1024
-_WORKER_CACHE_SIZE = 2  # fitted extractors kept per worker process (a VGG is 0.5 GB)
 
 
 # --------------------------------------------------------------------------
@@ -301,14 +300,6 @@ def _check_torch_threads(torch_threads) -> None:
     )
 
 
-class _Job:
-    """What a worker needs to build the extractor: its unfitted clone and a key."""
-
-    def __init__(self, key: str, spec: CNNFeatureExtractor):
-        self.key = key
-        self.spec = spec
-
-
 def _make_job(extractor: CNNFeatureExtractor) -> _Job:
     spec = clone(extractor).set_params(progress=False)
     spec._validate_params()  # bad parameters fail here, not on every worker
@@ -324,11 +315,6 @@ def _slots_by_host(client) -> dict[str, int]:
     for address, nthreads in client.nthreads().items():
         slots[get_address_host(address)] += nthreads
     return dict(slots)
-
-
-def _auto_threads(cpus: int, slots: int) -> int:
-    """torch threads per task when ``slots`` tasks share ``cpus`` cores."""
-    return max(1, cpus // max(1, slots))
 
 
 def _as_paths(X) -> list[str]:
@@ -419,129 +405,3 @@ def _assemble(results: list[np.ndarray], lengths: list[int] | None) -> np.ndarra
     if not blocks:
         raise InvalidImageError("Got an empty collection of images; need at least one.")
     return np.concatenate(blocks, axis=0)
-
-
-# --------------------------------------------------------------------------
-# Worker side
-# --------------------------------------------------------------------------
-_cache: OrderedDict[str, CNNFeatureExtractor] = OrderedDict()
-_cache_lock = threading.Lock()
-_loads: Counter[str] = Counter()  # backbone builds per job key, in this process
-
-
-def _embed_partition(job: _Job, paths, torch_threads, slots) -> np.ndarray:
-    """Embed one partition of paths on a worker (runs in a worker thread)."""
-    paths = [os.fspath(p) for p in paths]
-    if not paths:  # an empty bag partition: nothing to load
-        return np.empty((0, 0), dtype=np.float32)
-    threads = _threads_here(torch_threads, slots)
-    with _torch_threads(threads):
-        extractor = _cached_extractor(job, paths[:1])
-        if threads is not None and extractor.n_jobs is None:
-            # Decode with as many threads as torch gets, not min(4, all cores).
-            extractor = copy.copy(extractor)  # shares the backbone
-            extractor.n_jobs = threads
-        features = extractor.transform(paths)
-    if len(features) != len(paths):  # pragma: no cover - defensive
-        raise RuntimeError(f"Embedded {len(features)} rows for {len(paths)} paths.")
-    return features
-
-
-def _cached_extractor(job: _Job, probe: list[str]) -> CNNFeatureExtractor:
-    """This process's fitted extractor for ``job``: built once, then reused."""
-    with _cache_lock:  # also makes concurrent tasks of one worker build it once
-        extractor = _cache.get(job.key)
-        if extractor is None:
-            extractor = clone(job.spec).fit(probe)
-            _loads[job.key] += 1
-            _cache[job.key] = extractor
-            while len(_cache) > _WORKER_CACHE_SIZE:
-                _cache.popitem(last=False)
-        _cache.move_to_end(job.key)
-        return extractor
-
-
-def _clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
-        _loads.clear()
-
-
-def _cache_loads() -> dict[str, int]:
-    """Backbone builds per job key in this process (read with ``client.run``)."""
-    with _cache_lock:
-        return dict(_loads)
-
-
-def _threads_here(torch_threads, slots: Mapping[str, int]) -> int | None:
-    """Resolve ``torch_threads`` on the worker that runs the task."""
-    if torch_threads != "auto":
-        return torch_threads
-    worker = distributed.get_worker()
-    host = get_address_host(worker.address)
-    return _auto_threads(cpu_count(), slots.get(host, worker.state.nthreads))
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` torch threads in the calling thread, then restore."""
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class _TorchThreads(WorkerPlugin):
-    """Set torch's thread count on every thread of a worker; restore on teardown.
-
-    torch's (OpenMP's) thread count belongs to each thread, so it is set from
-    inside each of the worker's executor threads, not just once per process.
-    """
-
-    def __init__(self, torch_threads, slots: Mapping[str, int], name: str):
-        self.torch_threads = torch_threads
-        self.slots = dict(slots)
-        self.name = name
-        self._previous: int | None = None
-
-    async def setup(self, worker) -> None:
-        if self.torch_threads == "auto":
-            host = get_address_host(worker.address)
-            n = _auto_threads(cpu_count(), self.slots.get(host, worker.state.nthreads))
-        else:
-            n = int(self.torch_threads)
-        self._previous = await _set_threads_everywhere(worker, n)
-
-    async def teardown(self, worker) -> None:
-        if self._previous is not None:
-            await _set_threads_everywhere(worker, self._previous)
-
-
-async def _set_threads_everywhere(worker, n: int, timeout: float = 10.0) -> int:
-    """Set torch threads in each executor thread of ``worker``; return the old value.
-
-    One call per thread, held at a barrier so that no thread takes two; threads
-    busy with a running task are skipped after ``timeout`` seconds (they keep
-    their setting; threads started later inherit ``n``).
-    """
-    torch.set_num_threads(n)  # this thread, and the default for new threads
-    executor = worker.executors["default"]
-    count = max(1, worker.state.nthreads)
-    barrier = threading.Barrier(count)
-    previous: list[int] = []
-
-    def apply() -> None:
-        previous.append(torch.get_num_threads())
-        torch.set_num_threads(n)
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout)
-
-    await asyncio.gather(
-        *(asyncio.wrap_future(executor.submit(apply)) for _ in range(count))
-    )
-    return previous[0] if previous else n

@@ -24,6 +24,7 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
 from sktransfer import CNNFeatureExtractor, InvalidImageError  # noqa: E402
+from sktransfer import _dask_worker as worker_side  # noqa: E402
 from sktransfer import distributed as skd  # noqa: E402
 
 N_IMAGES = 240
@@ -82,17 +83,18 @@ def _executing(dask_worker):
 def test_transform_equals_local_in_order_loading_once_per_worker(
     client, extractor, many_paths, reference
 ):
-    client.run(skd._clear_cache)
+    client.run(worker_side._clear_cache)
     out = skd.transform(extractor, many_paths, client=client, partition_size=10)
 
     assert out.dtype == np.float32
     assert out.shape == reference.shape and len(out) == N_IMAGES
     np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0)
     # 24 partitions ran, on both workers, and each worker built the backbone once.
-    loads = client.run(skd._cache_loads)
+    loads = client.run(worker_side._cache_loads)
     assert len(loads) == 2
     for worker, counts in loads.items():
         assert list(counts.values()) == [1], (worker, counts)
+    assert set(client.run(worker_side._malloc_users_now).values()) == {0}
     # The caller's extractor is neither fitted nor modified.
     assert not hasattr(extractor, "backbone_")
 
@@ -101,10 +103,10 @@ def test_second_call_reuses_worker_backbones_and_fitted_input(
     client, many_paths, reference
 ):
     fitted = CNNFeatureExtractor(MODEL, weights=None).fit(many_paths[:1])
-    before = client.run(skd._cache_loads)
+    before = client.run(worker_side._cache_loads)
     out = skd.transform(fitted, many_paths[:40], client=client, partition_size=4)
     np.testing.assert_allclose(out, reference[:40], atol=1e-5, rtol=0)
-    assert client.run(skd._cache_loads) == before  # nothing was rebuilt
+    assert client.run(worker_side._cache_loads) == before  # nothing was rebuilt
 
 
 def test_transform_dask_bag_and_array(client, extractor, many_paths, reference):
@@ -192,7 +194,7 @@ def test_worker_killed_mid_run_gives_every_row_once(
     np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0)
     assert victim not in client.run(os.getpid)  # a new process replaced it
     client.wait_for_workers(2, timeout=120)
-    for counts in client.run(skd._cache_loads).values():
+    for counts in client.run(worker_side._cache_loads).values():
         assert set(counts.values()) <= {1}
 
 
@@ -272,16 +274,20 @@ def test_parallel_backend_sets_torch_threads_per_worker_and_restores(client):
     assert set(before) == {1}  # the nanny's OMP_NUM_THREADS=1
     with skd.parallel_backend(client, torch_threads=2):
         during = client.gather(client.map(_threads, range(4), pure=False))
+        malloc_during = client.run(worker_side._malloc_users_now)
     after = client.gather(client.map(_threads, range(4), pure=False))
     assert set(during) == {2}
     assert set(after) == {1}
+    # glibc's malloc thresholds are raised for the block and restored after it.
+    assert set(malloc_during.values()) == {1}
+    assert set(client.run(worker_side._malloc_users_now).values()) == {0}
 
 
 def test_auto_threads_shares_cores_among_slots():
-    assert skd._auto_threads(cpus=2, slots=2) == 1
-    assert skd._auto_threads(cpus=16, slots=1) == 16
-    assert skd._auto_threads(cpus=16, slots=3) == 5
-    assert skd._auto_threads(cpus=2, slots=8) == 1
+    assert worker_side._auto_threads(cpus=2, slots=2) == 1
+    assert worker_side._auto_threads(cpus=16, slots=1) == 16
+    assert worker_side._auto_threads(cpus=16, slots=3) == 5
+    assert worker_side._auto_threads(cpus=2, slots=8) == 1
 
 
 # --------------------------------------------------------------------------
