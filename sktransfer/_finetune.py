@@ -91,9 +91,10 @@ class FineTuneClassifier(NeuralNetClassifier):
         BatchNorm layer uses its running statistics (small batches).
         ``"train"``: BatchNorm layers of frozen groups update their running
         statistics too (their weights stay fixed).
-    backbone_lr_ratio : float, default=0.1
+    backbone_lr_ratio : float, default=0.01
         Learning rate of the trained backbone groups relative to ``lr`` (the
-        head's): discriminative learning rates.
+        head's): discriminative learning rates. The defaults train the new
+        head at 1e-2 and pretrained layers at 1e-4 (AdamW).
     head_dropout : float, default=0.0
         Dropout probability before the new head.
     aux_loss_weight : float, default=0.3
@@ -116,8 +117,9 @@ class FineTuneClassifier(NeuralNetClassifier):
         validation split: a fit is reproducible on CPU.
     max_epochs : int, default=10
         Passes over the training data.
-    lr : float, default=1e-3
-        Learning rate of the new head.
+    lr : float, default=1e-2
+        Learning rate of the new head (a freshly initialised layer: small
+        image sets give it few steps, so it needs a fairly high rate).
     batch_size : int, default=32
         Images per step (training and prediction).
     optimizer : torch optimizer class, default=torch.optim.AdamW
@@ -195,7 +197,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         frozen_layers="all",
         augment=True,
         bn="frozen",
-        backbone_lr_ratio=0.1,
+        backbone_lr_ratio=0.01,
         head_dropout=0.0,
         aux_loss_weight=0.3,
         cache_frozen=True,
@@ -203,7 +205,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         early_stopping=None,
         random_state=None,
         max_epochs=10,
-        lr=1e-3,
+        lr=1e-2,
         batch_size=32,
         optimizer=torch.optim.AdamW,
         criterion=torch.nn.CrossEntropyLoss,
