@@ -1,0 +1,356 @@
+"""The skorch mechanics behind FineTuneClassifier.
+
+:class:`FineTuneNet` builds the network (new heads, frozen groups), feeds it
+sktransfer's image input path (augmented in training), trains with per-group
+learning rates, auxiliary losses and BatchNorm policy, computes the frozen
+prefix once when it can, and resolves ``device="auto"``. The public estimator,
+its parameters and label handling live in :mod:`sktransfer._finetune`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from skorch import NeuralNetClassifier
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import ValidSplit, unpack_data
+from skorch.utils import is_dataset
+from torch.utils.data import DataLoader
+
+from ._backbones import build_backbone
+from ._finetune_data import (
+    FEATURES_KEY,
+    Collate,
+    FeatureDataset,
+    ImageDataset,
+    PrefixFeatures,
+    default_augmentation,
+    prepare_batch,
+)
+from ._freeze import (
+    apply_train_modes,
+    drop_aux,
+    freeze,
+    is_under,
+    replace_head,
+    resolve_frozen_layers,
+    trained_aux_heads,
+)
+from ._images import Images, check_images
+from ._prefix import NotSplittableError, computed_prefix, plan_split
+
+_AUX_MODELS = ("googlenet", "inception_v3")
+_DEFAULT_PATIENCE = 5
+
+
+class FineTuneNet(NeuralNetClassifier):
+    """skorch overrides shared by :class:`~sktransfer.FineTuneClassifier`."""
+
+    def check_data(self, X, y=None):
+        """Classes come from ``fit`` (labels are encoded before skorch sees them)."""
+
+    # ---------------------------------------------------------- initialise
+    def initialize(self):
+        """skorch's ``initialize`` (``device="auto"`` resolved); needs ``classes_``."""
+        with self._resolved_device():
+            return super().initialize()
+
+    def initialize_module(self):
+        """Build the backbone, replace its head(s) and freeze its first groups."""
+        classes = self.classes_
+        name = self.model if isinstance(self.model, str) else type(self.model).__name__
+        wants_aux = (
+            name in _AUX_MODELS
+            and isinstance(self.model, str)
+            and self.aux_loss_weight > 0
+        )
+        backbone = build_backbone(self.model, self.weights, aux_logits=wants_aux)
+        groups = backbone.groups
+        n_frozen = resolve_frozen_layers(self.frozen_layers, groups, name)
+        module = backbone.module
+        aux_heads = trained_aux_heads(backbone.aux_heads, groups, n_frozen)
+        if backbone.aux_heads and not aux_heads:
+            drop_aux(module)  # their branch is frozen: they would train for nothing
+        replace_head(module, backbone.head, len(classes), self.head_dropout)
+        for head in aux_heads:
+            replace_head(module, head, len(classes))
+        if aux_heads and name == "googlenet" and self.weights is not None:
+            warnings.warn(
+                "torchvision's pretrained GoogLeNet has no pretrained auxiliary heads: "
+                "aux1 and aux2 start from random weights and are trained with the loss "
+                f"weight aux_loss_weight={self.aux_loss_weight} (0 drops them).",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.frozen_modules_ = freeze(
+            module, groups, n_frozen, (backbone.head, *aux_heads)
+        )
+        self.layer_groups_ = groups
+        self.n_frozen_groups_ = n_frozen
+        self.head_ = backbone.head
+        self.aux_heads_ = aux_heads
+        self.preprocessing_ = backbone.preprocessing
+        self.backbone_name_ = backbone.name
+        self.weights_id_ = backbone.weights_id
+        self.module_ = module
+        return self
+
+    def initialize_optimizer(self, triggered_directly=None):
+        """The optimizer over trainable parameters only (head and unfrozen groups)."""
+        named = [(n, p) for n, p in self.module_.named_parameters() if p.requires_grad]
+        args, kwargs = self.get_params_for_optimizer("optimizer", named)
+        self.optimizer_ = self.optimizer(*args, **kwargs)
+        return self
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's parameter groups; the rest split into head and backbone groups.
+
+        The head trains at ``lr``, the backbone at ``lr * backbone_lr_ratio``;
+        groups set with ``optimizer__param_groups`` keep their own settings.
+        """
+        named_parameters = list(named_parameters)
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix != "optimizer":
+            return args, kwargs
+        heads = (self.head_, *self.aux_heads_)
+        head_ids = {id(p) for n, p in named_parameters if is_under(n, heads)}
+        groups = []
+        for group in args[0]:
+            if set(group) != {"params"}:  # a user-configured group
+                groups.append(group)
+                continue
+            head = [p for p in group["params"] if id(p) in head_ids]
+            rest = [p for p in group["params"] if id(p) not in head_ids]
+            if head:
+                groups.append({"params": head})
+            if rest:
+                groups.append(
+                    {"params": rest, "lr": kwargs["lr"] * self.backbone_lr_ratio}
+                )
+        return (groups,), kwargs
+
+    @property
+    def _default_callbacks(self):
+        callbacks = list(super()._default_callbacks)
+        patience = self._patience()
+        if patience is not None:
+            early = EarlyStopping(
+                monitor="valid_loss", patience=patience, load_best=True
+            )
+            callbacks.insert(-1, ("early_stopping", early))  # before print_log
+        return callbacks
+
+    def _patience(self) -> int | None:
+        if self.early_stopping is None or self.early_stopping is False:
+            return None
+        if self.early_stopping is True:
+            return _DEFAULT_PATIENCE
+        return int(self.early_stopping)
+
+    # ------------------------------------------------------------- training
+    def _set_training(self, training=True):
+        super()._set_training(training)
+        if training and getattr(self, "frozen_modules_", None) is not None:
+            apply_train_modes(self.module_, self.frozen_modules_, self.bn)
+
+    def get_dataset(self, X, y=None):
+        """Images (validated like every sktransfer input) or precomputed features."""
+        if is_dataset(X):
+            return X
+        if isinstance(X, PrefixFeatures):
+            return FeatureDataset(X.features, y)
+        if not isinstance(X, Images):
+            X = check_images(X, n_channels=getattr(self, "n_channels_in_", None))
+        return ImageDataset(X, y)
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        """skorch's split, or a stratified ``validation_fraction`` (early stopping)."""
+        if self.train_split is not None or self._patience() is None:
+            return super().get_split_datasets(X, y, **fit_params)
+        if self.validation_fraction is None:
+            raise ValueError(
+                f"early_stopping={self.early_stopping!r} needs held-out data, but "
+                "validation_fraction=None and train_split=None. Set "
+                "validation_fraction (e.g. 0.1) or pass a train_split."
+            )
+        n, n_classes = len(y), len(self.classes_)
+        n_valid = math.ceil(self.validation_fraction * n)
+        if n_valid < n_classes or n - n_valid < n_classes:
+            raise ValueError(
+                "early_stopping holds out validation_fraction="
+                f"{self.validation_fraction} of {n} images = {n_valid}, but a "
+                f"stratified split needs at least {n_classes} images (one per "
+                "class) on each side. Change validation_fraction, add images, or "
+                "disable early_stopping."
+            )
+        dataset = self.get_dataset(X, y)
+        split = ValidSplit(
+            self.validation_fraction, stratified=True, random_state=self.seed_
+        )
+        return split(dataset, y, **fit_params)
+
+    def get_iterator(self, dataset, training=False):
+        """skorch's iterator; a ``DataLoader`` gets sktransfer's collate function."""
+        prefix = "iterator_train" if training else "iterator_valid"
+        iterator = self.iterator_train if training else self.iterator_valid
+        kwargs = self.get_params_for(prefix)
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        if isinstance(iterator, type) and issubclass(iterator, DataLoader):
+            kwargs.setdefault("collate_fn", Collate(self.classes_))
+        return iterator(dataset, **kwargs)
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop; over precomputed frozen-prefix outputs when possible."""
+        split = self._plan_prefix(X)
+        self.prefix_cached_ = False
+        if split is not None:
+            self._set_training(True)  # the frozen groups' training-time mode
+            batches = X.batches(self.preprocessing_, self.batch_size)
+            try:
+                with computed_prefix(
+                    split, batches, len(X), torch.device(self.device)
+                ) as feats:
+                    self.prefix_cached_ = True
+                    self.prefix_split_ = split
+                    try:
+                        return super().fit_loop(
+                            PrefixFeatures(feats), y, epochs, **fit_params
+                        )
+                    finally:
+                        self.prefix_split_ = None
+            except NotSplittableError:
+                self.prefix_cached_ = False
+        return super().fit_loop(X, y, epochs, **fit_params)
+
+    def _plan_prefix(self, X):
+        eligible = (
+            self.cache_frozen
+            and self.augment is False
+            and isinstance(X, Images)
+            and self.n_frozen_groups_ > 0
+            and self.bn != "train"
+            and not self.compile
+        )
+        if not eligible:
+            return None
+        return plan_split(self.module_, self.layer_groups_, self.frozen_modules_)
+
+    def infer(self, x, **fit_params):
+        """One forward pass: preprocessing (augmented in training), then the network."""
+        training = self.module_.training
+        auto = isinstance(self.device, str) and self.device == "auto"
+        device = auto_device() if auto else self.device
+        if isinstance(x, dict) and FEATURES_KEY in x:
+            split = getattr(self, "prefix_split_", None)
+            if split is None:
+                raise RuntimeError(
+                    "Precomputed features reached the network outside fit."
+                )
+            return split.tail(training)(x[FEATURES_KEY].to(device))
+        augment = None
+        if training and self.augment is not False:
+            augment = self.augment
+            if augment is True:
+                augment = default_augmentation(self.preprocessing_)
+        batch = prepare_batch(
+            x, self.preprocessing_, augment, builtin=self.augment is True
+        )
+        return self.module_(batch.to(device), **fit_params)
+
+    def _outputs(self, y_pred):
+        """``(main, [aux, ...])`` from the network's output."""
+        if isinstance(y_pred, tuple):
+            aux = [o for o in y_pred[1:] if o is not None] if self.aux_heads_ else []
+            return y_pred[0], aux
+        return y_pred, []
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Loss of the main head, plus ``aux_loss_weight`` times the aux heads'."""
+        main, aux = self._outputs(y_pred)
+        if isinstance(y_true, torch.Tensor):  # a custom collate_fn: class indices
+            target = y_true.long()
+        else:
+            target = torch.from_numpy(self._encode(np.asarray(y_true)))
+        target = target.to(main.device)
+        loss = self.criterion_(main, target)
+        if aux and training:
+            loss = loss + self.aux_loss_weight * sum(
+                self.criterion_(a, target) for a in aux
+            )
+        return loss
+
+    def train_step_single(self, batch, **fit_params):
+        """skorch's step; ``y_pred`` is the main head's output."""
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        loss.backward()
+        return {"loss": loss, "y_pred": self._outputs(y_pred)[0]}
+
+    # ----------------------------------------------------------- predicting
+    def forward_iter(self, X, training=False, device="cpu"):
+        with self._resolved_device():
+            yield from super().forward_iter(X, training=training, device=device)
+
+    # ---------------------------------------------------------- persistence
+    @contextlib.contextmanager
+    def _resolved_device(self):
+        """``device="auto"`` as a concrete device while skorch runs."""
+        raw = self.__dict__.get("device")
+        if not (isinstance(raw, str) and raw == "auto"):
+            yield
+            return
+        self.__dict__["device"] = auto_device()
+        try:
+            yield
+        finally:
+            self.__dict__["device"] = raw
+
+    def load_params(self, *args, **kwargs):
+        with self._resolved_device():
+            return super().load_params(*args, **kwargs)
+
+    def __setstate__(self, state):
+        # A net fitted on a GPU with device="auto" loads on a CPU-only machine.
+        raw = state.get("device")
+        auto = isinstance(raw, str) and raw == "auto"
+        if auto:
+            state["device"] = auto_device()
+        super().__setstate__(state)
+        if auto:
+            self.__dict__["device"] = raw
+
+
+def auto_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_from(random_state) -> int | None:
+    if random_state is None:
+        return None
+    if isinstance(random_state, Integral):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(2**31 - 1))
+
+
+@contextlib.contextmanager
+def forked_rng(seed: int | None, device):
+    """Seed torch for one fit without touching the caller's random state."""
+    if seed is None:
+        yield
+        return
+    devices = []
+    if torch.device(device).type == "cuda":
+        devices = [torch.device(device).index or torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
