@@ -68,8 +68,11 @@ def _image_key(images: Images, index: int) -> str:
         digest.update(f"{image.mode}{image.size}".encode())
         digest.update(image.tobytes())
     else:
-        row = np.ascontiguousarray(images.data[index])
-        digest.update(f"{row.dtype}{row.shape}{images.scale}".encode())
+        array, scale = images.data, images.scale
+        if images.kind == "arrays":  # a list of one-image collections
+            array, scale, index = array[index].data, array[index].scale, 0
+        row = np.ascontiguousarray(array[index])
+        digest.update(f"{row.dtype}{row.shape}{scale}".encode())
         digest.update(row.tobytes())
     return digest.hexdigest()
 

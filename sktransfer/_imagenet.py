@@ -18,7 +18,6 @@ from torchvision.models import WeightsEnum
 from ._backbones import build_backbone
 from ._images import check_images
 from ._torch import resolve_device
-from .exceptions import InvalidImageError
 
 
 class ImageNetClassifier(ClassifierMixin, BaseEstimator):
@@ -134,7 +133,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : ImageNetClassifier
         """
-        images = _check_input(X)
+        images = check_images(X)
         resolve_device(self.device)
         backbone = build_backbone(self.model, self.weights)
         if not backbone.categories:
@@ -166,7 +165,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
             Columns in the order of ``classes_``.
         """
         check_is_fitted(self, "backbone_")
-        images = _check_input(X, self.n_channels_in_)
+        images = check_images(X, n_channels=self.n_channels_in_)
         device = resolve_device(self.device)
         module = self.backbone_.module.to(device).eval()
         out = np.empty((len(images), len(self.classes_)), dtype=np.float64)
@@ -257,20 +256,6 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         tags.requires_fit = True
         tags.non_deterministic = False
         return tags
-
-
-def _check_input(X, n_channels=None):
-    """:func:`check_images`, also accepting a list of same-shaped arrays."""
-    if isinstance(X, (list, tuple)) and X and all(isinstance(x, np.ndarray) for x in X):
-        shapes = sorted({x.shape for x in X})
-        if len(shapes) > 1:
-            raise InvalidImageError(
-                f"A list of image arrays must hold images of one shape, got shapes "
-                f"{shapes[:4]}. Resize them to one size, or pass PIL images or file "
-                "paths, which may differ in size."
-            )
-        X = np.stack(X)
-    return check_images(X, n_channels=n_channels)
 
 
 def _check_labels(y, n_samples: int, categories: list[str]) -> None:

@@ -75,14 +75,17 @@ class Preprocessing:
 
 
 class Images(Sequence):
-    """A validated collection of images: an array, file paths or PIL images.
+    """A validated collection of images: an array, a list of arrays, file paths
+    or PIL images.
 
     Indexing gives one image as a ``(3, H, W)`` uint8 (or float in [0, 1])
     tensor; :meth:`batches` streams preprocessed batches.
     """
 
     def __init__(self, kind: str, data, n_channels: int | None, scale: float = 1.0):
-        self.kind = kind  # "array", "paths" or "pil"
+        # "array": one ndarray; "arrays": a list of one-image "array" Images
+        # (sizes may differ); "paths"; "pil".
+        self.kind = kind
         self.data = data
         self.n_channels = n_channels  # of the input; None for files and PIL images
         self.scale = scale  # float arrays given in [0, 255] are divided by 255
@@ -95,6 +98,8 @@ class Images(Sequence):
             return self._array_batch(index, index + 1)[0]
         if self.kind == "paths":
             return _decode_file(self.data[index])
+        if self.kind == "arrays":
+            return self.data[index][0]
         return _pil_to_tensor(self.data[index], name=f"PIL image at index {index}")
 
     def subset(self, indices) -> Images:
@@ -214,10 +219,11 @@ def check_images(X, *, n_channels: int | None = None) -> Images:
 
     Parameters
     ----------
-    X : array-like, list of paths or list of PIL images
+    X : array-like, list of arrays, list of paths or list of PIL images
         A uint8/integer/float array ``(n, H, W, C)``, ``(n, C, H, W)`` or
-        ``(n, H, W)`` with C in 1, 3, 4; a list or 1-D array of ``str`` /
-        ``pathlib.Path``; or a list of ``PIL.Image.Image``. Float arrays must lie
+        ``(n, H, W)`` with C in 1, 3, 4; a list of such single images (sizes
+        may differ); a list or 1-D array of ``str`` / ``pathlib.Path``; or a
+        list of ``PIL.Image.Image``. Float arrays must lie
         in [0, 1] (scaled by 255) or, when their maximum exceeds 1, in [0, 255].
     n_channels : int, default=None
         The channel count seen in ``fit``; array input with another count is an error.
@@ -238,22 +244,23 @@ def check_images(X, *, n_channels: int | None = None) -> Images:
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS" and X.ndim == 1:
         X = list(X)
     if isinstance(X, (list, tuple)):
-        return _check_list(list(X))
+        return _check_list(list(X), n_channels)
     return _check_array(X, n_channels)
 
 
-def _check_list(items: list) -> Images:
+def _check_list(items: list, n_channels: int | None) -> Images:
     if not items:
         raise InvalidImageError("Got an empty list of images; need at least one image.")
     kinds = {_item_kind(item) for item in items}
     if len(kinds) > 1 or None in kinds:
         seen = sorted({type(item).__name__ for item in items})
         raise InvalidImageError(
-            "A list of images must hold only file paths (str/pathlib.Path) or only "
-            "PIL "
-            f"images; got mixed types {seen}. Stack arrays into one array instead."
+            "A list of images must hold only file paths (str/pathlib.Path), only "
+            f"PIL images or only arrays; got mixed types {seen}."
         )
     kind = kinds.pop()
+    if kind == "arrays":
+        return _check_array_list(items, n_channels)
     if kind == "paths":
         for item in items:
             if not os.path.exists(item):
@@ -267,7 +274,34 @@ def _item_kind(item) -> str | None:
         return "paths"
     if isinstance(item, Image.Image):
         return "pil"
+    if isinstance(item, np.ndarray):
+        return "arrays"
     return None
+
+
+def _check_array_list(items: list, n_channels: int | None) -> Images:
+    """A list of single-image arrays ``(H, W[, C])`` or ``(C, H, W)``, any sizes
+    (e.g. ``load_sample_images().images``); each is validated like an array."""
+    singles = []
+    for index, item in enumerate(items):
+        if item.ndim not in (2, 3):
+            raise InvalidImageError(
+                f"Image {index} of the list has shape {item.shape}; each array in a "
+                "list must be one image, (H, W), (H, W, C) or (C, H, W)."
+            )
+        singles.append(_check_array(item[None], n_channels))
+    channels = sorted({single.n_channels for single in singles})
+    if len(channels) > 1:
+        raise InvalidImageError(
+            f"The images of the list have different channel counts {channels}; "
+            "convert them to one (e.g. all RGB)."
+        )
+    # Like a single array, the [0, 1] / [0, 255] rule holds for the whole list.
+    scale = min(single.scale for single in singles)
+    for single in singles:
+        if single.data.dtype.kind == "f":
+            single.scale = scale
+    return Images("arrays", singles, n_channels=channels[0])
 
 
 def _check_array(X, n_channels: int | None) -> Images:

@@ -56,9 +56,13 @@ def test_batch_size_and_input_form_do_not_matter(random_clf, images, jpeg_paths)
 
 def test_list_of_arrays(random_clf, images):
     as_list = random_clf.predict_proba(list(images))
-    np.testing.assert_allclose(as_list, random_clf.predict_proba(images))
-    with pytest.raises(InvalidImageError, match="one shape, got shapes"):
-        random_clf.predict_proba([images[0], images[1, :16]])
+    np.testing.assert_allclose(as_list, random_clf.predict_proba(images), atol=1e-6)
+    mixed_sizes = random_clf.predict_proba([images[0], images[1, :16]])
+    np.testing.assert_allclose(
+        mixed_sizes[1], random_clf.predict_proba(images[1:2, :16])[0], atol=1e-6
+    )
+    with pytest.raises(InvalidImageError, match="mixed types"):
+        random_clf.predict_proba([images[0], "a.jpg"])
 
 
 def test_fit_warns_once_for_unknown_labels(images):

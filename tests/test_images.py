@@ -35,7 +35,13 @@ def extractor():
         (np.zeros((2, 8, 8, 3), bool), "dtype bool"),
         (np.zeros((2, 8, 8, 3), complex), "Complex data not supported"),
         (["a.jpg", Image.new("RGB", (4, 4))], "mixed types"),
-        ([np.zeros((8, 8, 3))], "mixed types|only file paths"),
+        ([np.zeros((8, 8, 3)), "a.jpg"], "mixed types"),
+        ([np.zeros((2, 8, 8, 3))], "must be one image"),
+        (
+            [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)],
+            "channel counts|fitted on 3-channel",
+        ),
+        ([np.full((8, 8, 3), np.nan)], "NaN or infinity"),
         ("one.jpg", "single path"),
     ],
 )
@@ -95,3 +101,18 @@ def test_nchw_and_grey_layouts_are_detected():
     assert check_images(np.zeros((2, 3, 9, 7), np.uint8))[0].shape == (3, 9, 7)
     assert check_images(np.zeros((2, 9, 7, 1), np.uint8))[0].shape == (3, 9, 7)
     assert check_images(np.zeros((2, 9, 7), np.uint8)).n_channels == 1
+
+
+def test_list_of_arrays_of_different_sizes(extractor, rng):
+    """e.g. ``load_sample_images().images``: one row per image, whatever its size."""
+    small = rng.integers(0, 256, size=(40, 30, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    Z = extractor.transform([small, large])
+    np.testing.assert_allclose(Z[0], extractor.transform(small[None])[0], atol=1e-5)
+    np.testing.assert_allclose(Z[1], extractor.transform(large[None])[0], atol=1e-5)
+
+
+def test_list_of_float_arrays_follows_one_range_rule():
+    images = check_images([np.full((4, 4, 3), 0.5), np.full((4, 4, 3), 200.0)])
+    assert float(images[0].max()) == pytest.approx(0.5 / 255)
+    assert float(images[1].max()) == pytest.approx(200 / 255)
