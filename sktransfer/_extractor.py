@@ -18,6 +18,7 @@ from torchvision.models import WeightsEnum
 from . import _cache
 from ._backbones import cached_backbone
 from ._images import check_images
+from ._inference import stream
 from ._torch import find_layer, forward_tap, pool, resolve_device
 
 _WIDTHS: dict[tuple, int] = {}  # (model, weights, layer, pooling) -> width
@@ -207,21 +208,17 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         """Stream ``images`` through the backbone into a preallocated array."""
         device = resolve_device(self.device)
         self._prepare(device)
-        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
-        batches = images.batches(
-            self.backbone_.preprocessing, self.batch_size, self.n_jobs
+        return stream(
+            images,
+            self.backbone_.preprocessing,
+            lambda batch: self._embed(batch, device),
+            width=self.n_features_out_,
+            device=device,
+            batch_size=self.batch_size,
+            n_jobs=self.n_jobs,
+            progress=self.progress,
+            desc=f"Embedding ({self.backbone_.name})",
         )
-        start = 0
-        with _progress(self.progress, len(images), self.backbone_.name) as bar:
-            for batch in batches:
-                if device.type == "cuda":
-                    batch = batch.pin_memory()
-                with torch.inference_mode():
-                    features = self._embed(batch, device)
-                out[start : start + len(batch)] = features.cpu().numpy()
-                start += len(batch)
-                bar.update(len(batch))
-        return out
 
     def _prepare(self, device: torch.device) -> None:
         """Move the backbone to ``device``; channels-last and cuDNN autotune on CUDA."""
@@ -271,7 +268,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
     def _embed(self, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
         module = self.backbone_.module
         tap, take_input = self._tap()
-        batch = batch.to(device, non_blocking=True)
+        batch = batch.to(device)
         if device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         dtype = self._autocast_dtype(device)
@@ -311,11 +308,3 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         tags.requires_fit = True
         tags.non_deterministic = False
         return tags
-
-
-def _progress(enabled: bool, total: int, name: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, disable=not enabled, unit="img", desc=f"Embedding ({name})"
-    )

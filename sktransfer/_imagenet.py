@@ -17,6 +17,7 @@ from torchvision.models import WeightsEnum
 
 from ._backbones import build_backbone
 from ._images import check_images
+from ._inference import stream
 from ._torch import resolve_device
 
 
@@ -168,26 +169,30 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         images = check_images(X, n_channels=self.n_channels_in_)
         device = resolve_device(self.device)
         module = self.backbone_.module.to(device).eval()
-        out = np.empty((len(images), len(self.classes_)), dtype=np.float64)
-        batches = images.batches(
-            self.backbone_.preprocessing, self.batch_size, self.n_jobs
+        n_categories = len(self.classes_)
+
+        def softmax(batch: torch.Tensor) -> torch.Tensor:
+            logits = module(batch)
+            if logits.ndim != 2 or logits.shape[1] != n_categories:
+                raise ValueError(
+                    f"Backbone {self.backbone_.name!r} returned outputs of shape "
+                    f"{tuple(logits.shape)}, not one score per each of its "
+                    f"{n_categories} categories; its classifier was replaced."
+                )
+            return logits.float().softmax(dim=1)
+
+        return stream(
+            images,
+            self.backbone_.preprocessing,
+            softmax,
+            width=n_categories,
+            device=device,
+            batch_size=self.batch_size,
+            n_jobs=self.n_jobs,
+            dtype=np.float64,
+            progress=self.progress,
+            desc=f"Predicting ({self.backbone_.name})",
         )
-        start = 0
-        with _progress(self.progress, len(images), self.backbone_.name) as bar:
-            for batch in batches:
-                with torch.inference_mode():
-                    logits = module(batch.to(device))
-                if logits.ndim != 2 or logits.shape[1] != out.shape[1]:
-                    raise ValueError(
-                        f"Backbone {self.backbone_.name!r} returned outputs of shape "
-                        f"{tuple(logits.shape)}, not one score per each of its "
-                        f"{out.shape[1]} categories; its classifier was replaced."
-                    )
-                proba = logits.float().softmax(dim=1).cpu().numpy()
-                out[start : start + len(batch)] = proba
-                start += len(batch)
-                bar.update(len(batch))
-        return out
 
     def predict(self, X) -> np.ndarray:
         """The most probable category name of each image.
@@ -286,11 +291,3 @@ def _check_labels(y, n_samples: int, categories: list[str]) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _progress(enabled: bool, total: int, name: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, disable=not enabled, unit="img", desc=f"Predicting ({name})"
-    )
