@@ -41,45 +41,54 @@ class _Job:
 
 
 def _auto_threads(cpus: int, slots: int) -> int:
-    """torch threads per task when ``slots`` tasks share ``cpus`` cores."""
+    """torch threads per task when ``slots`` concurrent tasks share ``cpus`` cores."""
     return max(1, cpus // max(1, slots))
 
 
-_cache: OrderedDict[str, CNNFeatureExtractor] = OrderedDict()
+_cache: OrderedDict[str, tuple[CNNFeatureExtractor, threading.Lock]] = OrderedDict()
 _cache_lock = threading.Lock()
 _loads: Counter[str] = Counter()  # backbone builds per job key, in this process
 
 
-def _embed_partition(job: _Job, paths, torch_threads, slots) -> np.ndarray:
-    """Embed one partition of paths on a worker (runs in a worker thread)."""
+def _embed_partition(job: _Job, paths, torch_threads, workers) -> np.ndarray:
+    """Embed one partition of paths on a worker (runs in a worker thread).
+
+    ``workers`` maps each host to its number of worker processes, for
+    ``torch_threads="auto"``.
+    """
     paths = [os.fspath(p) for p in paths]
     if not paths:  # an empty bag partition: nothing to load
         return np.empty((0, 0), dtype=np.float32)
-    threads = _threads_here(torch_threads, slots)
+    threads = _threads_here(torch_threads, workers)
     with _torch_threads(threads), _malloc_for_torch():
-        extractor = _cached_extractor(job, paths[:1])
+        extractor, turn = _cached_extractor(job, paths[:1])
         if threads is not None and extractor.n_jobs is None:
             # Decode with as many threads as torch gets, not min(4, all cores).
             extractor = copy.copy(extractor)  # shares the backbone
             extractor.n_jobs = threads
-        features = extractor.transform(paths)
+        # A forward pass taps its layer with a hook on the shared module, so two
+        # tasks of one worker must not run the same backbone at the same time.
+        with turn:
+            features = extractor.transform(paths)
     if len(features) != len(paths):  # pragma: no cover - defensive
         raise RuntimeError(f"Embedded {len(features)} rows for {len(paths)} paths.")
     return features
 
 
-def _cached_extractor(job: _Job, probe: list[str]) -> CNNFeatureExtractor:
-    """This process's fitted extractor for ``job``: built once, then reused."""
+def _cached_extractor(
+    job: _Job, probe: list[str]
+) -> tuple[CNNFeatureExtractor, threading.Lock]:
+    """This process's fitted extractor for ``job`` (built once) and its lock."""
     with _cache_lock:  # also makes concurrent tasks of one worker build it once
-        extractor = _cache.get(job.key)
-        if extractor is None:
-            extractor = clone(job.spec).fit(probe)
+        entry = _cache.get(job.key)
+        if entry is None:
+            entry = (clone(job.spec).fit(probe), threading.Lock())
             _loads[job.key] += 1
-            _cache[job.key] = extractor
+            _cache[job.key] = entry
             while len(_cache) > _WORKER_CACHE_SIZE:
                 _cache.popitem(last=False)
         _cache.move_to_end(job.key)
-        return extractor
+        return entry
 
 
 def _clear_cache() -> None:
@@ -94,13 +103,17 @@ def _cache_loads() -> dict[str, int]:
         return dict(_loads)
 
 
-def _threads_here(torch_threads, slots: Mapping[str, int]) -> int | None:
-    """Resolve ``torch_threads`` on the worker that runs the task."""
+def _threads_here(torch_threads, workers: Mapping[str, int]) -> int | None:
+    """Resolve ``torch_threads`` on the worker that runs the task.
+
+    The tasks of one worker take turns on its backbone, so ``"auto"`` shares the
+    machine's cores among its worker processes, not among their threads.
+    """
     if torch_threads != "auto":
         return torch_threads
     worker = distributed.get_worker()
     host = get_address_host(worker.address)
-    return _auto_threads(cpu_count(), slots.get(host, worker.state.nthreads))
+    return _auto_threads(cpu_count(), workers.get(host, 1))
 
 
 @contextlib.contextmanager

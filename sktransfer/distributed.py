@@ -104,15 +104,15 @@ def transform(
         The cluster to run on; ``None`` uses the default client (the one most
         recently created in this process).
     partition_size : int or "auto", default="auto"
-        Images per task. ``"auto"`` makes about four tasks per worker thread
+        Images per task. ``"auto"`` makes about four tasks per worker
         (at most 1024 images each) for a list or array of paths, and keeps a Dask
         collection's own partitions. An integer re-chunks a Dask array; a bag
         keeps its partitions (use ``bag.repartition``). Small partitions balance
         load and lose less work when a worker dies; large ones cost less overhead.
     torch_threads : int, "auto" or None, default="auto"
         torch threads per task while it runs (restored afterwards). ``"auto"``
-        shares each machine's cores among the task slots of the workers on it:
-        ``max(1, cores // slots)``. ``None`` leaves the workers' setting alone
+        shares each machine's cores among the worker processes on it:
+        ``max(1, cores // workers)``. ``None`` leaves the workers' setting alone
         (Dask's nanny starts workers with ``OMP_NUM_THREADS=1``). An extractor
         with ``n_jobs=None`` also decodes files with that many threads.
     resources : dict, default=None
@@ -141,6 +141,10 @@ def transform(
 
     Notes
     -----
+    The tasks of one worker share its backbone and take turns on it, so use one
+    thread per worker (``LocalCluster(threads_per_worker=1)``, ``dask worker
+    --nthreads 1``) and as many worker processes as cores (CPU) or GPUs.
+
     While a task runs, glibc's malloc thresholds are raised above the small
     ``MALLOC_TRIM_THRESHOLD_`` that Dask's nanny sets (which makes a CPU forward
     pass 1.6x slower or worse) and restored afterwards; see the "Scaling out"
@@ -166,13 +170,13 @@ def transform(
     if progress is None:
         progress = bool(extractor.progress)
 
-    slots = _slots_by_host(client)
-    parts, lengths = _partitions(X, partition_size, sum(slots.values()))
+    workers = _workers_by_host(client)
+    parts, lengths = _partitions(X, partition_size, sum(workers.values()))
     name = f"sktransfer-embed-{uuid.uuid4().hex[:12]}"
     job_node = dask.delayed(job, name=f"sktransfer-extractor-{job.key}", pure=True)
     tasks = [
         dask.delayed(_embed_partition, pure=True)(
-            job_node, part, torch_threads, slots, dask_key_name=(name, i)
+            job_node, part, torch_threads, workers, dask_key_name=(name, i)
         )
         for i, part in enumerate(parts)
     ]
@@ -315,6 +319,11 @@ def _make_job(extractor: CNNFeatureExtractor) -> _Job:
     params = spec.get_params(deep=False)
     key = dask.base.tokenize(type(spec).__module__, type(spec).__qualname__, params)
     return _Job(key, spec)
+
+
+def _workers_by_host(client) -> dict[str, int]:
+    """Worker processes per machine, from the scheduler's view."""
+    return dict(Counter(get_address_host(a) for a in client.nthreads()))
 
 
 def _slots_by_host(client) -> dict[str, int]:

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -205,6 +206,21 @@ def test_progress_uses_dask_progress_bar(client, many_paths, reference, capsys):
     assert "100% Completed" in capsys.readouterr().out
     skd.transform(extractor, many_paths[:8], client=client, progress=False)
     assert "Completed" not in capsys.readouterr().out
+
+
+def test_tasks_of_one_worker_take_turns_on_its_backbone(many_paths, reference):
+    """Four threads of one process (a worker with nthreads=4) share one backbone."""
+    job = skd._make_job(CNNFeatureExtractor(MODEL, weights=None))
+    parts = [many_paths[i : i + 6] for i in range(0, 48, 6)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(
+                pool.map(lambda p: worker_side._embed_partition(job, p, 1, {}), parts)
+            )
+        assert worker_side._cache_loads() == {job.key: 1}
+    finally:
+        worker_side._clear_cache()
+    np.testing.assert_allclose(np.concatenate(results), reference[:48], atol=1e-5)
 
 
 def test_error_on_worker_is_raised_here(client, extractor, many_paths, tmp_path):
