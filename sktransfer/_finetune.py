@@ -78,6 +78,10 @@ class FineTuneClassifier(FineTuneNet):
         With ``augment=False``, compute the frozen groups' output once per
         fit and train only the rest of the network (identical results, much
         faster). ``False`` runs the whole network every step.
+    image_size : int or None, default=None
+        ``None`` uses the weights' own preprocessing (e.g. resize 256, crop
+        224). An int crops to that size instead (resize scaled alike): small
+        input images train and predict several times faster at 96-128 px.
     validation_fraction : float, default=0.1
         Stratified fraction of the training data held out for
         ``early_stopping`` (when ``train_split`` is None).
@@ -156,6 +160,7 @@ class FineTuneClassifier(FineTuneNet):
         "head_dropout": [Interval(Real, 0, 1, closed="left")],
         "aux_loss_weight": [Interval(Real, 0, None, closed="left")],
         "cache_frozen": ["boolean"],
+        "image_size": [Interval(Integral, 16, None, closed="left"), None],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
         "early_stopping": [Interval(Integral, 1, None, closed="left"), "boolean", None],
         "random_state": ["random_state"],
@@ -174,6 +179,7 @@ class FineTuneClassifier(FineTuneNet):
         head_dropout=0.0,
         aux_loss_weight=0.3,
         cache_frozen=True,
+        image_size=None,
         validation_fraction=0.1,
         early_stopping=None,
         random_state=None,
@@ -199,6 +205,7 @@ class FineTuneClassifier(FineTuneNet):
         self.head_dropout = head_dropout
         self.aux_loss_weight = aux_loss_weight
         self.cache_frozen = cache_frozen
+        self.image_size = image_size
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.random_state = random_state

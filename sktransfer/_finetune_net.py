@@ -10,6 +10,7 @@ its parameters and label handling live in :mod:`sktransfer._finetune`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from numbers import Integral
@@ -95,7 +96,7 @@ class FineTuneNet(NeuralNetClassifier):
         self.n_frozen_groups_ = n_frozen
         self.head_ = backbone.head
         self.aux_heads_ = aux_heads
-        self.preprocessing_ = backbone.preprocessing
+        self.preprocessing_ = _sized(backbone.preprocessing, self.image_size)
         self.backbone_name_ = backbone.name
         self.weights_id_ = backbone.weights_id
         self.module_ = module
@@ -328,6 +329,16 @@ class FineTuneNet(NeuralNetClassifier):
         super().__setstate__(state)
         if auto:
             self.__dict__["device"] = raw
+
+
+def _sized(preprocessing, image_size):
+    """The weights' preprocessing, or the same at another crop size."""
+    if image_size is None:
+        return preprocessing
+    ratio = preprocessing.resize_size / preprocessing.crop_size
+    return dataclasses.replace(
+        preprocessing, crop_size=int(image_size), resize_size=round(image_size * ratio)
+    )
 
 
 def auto_device() -> str:
