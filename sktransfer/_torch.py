@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -43,41 +45,54 @@ class _Captured(Exception):
     """Raised by a hook once the tapped activation is captured: skips the rest."""
 
 
+# Tap hooks are installed once per module and act only for the thread that
+# asked for a capture: registering hooks per call would fire them in other
+# threads' forward passes through the same module (joblib threads, servers).
+_request = threading.local()
+_install_lock = threading.Lock()
+
+
+def _capture_input(module: nn.Module, args) -> None:
+    if getattr(_request, "tap", None) is module and _request.take_input:
+        _request.captured = args[0]
+        raise _Captured
+
+
+def _capture_output(module: nn.Module, _args, output) -> None:
+    if getattr(_request, "tap", None) is module and not _request.take_input:
+        _request.captured = output
+        raise _Captured
+
+
+def _install_tap_hooks(tap: nn.Module) -> None:
+    with _install_lock:
+        if not getattr(tap, "_sktransfer_tap_hooks", False):
+            tap.register_forward_pre_hook(_capture_input)
+            tap.register_forward_hook(_capture_output)
+            tap._sktransfer_tap_hooks = True
+
+
 def forward_tap(
     module: nn.Module, x: torch.Tensor, tap: nn.Module, *, take_input: bool
 ) -> torch.Tensor:
     """Run ``module(x)`` up to ``tap`` and return its input or output.
 
     The forward stops right after the tap, so layers after it cost nothing.
+    Thread-safe: concurrent calls on one module capture their own tensors.
     """
-    captured: list[torch.Tensor] = []
-
-    def capture_input(_mod, args):
-        captured.append(args[0])
-        raise _Captured
-
-    def capture_output(_mod, _args, output):
-        captured.append(output)
-        raise _Captured
-
-    handle = (
-        tap.register_forward_pre_hook(capture_input)
-        if take_input
-        else tap.register_forward_hook(capture_output)
-    )
+    _install_tap_hooks(tap)
+    _request.tap, _request.take_input, _request.captured = tap, take_input, None
     try:
         module(x)
     except _Captured:
         pass
     finally:
-        handle.remove()
-    if not captured:
+        out, _request.tap, _request.captured = _request.captured, None, None
+    if out is None:
         raise UnknownLayerError(
             f"Layer {type(tap).__name__} was never called in the forward pass; choose "
-            "a layer "
-            "that the network's forward() uses."
+            "a layer that the network's forward() uses."
         )
-    out = captured[0]
     if isinstance(out, (tuple, list)):  # e.g. an attention block returning (x, weights)
         out = out[0]
     if not isinstance(out, torch.Tensor):

@@ -246,3 +246,14 @@ def test_cuda_device_without_cuda_is_a_clear_error(images):
         CNNFeatureExtractor("resnet18", weights=None, device="cuda").fit(images)
     with pytest.raises(ValueError, match="Invalid device 'gpu0'"):
         CNNFeatureExtractor("resnet18", weights=None, device="gpu0").fit(images)
+
+
+def test_transform_is_thread_safe(fitted, images):
+    """Concurrent transforms on one fitted extractor (joblib threads, servers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = fitted.transform(images)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: fitted.transform(images), range(8)))
+    for result in results:
+        np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5)
