@@ -21,7 +21,9 @@ TINY = "mobilenet_v3_small"  # the fastest torchvision backbone on a CPU
 
 
 def tiny(**params) -> FineTuneClassifier:
-    defaults = dict(weights=None, max_epochs=1, batch_size=4, random_state=0)
+    defaults = dict(
+        weights=None, max_epochs=1, batch_size=4, random_state=0, image_size=64
+    )
     return FineTuneClassifier(TINY, **{**defaults, **params})
 
 
@@ -111,6 +113,7 @@ def test_frozen_groups_bit_identical_and_next_group_trains(model, k, images, lab
         batch_size=4,
         lr=1e-2,
         random_state=0,
+        image_size=64,
         callbacks=[start],
     ).fit(images, labels)
     after = _state(clf.module_)
@@ -194,10 +197,12 @@ def test_discriminative_learning_rates(images, labels):
 
 # ------------------------------------------------------------ frozen prefix
 def test_frozen_prefix_computed_once_matches_uncached(images, labels):
-    params = dict(frozen_layers=4, augment=False, max_epochs=2, lr=1e-2)
+    params = dict(frozen_layers=3, augment=False, max_epochs=2, lr=1e-2, image_size=64)
+    start = _AtStart()
     cached = FineTuneClassifier(
         "resnet18", weights=None, batch_size=4, random_state=0, **params
-    ).fit(images, labels)
+    )
+    cached.set_params(callbacks=[start]).fit(images, labels)
     plain = clone(cached).set_params(cache_frozen=False).fit(images, labels)
     assert cached.prefix_cached_ and not plain.prefix_cached_
     np.testing.assert_allclose(
@@ -206,9 +211,9 @@ def test_frozen_prefix_computed_once_matches_uncached(images, labels):
     a, b = _state(cached.module_), _state(plain.module_)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+    assert not torch.equal(a["fc.weight"], start.state_["fc.weight"])  # trained
     assert not torch.equal(
-        a["fc.weight"],
-        _state(build_backbone("resnet18", weights=None).module)["fc.weight"][:2],
+        a["layer4.1.conv2.weight"], start.state_["layer4.1.conv2.weight"]
     )
 
 
@@ -245,7 +250,7 @@ def test_default_augmentation_changes_training_only(images, labels):
     train = [x for x, training in inputs if training]
     evaluated = [x for x, training in inputs if not training]
     assert len(train) == 1 and len(evaluated) == 1  # 4 training, 4 validation
-    assert train[0].shape == (4, 3, 224, 224)
+    assert train[0].shape == (4, 3, 64, 64)  # image_size=64
     assert not any(torch.allclose(row, ref) for row in train[0] for ref in expected)
     assert all(
         any(torch.allclose(row, ref) for ref in expected) for row in evaluated[0]
