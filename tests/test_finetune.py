@@ -217,6 +217,24 @@ def test_frozen_prefix_computed_once_matches_uncached(images, labels):
     )
 
 
+def test_large_prefix_goes_to_a_temporary_file(images, labels, monkeypatch, tmp_path):
+    in_memory = _state(tiny(frozen_layers=2, augment=False).fit(images, labels).module_)
+    monkeypatch.setattr("sktransfer._prefix.MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    seen = []
+
+    class Look(Callback):
+        def on_epoch_begin(self, net, **kwargs):
+            seen.extend(p.name for p in tmp_path.iterdir())
+
+    clf = tiny(frozen_layers=2, augment=False, callbacks=[Look()]).fit(images, labels)
+    assert clf.prefix_cached_
+    assert seen and all(name.startswith("sktransfer-prefix-") for name in seen)
+    assert list(tmp_path.iterdir()) == []  # deleted after fit
+    on_disk = _state(clf.module_)
+    assert all(torch.equal(in_memory[name], on_disk[name]) for name in in_memory)
+
+
 def test_prefix_cache_only_without_augmentation(images, labels):
     def cached(**params):
         return tiny(max_epochs=0, **params).fit(images, labels).prefix_cached_
