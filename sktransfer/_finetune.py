@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from numbers import Integral, Real
@@ -384,12 +385,38 @@ class FineTuneClassifier(FineTuneNet):
         index = self.predict_proba(X).argmax(axis=1)
         return self.classes_[index]
 
+    def __repr__(self):
+        """``FineTuneClassifier('resnet18', frozen_layers=2, ...)``: changed params."""
+        signature = inspect.signature(type(self).__init__).parameters
+        shown = []
+        for name, value in self.get_params(deep=False).items():
+            if name in ("model", "_params_to_validate"):
+                continue
+            default = signature[name].default if name in signature else None
+            if name == "iterator_train__shuffle" and value is True:
+                continue
+            if name in signature and _same(value, default):
+                continue
+            if name not in signature and "__" not in name:
+                continue  # skorch parameters left at skorch's defaults
+            shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join([repr(self.model), *shown])})"
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         tags.input_tags.string = True
         tags.non_deterministic = True
         return tags
+
+
+def _same(value, default) -> bool:
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except Exception:
+        return False
 
 
 def _is_missing(value) -> bool:

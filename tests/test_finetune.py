@@ -433,6 +433,10 @@ def test_clone_and_set_params():
     assert twin.get_params(deep=False).keys() == clf.get_params(deep=False).keys()
     assert twin.frozen_layers == 2 and twin.optimizer__momentum == 0.9
     assert "module" not in clf.get_params()
+    assert repr(clf) == (
+        "FineTuneClassifier('resnet18', weights=None, frozen_layers=2, lr=0.05, "
+        "optimizer__momentum=0.9)"
+    )
     twin.set_params(frozen_layers="all", bn="eval")
     assert (twin.frozen_layers, twin.bn, clf.frozen_layers) == ("all", "eval", 2)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
