@@ -542,3 +542,28 @@ def test_bad_images(fitted, images, labels, tmp_path):
         clf.predict(np.zeros((2, 32, 32, 4), np.uint8))
     with pytest.raises(NotFittedError):
         tiny().predict(X)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "mobilenet_v2",
+     "efficientnet_lite0", "timm/resnet18"],
+)  # fmt: skip
+def test_head_replaced_and_groups_frozen_for_every_family(model, images, labels):
+    clf = FineTuneClassifier(
+        model, weights=None, frozen_layers=1, max_epochs=1, batch_size=8,
+        image_size=64, random_state=0,
+    ).fit(images[:4], labels[2:6])  # fmt: skip
+    head = clf.module_.get_submodule(clf.head_)
+    assert getattr(head, "out_features", getattr(head, "out_channels", None)) == 2
+    first = clf.layer_groups_[0]
+    for name, param in clf.module_.named_parameters():
+        assert param.requires_grad == (not _under(name, first)), name
+    grouped = [e for group in clf.layer_groups_ for e in group]
+    ungrouped = [
+        n for n, _ in clf.module_.named_parameters()
+        if not _under(n, grouped) and not _under(n, [clf.head_])
+    ]  # fmt: skip
+    assert ungrouped == []  # every backbone parameter belongs to a group
+    proba = clf.predict_proba(images[:3])
+    assert proba.shape == (3, 2)
