@@ -269,8 +269,6 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         module = self.backbone_.module
         tap, take_input = self._tap()
         batch = batch.to(device)
-        if device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
         dtype = self._autocast_dtype(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             features = forward_tap(module, batch, tap, take_input=take_input)

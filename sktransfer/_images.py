@@ -168,7 +168,7 @@ class Images(Sequence):
                 yield results[0] if self.kind == "array" else torch.stack(results)
 
     def _preprocessed_rows(self, preprocessing: Preprocessing, start: int, stop: int):
-        return preprocessing(self._array_batch(start, stop)).contiguous()
+        return preprocessing(self._array_batch(start, stop))
 
 
 def to_rgb(batch: torch.Tensor) -> torch.Tensor:
