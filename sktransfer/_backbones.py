@@ -133,12 +133,11 @@ def cached_backbone(model, weights="DEFAULT") -> Backbone:
     """:func:`build_backbone` for inference, reusing the last build of the same
     (model, weights).
 
-    ``GridSearchCV`` fits one clone per candidate and fold: each gets its own
-    module objects (hooks stay private) that share the build's weight tensors
-    instead of rebuilding, re-reading or cloning them. The tensors are
-    read-only here: whoever moves or trains a module copies it first (the
-    extractor does before a device change). Modules passed as ``model`` are
-    always built afresh.
+    ``GridSearchCV`` fits one clone per candidate and fold: they share one
+    read-only module instead of rebuilding, re-reading or copying it (layer
+    taps are thread-safe, see :func:`~sktransfer._torch.forward_tap`). Whoever
+    moves or trains the module copies it first (the extractor does before a
+    device change). Modules passed as ``model`` are always built afresh.
     """
     key = _build_key(model, weights)
     if key is None:
@@ -150,8 +149,7 @@ def cached_backbone(model, weights="DEFAULT") -> Backbone:
         with _built_lock:
             _built.clear()  # keep one: a backbone can weigh hundreds of MB
             _built[key] = hit
-    shared = {id(t): t for t in (*hit.module.parameters(), *hit.module.buffers())}
-    return copy.deepcopy(hit, shared)
+    return copy.copy(hit)  # a Backbone of its own, around the shared module
 
 
 def _build_key(model, weights) -> tuple | None:
