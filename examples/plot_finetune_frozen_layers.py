@@ -27,7 +27,7 @@ import numpy as np
 from skimage import data
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from sktransfer import FineTuneClassifier, layer_groups
+from sktransfer import FineTuneClassifier, layer_groups, top_k_scorers
 
 plt.switch_backend("Agg")  # write files; no display needed
 OUTPUT = Path(
@@ -71,6 +71,8 @@ search = GridSearchCV(
         random_state=0,
     ),
     {"frozen_layers": ["all", 7, 6, 5]},
+    scoring=top_k_scorers((1, 5)),  # top-1 and top-5 accuracy
+    refit="top1",
     cv=StratifiedKFold(3, shuffle=True, random_state=0),
 ).fit(X, y)
 print(f"grid search: {time.perf_counter() - start:.0f} s")
@@ -79,17 +81,22 @@ frozen = [
     n_groups if p["frozen_layers"] == "all" else p["frozen_layers"]
     for p in search.cv_results_["params"]
 ]
-mean = search.cv_results_["mean_test_score"]
-std = search.cv_results_["std_test_score"]
-for k, m, s in sorted(zip(frozen, mean, std, strict=True)):
-    print(f"frozen groups {k}: accuracy {m:.3f} +/- {s:.3f}")
+mean = search.cv_results_["mean_test_top1"]
+std = search.cv_results_["std_test_top1"]
+top5 = search.cv_results_["mean_test_top5"]
+for k, m, s, t in sorted(zip(frozen, mean, std, top5, strict=True)):
+    print(f"frozen groups {k}: top-1 {m:.3f} +/- {s:.3f}, top-5 {t:.3f}")
 print("best:", search.best_params_)
 
 # %%
 # Accuracy against the number of frozen groups.
 order = np.argsort(frozen)
 fig, ax = plt.subplots(figsize=(5, 3.5))
-ax.errorbar(np.array(frozen)[order], mean[order], yerr=std[order], marker="o")
+ax.errorbar(
+    np.array(frozen)[order], mean[order], yerr=std[order], marker="o", label="top-1"
+)
+ax.plot(np.array(frozen)[order], top5[order], marker="s", ls="--", label="top-5")
+ax.legend()
 ax.set_xticks(sorted(frozen))
 ax.set_xlabel(f"frozen layer groups (of {n_groups}; {n_groups} = head only)")
 ax.set_ylabel("3-fold CV accuracy")
