@@ -125,6 +125,19 @@ def check_model(model) -> None:
         )
 
 
+def on_cpu(backbone: Backbone | None) -> Backbone | None:
+    """``backbone`` itself when its module is on the CPU, else a copy that is:
+    pickles always hold CPU tensors, so they load on machines without a GPU."""
+    if backbone is None:
+        return None
+    first = next(backbone.module.parameters(), None)
+    if first is None or first.device.type == "cpu":
+        return backbone
+    cpu = copy.copy(backbone)
+    cpu.module = copy.deepcopy(backbone.module).cpu()
+    return cpu
+
+
 _built: dict[tuple, Backbone] = {}  # the last backbone built, for reuse
 _built_lock = threading.Lock()
 
@@ -367,7 +380,8 @@ def _from_lite0(weights) -> Backbone:
         module, _lite0_to_timm(state_dict, module), source=repr(str(path))
     )
     stat = os.stat(path)
-    return _timm_backbone(EFFICIENTNET_LITE0, module, f"lite0:{path}:{stat.st_size}")
+    weights_id = f"lite0:{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    return _timm_backbone(EFFICIENTNET_LITE0, module, weights_id)
 
 
 def _lite0_to_timm(state_dict: dict, module: nn.Module) -> dict:

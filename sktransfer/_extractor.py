@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from . import _cache
-from ._backbones import cached_backbone
+from ._backbones import cached_backbone, on_cpu
 from ._images import check_images
 from ._inference import stream
 from ._torch import find_layer, forward_tap, pool, resolve_device
@@ -255,7 +255,8 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             pooling=self.pooling,
             normalize=self.normalize,
             preprocessing=backbone.preprocessing,
-            precision=self.precision,
+            # "auto" means float16 on CUDA and float32 on CPU: key the resolved one
+            autocast=str(self._autocast_dtype(resolve_device(self.device))),
         )
 
     def _tap(self) -> tuple[nn.Module, bool]:
@@ -287,15 +288,8 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = super().__getstate__()
-        backbone = state.get("backbone_")
-        if (
-            backbone is not None
-            and next(backbone.module.parameters(), torch.zeros(0)).device.type != "cpu"
-        ):
-            # Pickles always hold CPU tensors: they load on machines without a GPU.
-            cpu = copy.copy(backbone)
-            cpu.module = copy.deepcopy(backbone.module).cpu()
-            state["backbone_"] = cpu
+        if "backbone_" in state:
+            state["backbone_"] = on_cpu(state["backbone_"])
         return state
 
     def __sklearn_tags__(self):

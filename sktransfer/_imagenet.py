@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from numbers import Integral
@@ -15,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ._backbones import build_backbone
+from ._backbones import build_backbone, on_cpu
 from ._images import check_images
 from ._inference import stream
 from ._torch import resolve_device
@@ -243,15 +242,8 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self):
         state = super().__getstate__()
-        backbone = state.get("backbone_")
-        first = (
-            next(backbone.module.parameters(), None) if backbone is not None else None
-        )
-        if first is not None and first.device.type != "cpu":
-            # Pickles always hold CPU tensors: they load on machines without a GPU.
-            cpu = copy.copy(backbone)
-            cpu.module = copy.deepcopy(backbone.module).cpu()
-            state["backbone_"] = cpu
+        if "backbone_" in state:
+            state["backbone_"] = on_cpu(state["backbone_"])
         return state
 
     def __sklearn_tags__(self):

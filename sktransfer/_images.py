@@ -70,7 +70,7 @@ class Preprocessing:
         if images.dtype == torch.uint8:
             images = images.float().div_(255.0)
         else:
-            images = images.float().clamp_(0.0, 1.0)
+            images = images.float().clamp(0.0, 1.0)  # may be the caller's memory
         return F.normalize(images, list(self.mean), list(self.std))
 
 
@@ -122,9 +122,8 @@ class Images(Sequence):
         if batch.ndim == 3:  # (n, H, W) grayscale
             batch = batch.unsqueeze(1)
         if batch.dtype != torch.uint8:
-            batch = batch.float()
-            if self.scale != 1.0:
-                batch = batch.mul_(self.scale)
+            # Out of place: ``batch`` may share memory with the caller's array.
+            batch = batch.float() * self.scale if self.scale != 1.0 else batch.float()
         return to_rgb(batch)
 
     def _load(self, index: int, preprocessing: Preprocessing) -> torch.Tensor:

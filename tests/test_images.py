@@ -116,3 +116,16 @@ def test_list_of_float_arrays_follows_one_range_rule():
     images = check_images([np.full((4, 4, 3), 0.5), np.full((4, 4, 3), 200.0)])
     assert float(images[0].max()) == pytest.approx(0.5 / 255)
     assert float(images[1].max()) == pytest.approx(200 / 255)
+
+
+def test_input_arrays_are_never_modified(extractor, rng):
+    """Float [0, 255] input is rescaled out of place, whatever its layout."""
+    X = rng.uniform(0, 255, size=(3, 32, 32, 3)).astype(np.float32)
+    for given in (X, X.transpose(0, 3, 1, 2), list(X)):
+        before = [np.array(image, copy=True) for image in given]
+        first = extractor.transform(given)
+        np.testing.assert_array_equal(extractor.transform(given), first)
+        for image, original in zip(given, before, strict=True):
+            np.testing.assert_array_equal(image, original)
+    images = check_images(X)
+    assert float(images[0].max()) == float(images[0].max()) <= 1.0  # reads repeat
