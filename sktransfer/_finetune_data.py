@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as F
 
 from ._images import Images, Preprocessing
 
@@ -113,14 +112,6 @@ def default_augmentation(preprocessing: Preprocessing) -> Callable:
     )
 
 
-def _normalize(image: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    if image.dtype == torch.uint8:
-        image = image.float().div_(255.0)
-    else:
-        image = image.float().clamp(0.0, 1.0)
-    return F.normalize(image, list(preprocessing.mean), list(preprocessing.std))
-
-
 def prepare_batch(
     x, preprocessing: Preprocessing, augment: Callable | None, builtin: bool
 ) -> torch.Tensor:
@@ -140,7 +131,7 @@ def prepare_batch(
         for image in images:
             image = augment(image)
             if builtin:
-                out.append(_normalize(image, preprocessing))
+                out.append(preprocessing.normalize(image))
             else:
                 out.append(preprocessing(image[None])[0])
         batch = torch.stack(out)

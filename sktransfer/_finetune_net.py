@@ -45,6 +45,7 @@ from ._freeze import (
 )
 from ._images import Images, check_images
 from ._prefix import NotSplittableError, computed_prefix, plan_split
+from ._torch import resolve_device
 
 _AUX_MODELS = ("googlenet", "inception_v3")
 _DEFAULT_PATIENCE = 5
@@ -248,7 +249,7 @@ class FineTuneNet(NeuralNetClassifier):
         """One forward pass: preprocessing (augmented in training), then the network."""
         training = self.module_.training
         auto = isinstance(self.device, str) and self.device == "auto"
-        device = auto_device() if auto else self.device
+        device = str(resolve_device("auto")) if auto else self.device
         if isinstance(x, dict) and FEATURES_KEY in x:
             split = getattr(self, "prefix_split_", None)
             if split is None:
@@ -310,7 +311,7 @@ class FineTuneNet(NeuralNetClassifier):
         if not (isinstance(raw, str) and raw == "auto"):
             yield
             return
-        self.__dict__["device"] = auto_device()
+        self.__dict__["device"] = str(resolve_device("auto"))
         try:
             yield
         finally:
@@ -325,7 +326,7 @@ class FineTuneNet(NeuralNetClassifier):
         raw = state.get("device")
         auto = isinstance(raw, str) and raw == "auto"
         if auto:
-            state["device"] = auto_device()
+            state["device"] = str(resolve_device("auto"))
         super().__setstate__(state)
         if auto:
             self.__dict__["device"] = raw
@@ -339,10 +340,6 @@ def _sized(preprocessing, image_size):
     return dataclasses.replace(
         preprocessing, crop_size=int(image_size), resize_size=round(image_size * ratio)
     )
-
-
-def auto_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def seed_from(random_state) -> int | None:

@@ -67,6 +67,10 @@ class Preprocessing:
             images, [self.resize_size], interpolation=mode, antialias=True
         )
         images = F.center_crop(images, [self.crop_size, self.crop_size])
+        return self.normalize(images)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float in [0, 1]) -> float32 scaled to [0, 1], then mean/std."""
         if images.dtype == torch.uint8:
             images = images.float().div_(255.0)
         else:
