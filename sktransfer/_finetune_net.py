@@ -153,7 +153,10 @@ class FineTuneNet(NeuralNetClassifier):
             return None
         if self.early_stopping is True:
             return _DEFAULT_PATIENCE
-        return int(self.early_stopping)
+        try:  # skorch reads the callbacks in set_params: invalid values wait for
+            return int(self.early_stopping)  # fit's parameter check to report them
+        except (TypeError, ValueError, OverflowError):
+            return None
 
     # ------------------------------------------------------------- training
     def _set_training(self, training=True):
