@@ -110,28 +110,24 @@ def _is_live(node: fx.Node, module: nn.Module, frozen: list[str]) -> bool:
     return False
 
 
-def _descendants(roots) -> set[fx.Node]:
+def _reachable(roots, step) -> set[fx.Node]:
+    """``roots`` and every node reached from them by ``step(node)``."""
     seen: set[fx.Node] = set()
     stack = list(roots)
     while stack:
         node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(node.users)
+        if node not in seen:
+            seen.add(node)
+            stack.extend(step(node))
     return seen
+
+
+def _descendants(roots) -> set[fx.Node]:
+    return _reachable(roots, lambda node: node.users)
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        stack.extend(current.all_input_nodes)
-    return seen
+    return _reachable([node], lambda current: current.all_input_nodes)
 
 
 def _find_boundary(
