@@ -7,6 +7,7 @@ the default embedding is its input), auxiliary heads and category names.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -470,10 +471,35 @@ def layer_groups(model="resnet18") -> list[list[str]]:
 
 
 def structure(model: str) -> Backbone:
-    """``model`` built for its structure and shapes only: on the ``meta`` device
-    (no memory, no weights) where its builder allows, else on the CPU."""
+    """``model`` built for its structure and shapes only: no memory, no weights.
+
+    Built on the ``meta`` device; builders that compute with tensors (RegNet)
+    fail there, so they get their parameters moved to ``meta`` as registered.
+    """
     try:
         with torch.device("meta"):
             return build_backbone(model, weights=None)
-    except NotImplementedError:  # builders computing with tensors (RegNet)
-        return build_backbone(model, weights=None)
+    except NotImplementedError:
+        with _parameters_on_meta():
+            return build_backbone(model, weights=None)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Move each parameter to the meta device as it is registered; other
+    tensors a builder computes with stay on the CPU."""
+    register = nn.Module.register_parameter
+
+    def to_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            moved = module._parameters[name].to("meta")
+            module._parameters[name] = nn.Parameter(
+                moved, requires_grad=param.requires_grad
+            )
+
+    nn.Module.register_parameter = to_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register

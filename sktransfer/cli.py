@@ -271,51 +271,19 @@ def _yes(flag: bool) -> str:
 
 def _embedding_width(name: str) -> int | str:
     """Width of the default embedding, from a build without memory or weights."""
-    import torch
     from torch import nn
 
-    from ._backbones import build_backbone
+    from ._backbones import structure
     from ._torch import find_layer
 
     try:
-        with torch.device("meta"):
-            backbone = build_backbone(name, weights=None)
-    except Exception:  # builders that compute on tensors (RegNet) fail on meta
-        try:
-            with _parameters_on_meta():
-                backbone = build_backbone(name, weights=None)
-        except Exception:
-            return "?"
+        backbone = structure(name)
+    except Exception:
+        return "?"
     head = find_layer(backbone.module, backbone.head)
     if isinstance(head, nn.Linear):
         return head.in_features
     return getattr(head, "in_channels", "?")
-
-
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """Move each parameter to the meta device as it is registered.
-
-    Other tensors a builder computes with stay on the CPU, so this works where
-    ``torch.device("meta")`` does not.
-    """
-    from torch import nn
-
-    register = nn.Module.register_parameter
-
-    def to_meta(module, name, param):
-        register(module, name, param)
-        if param is not None:
-            moved = module._parameters[name].to("meta")
-            module._parameters[name] = nn.Parameter(
-                moved, requires_grad=param.requires_grad
-            )
-
-    nn.Module.register_parameter = to_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
 
 
 def _print_table(header, rows) -> None:
