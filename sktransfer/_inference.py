@@ -26,10 +26,10 @@ def stream(
     """Run ``forward`` on every preprocessed batch, under ``torch.inference_mode``.
 
     Batches are prepared in a thread pool ahead of the forward pass (see
-    :meth:`Images.batches`), laid out channels-last (1.45-1.56x faster inference
-    on CPU: benchmarks/bench_layout.py; the tensor-core layout on GPUs), pinned for non-blocking
-    copies on CUDA, and their
-    ``(b, width)`` results written into one preallocated ``(n, width)`` array:
+    :meth:`Images.batches`), laid out channels-last (1.45-1.56x faster
+    inference on CPU: benchmarks/bench_layout.py; the tensor-core layout on
+    GPUs), pinned for non-blocking copies on CUDA, and their ``(b, width)``
+    results written into one preallocated ``(n, width)`` array:
     memory holds the output plus a few batches, whatever the number of images.
     """
     from tqdm.auto import tqdm
