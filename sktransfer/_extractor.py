@@ -17,8 +17,10 @@ from torchvision.models import WeightsEnum
 
 from . import _cache
 from ._backbones import cached_backbone, on_cpu
+from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
+from ._precision import PRECISIONS, autocast, autocast_dtype
 from ._torch import find_layer, forward_tap, pool, resolve_device
 
 _WIDTHS: dict[tuple, int] = {}  # (model, weights, layer, pooling) -> width
@@ -67,10 +69,16 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         processes and runs (one ``.npy`` per image, written atomically).
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast dtype of the forward pass. ``"auto"``: float16 with
-        channels-last memory and cuDNN autotuning on CUDA, float32 on the CPU.
-        Measured cosine similarity to float32 embeddings (EfficientNet-Lite0,
-        real weights): float16 >= 0.9999, bfloat16 >= 0.98. Outputs are
-        always float32.
+        channels-last memory on CUDA, float32 on the CPU. Measured cosine
+        similarity to float32 embeddings (EfficientNet-Lite0, real weights):
+        float16 >= 0.9999, bfloat16 >= 0.98. Outputs are always float32.
+    decoder : {"auto", "cpu", "gpu"}, default="auto"
+        Who decodes JPEG files. ``"auto"``: the GPU (nvJPEG, in batches) when
+        the network runs on CUDA and a GPU decoder is available, else the CPU
+        (Pillow, in ``n_jobs`` threads). ``"gpu"`` insists (an error without
+        CUDA). Files the GPU decoder does not take (PNG, CMYK, ...) fall back
+        to the CPU one by one. Either way, photos are embedded upright, as
+        their EXIF orientation says they are displayed.
 
     Attributes
     ----------
@@ -103,7 +111,8 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "progress": ["boolean"],
         "cache": [StrOptions({"memory"}), str, os.PathLike, None],
-        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "decoder": [StrOptions({"auto", "cpu", "gpu"})],
     }
 
     def __init__(
@@ -120,6 +129,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         progress=False,
         cache=None,
         precision="auto",
+        decoder="auto",
     ):
         self.model = model
         self.weights = weights
@@ -132,6 +142,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         self.progress = progress
         self.cache = cache
         self.precision = precision
+        self.decoder = decoder
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -149,7 +160,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         self : CNNFeatureExtractor
         """
         images = check_images(X)
-        resolve_device(self.device)
+        check_decoder(self.decoder, resolve_device(self.device))
         self.backbone_ = cached_backbone(self.model, self.weights)
         self._tap()  # an unknown layer fails here, not at transform time
         self.n_channels_in_ = images.n_channels
@@ -207,6 +218,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
     def _embed_all(self, images) -> np.ndarray:
         """Stream ``images`` through the backbone into a preallocated array."""
         device = resolve_device(self.device)
+        gpu_decode = check_decoder(self.decoder, device)
         self._prepare(device)
         return stream(
             images,
@@ -218,10 +230,11 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             n_jobs=self.n_jobs,
             progress=self.progress,
             desc=f"Embedding ({self.backbone_.name})",
+            gpu_decode=gpu_decode,
         )
 
     def _prepare(self, device: torch.device) -> None:
-        """Move the backbone to ``device``; channels-last and cuDNN autotune on CUDA."""
+        """Move the backbone to ``device``; channels-last on CUDA."""
         module = self.backbone_.module
         first = next(itertools.chain(module.parameters(), module.buffers()), None)
         if first is not None and first.device != device:
@@ -230,24 +243,21 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             module = self.backbone_.module = copy.deepcopy(module).to(device)
         if device.type == "cuda":
             module.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
 
     def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        if self.precision == "float32" or (
-            self.precision == "auto" and device.type != "cuda"
-        ):
-            return None
-        if self.precision == "auto":
-            # float16 keeps 3 more mantissa bits than bfloat16: EfficientNet-Lite0
-            # embeddings reach cosine 0.9999 to float32 against 0.98 (see docs).
-            return torch.float16
-        return getattr(torch, self.precision)
+        return autocast_dtype(self.precision, device)
 
     def _cache_namespace(self) -> str:
         backbone = self.backbone_
         weights = backbone.weights_id
         if isinstance(self.model, nn.Module):  # a module's identity is its tensors
             weights = _cache.module_digest(backbone.module)
+        device = resolve_device(self.device)
+        extra = {}
+        if device.type != "cpu":  # preprocessing (and decoding) on the device
+            extra["pipeline"] = (
+                f"device, gpu_decode={check_decoder(self.decoder, device)}"
+            )
         return _cache.namespace(
             model=backbone.name,
             weights=weights,
@@ -256,7 +266,8 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             normalize=self.normalize,
             preprocessing=backbone.preprocessing,
             # "auto" means float16 on CUDA and float32 on CPU: key the resolved one
-            autocast=str(self._autocast_dtype(resolve_device(self.device))),
+            autocast=str(self._autocast_dtype(device)),
+            **extra,
         )
 
     def _tap(self) -> tuple[nn.Module, bool]:
@@ -270,8 +281,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         module = self.backbone_.module
         tap, take_input = self._tap()
         batch = batch.to(device)
-        dtype = self._autocast_dtype(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(device, self._autocast_dtype(device)):
             features = forward_tap(module, batch, tap, take_input=take_input)
         features = pool(features.float(), self.pooling)
         if self.normalize:

@@ -24,6 +24,7 @@ from ._backbones import check_model, layer_groups
 from ._finetune_net import FineTuneNet, forked_rng, seed_from
 from ._freeze import BN_POLICIES, resolve_frozen_layers
 from ._images import check_images
+from ._precision import PRECISIONS
 from ._torch import resolve_device
 
 
@@ -57,8 +58,10 @@ class FineTuneClassifier(FineTuneNet):
         ``True``: random-resized-crop (25-100 % of the area) and horizontal
         flip of each training image; ``False``: none; a callable takes one
         ``(3, H, W)`` uint8 (or float in [0, 1]) tensor and returns an image,
-        which then gets the backbone's usual preprocessing. Validation and
-        prediction are never augmented.
+        which then gets the backbone's usual preprocessing (on CUDA, the
+        tensor is on the device). On CUDA the default augmentation runs as
+        batched device operations with per-image random parameters.
+        Validation and prediction are never augmented.
     bn : {"frozen", "eval", "train"}, default="frozen"
         BatchNorm policy. ``"frozen"``: frozen groups run in eval mode (fixed
         running statistics); trained groups update theirs. ``"eval"``: every
@@ -110,7 +113,15 @@ class FineTuneClassifier(FineTuneNet):
     classes : array-like or None, default=None
         The labels; ``None`` takes the sorted unique labels of ``y``.
     device : str or torch.device, default="auto"
-        ``"auto"``: CUDA when available, else the CPU.
+        ``"auto"``: CUDA when available, else the CPU. On CUDA, images cross
+        to the device as uint8 and are preprocessed and augmented there, while
+        the next batch loads; ``set_params(device="cpu")`` moves a fitted
+        network to the CPU.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Autocast dtype of training and prediction. ``"auto"``: bfloat16 on
+        CUDA cards that support it, else float16 with gradient scaling;
+        float32 on the CPU. Weights and optimizer state stay float32;
+        ``predict_proba`` returns float64.
     verbose : int, default=0
         skorch's per-epoch table when positive.
     **kwargs
@@ -166,6 +177,7 @@ class FineTuneClassifier(FineTuneNet):
         "early_stopping": [Interval(Integral, 1, None, closed="left"), "boolean", None],
         "random_state": ["random_state"],
         "device": [str, torch.device],
+        "precision": [StrOptions(set(PRECISIONS))],
     }
 
     def __init__(
@@ -192,6 +204,7 @@ class FineTuneClassifier(FineTuneNet):
         train_split=None,
         classes=None,
         device="auto",
+        precision="auto",
         verbose=0,
         **kwargs,
     ):
@@ -210,6 +223,7 @@ class FineTuneClassifier(FineTuneNet):
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.random_state = random_state
+        self.precision = precision
         kwargs.pop("module", None)  # the network is built from ``model``
         kwargs.setdefault("iterator_train__shuffle", True)
         super().__init__(

@@ -9,31 +9,84 @@ callbacks compare ``predict``'s labels with labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from . import _device
+from ._decode import decode_file
 from ._images import Images, Preprocessing
+from ._pipeline import Prefetcher
 
 FEATURES_KEY = "frozen_features"
 AUGMENT_SCALE = (0.25, 1.0)  # random-resized-crop area range (ImageNet's is 0.08-1)
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Validated images and their class indices (``-1`` when predicting)."""
+    """Validated images and their class indices (``-1`` when predicting).
 
-    def __init__(self, images: Images, y_index: np.ndarray | None):
+    ``draft``: JPEG files decode in the DCT domain to at least this size.
+    """
+
+    def __init__(
+        self, images: Images, y_index: np.ndarray | None, draft: int | None = None
+    ):
         self.images = images
         self.y_index = y_index
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def _target(self, i: int) -> int:
+        return -1 if self.y_index is None else int(self.y_index[i])
+
+    def _image(self, i: int) -> torch.Tensor:
+        if self.images.kind == "paths":
+            return decode_file(self.images.data[i], draft=self.draft)
+        return self.images[i]
+
     def __getitem__(self, i: int):
-        target = -1 if self.y_index is None else int(self.y_index[i])
-        return self.images[i], target
+        return self._image(i), self._target(i)
+
+    def __getitems__(self, indices: list[int]) -> Fetched:
+        """A whole batch at once (``DataLoader`` asks for it): array rows in one
+        copy, files decoded in a thread pool."""
+        indices = [int(i) for i in indices]
+        targets = [self._target(i) for i in indices]
+        if self.images.kind == "array":
+            stacked = self.images.rows(np.asarray(indices))
+            return Fetched(list(zip(stacked, targets, strict=True)), stacked)
+        if self.images.kind == "paths" and len(indices) > 1:
+            images = list(_pool().map(self._image, indices))
+        else:
+            images = [self._image(i) for i in indices]
+        return Fetched(list(zip(images, targets, strict=True)))
+
+
+class Fetched(list):
+    """A fetched batch: ``(image, target)`` pairs, as any collate function
+    expects, plus the stacked images when they came as one array slice."""
+
+    def __init__(self, items: list, stacked: torch.Tensor | None = None):
+        super().__init__(items)
+        self.stacked = stacked
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(
+            max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sktransfer"
+        )
+    return _POOL
 
 
 class FeatureDataset(torch.utils.data.Dataset):
@@ -83,7 +136,9 @@ class Collate:
     def __call__(self, items):
         xs, targets = zip(*items, strict=True)
         first = xs[0]
-        if isinstance(first, Mapping):  # frozen-prefix outputs
+        if getattr(items, "stacked", None) is not None:
+            x = items.stacked
+        elif isinstance(first, Mapping):  # frozen-prefix outputs
             x = {
                 key: _channels_last(torch.stack([item[key] for item in xs]))
                 for key in first
@@ -136,6 +191,69 @@ def prepare_batch(
                 out.append(preprocessing(image[None])[0])
         batch = torch.stack(out)
     return _channels_last(batch)
+
+
+def prepare_on_device(
+    x, preprocessing: Preprocessing, augment: Callable | bool, device: torch.device
+) -> torch.Tensor:
+    """Images -> normalised float32 batch, on ``device`` (uint8 crosses).
+
+    ``augment``: ``False``, ``True`` (batched random-resized-crop and flip,
+    per-image parameters) or a callable applied to each image on the device.
+    """
+    images = x.images if isinstance(x, ImageBatch) else x
+    if isinstance(images, torch.Tensor):
+        images = images.to(device, non_blocking=True)
+    else:
+        images = [image.to(device, non_blocking=True) for image in images]
+    if augment is True:
+        return _device.augment(images, preprocessing, AUGMENT_SCALE)
+    if augment is not False:
+        images = [augment(image) for image in images]
+    return _device.preprocess(images, preprocessing)
+
+
+class DeviceLoader:
+    """Iterate a ``DataLoader`` one batch ahead in a thread, copying each
+    batch's tensors to a CUDA device on a side stream from pinned memory, so
+    that loading batch k+1 overlaps the training step of batch k."""
+
+    def __init__(self, loader, device: torch.device):
+        self.loader = loader
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        stream = torch.cuda.Stream(self.device)
+        consumer = torch.cuda.current_stream(self.device)
+
+        def copied():
+            for x, y in self.loader:
+                with torch.cuda.stream(stream):
+                    x = _map_tensors(
+                        lambda t: t.pin_memory().to(self.device, non_blocking=True), x
+                    )
+                    ready = torch.cuda.Event()
+                    ready.record(stream)
+                yield x, y, ready
+
+        for x, y, ready in Prefetcher(copied()):
+            consumer.wait_event(ready)
+            _map_tensors(lambda t: t.record_stream(consumer), x)
+            yield x, y
+
+
+def _map_tensors(fn, x):
+    """``fn`` over the tensors of a batch: a tensor, an ImageBatch or a dict."""
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, ImageBatch):
+        return ImageBatch([fn(image) for image in x.images])
+    if isinstance(x, Mapping):
+        return {key: _map_tensors(fn, value) for key, value in x.items()}
+    return x
 
 
 def _channels_last(batch: torch.Tensor) -> torch.Tensor:

@@ -21,18 +21,20 @@ from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit, unpack_data
-from skorch.utils import is_dataset
+from skorch.utils import TeeGenerator, is_dataset
 from torch.utils.data import DataLoader
 
 from ._backbones import build_backbone
 from ._finetune_data import (
     FEATURES_KEY,
     Collate,
+    DeviceLoader,
     FeatureDataset,
     ImageDataset,
     PrefixFeatures,
     default_augmentation,
     prepare_batch,
+    prepare_on_device,
 )
 from ._freeze import (
     apply_train_modes,
@@ -44,6 +46,8 @@ from ._freeze import (
     trained_aux_heads,
 )
 from ._images import Images, check_images
+from ._pipeline import preprocessed_batches
+from ._precision import autocast, autocast_dtype
 from ._prefix import NotSplittableError, computed_prefix, plan_split
 from ._torch import resolve_device
 
@@ -172,7 +176,10 @@ class FineTuneNet(NeuralNetClassifier):
             return FeatureDataset(X.features, y)
         if not isinstance(X, Images):
             X = check_images(X, n_channels=getattr(self, "n_channels_in_", None))
-        return ImageDataset(X, y)
+        # JPEGs decode in the DCT domain to at least the resize size; random
+        # crops keep twice that, so a crop of a quarter of the area stays sharp.
+        draft = self.preprocessing_.resize_size
+        return ImageDataset(X, y, draft=2 * draft if self.augment is True else draft)
 
     def get_split_datasets(self, X, y=None, **fit_params):
         """skorch's split, or a stratified ``validation_fraction`` (early stopping)."""
@@ -208,9 +215,14 @@ class FineTuneNet(NeuralNetClassifier):
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
-        if isinstance(iterator, type) and issubclass(iterator, DataLoader):
+        loader_class = isinstance(iterator, type) and issubclass(iterator, DataLoader)
+        if loader_class:
             kwargs.setdefault("collate_fn", Collate(self.classes_))
-        return iterator(dataset, **kwargs)
+        loader = iterator(dataset, **kwargs)
+        device = self._device()
+        if loader_class and device.type == "cuda":
+            return DeviceLoader(loader, device)
+        return loader
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's loop; over precomputed frozen-prefix outputs when possible."""
@@ -218,11 +230,12 @@ class FineTuneNet(NeuralNetClassifier):
         self.prefix_cached_ = False
         if split is not None:
             self._set_training(True)  # the frozen groups' training-time mode
-            batches = X.batches(self.preprocessing_, self.batch_size)
+            device = self._device()
+            batches = preprocessed_batches(
+                X, self.preprocessing_, self.batch_size, device
+            )
             try:
-                with computed_prefix(
-                    split, batches, len(X), torch.device(self.device)
-                ) as feats:
+                with computed_prefix(split, batches, len(X), device) as feats:
                     self.prefix_cached_ = True
                     self.prefix_split_ = split
                     try:
@@ -249,26 +262,59 @@ class FineTuneNet(NeuralNetClassifier):
         return plan_split(self.module_, self.layer_groups_, self.frozen_modules_)
 
     def infer(self, x, **fit_params):
-        """One forward pass: preprocessing (augmented in training), then the network."""
+        """One forward pass: preprocessing (augmented in training), then the
+        network under autocast; outputs come back as float32.
+
+        On CUDA, images arrive as uint8 and are preprocessed and augmented on
+        the device (:func:`prepare_on_device`); on the CPU, in the caller's
+        thread as before (uint8 resizing is fastest there).
+        """
         training = self.module_.training
-        auto = isinstance(self.device, str) and self.device == "auto"
-        device = str(resolve_device("auto")) if auto else self.device
+        device = self._device()
         if isinstance(x, dict) and FEATURES_KEY in x:
             split = getattr(self, "prefix_split_", None)
             if split is None:
                 raise RuntimeError(
                     "Precomputed features reached the network outside fit."
                 )
-            return split.tail(training)(x[FEATURES_KEY].to(device))
-        augment = None
-        if training and self.augment is not False:
-            augment = self.augment
-            if augment is True:
-                augment = default_augmentation(self.preprocessing_)
+            network, batch = split.tail(training), x[FEATURES_KEY].to(device)
+            fit_params = {}  # the tail is a traced graph: tensors only
+        else:
+            network, batch = self.module_, self._prepared(x, training, device)
+        with autocast(device, self._autocast_dtype(device)):
+            out = network(batch, **fit_params)
+        return _as_float(out)
+
+    def _prepared(self, x, training: bool, device: torch.device) -> torch.Tensor:
+        augment = training and self.augment is not False
+        if device.type == "cuda":
+            batch = prepare_on_device(
+                x, self.preprocessing_, self.augment if augment else False, device
+            )
+            return batch
+        custom = self.augment if augment else None
+        if custom is True:
+            custom = default_augmentation(self.preprocessing_)
         batch = prepare_batch(
-            x, self.preprocessing_, augment, builtin=self.augment is True
+            x, self.preprocessing_, custom, builtin=self.augment is True
         )
-        return self.module_(batch.to(device), **fit_params)
+        return batch.to(device)
+
+    def _device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        return autocast_dtype(self.precision, device, training=True)
+
+    def _grad_scaler(self):
+        """A gradient scaler for float16 training (bfloat16 and float32 need none)."""
+        device = self._device()
+        if self._autocast_dtype(device) != torch.float16:
+            return None
+        scaler = self.__dict__.get("grad_scaler_")
+        if scaler is None:
+            scaler = self.grad_scaler_ = torch.amp.GradScaler(device.type)
+        return scaler
 
     def _outputs(self, y_pred):
         """``(main, [aux, ...])`` from the network's output."""
@@ -293,13 +339,38 @@ class FineTuneNet(NeuralNetClassifier):
         return loss
 
     def train_step_single(self, batch, **fit_params):
-        """skorch's step; ``y_pred`` is the main head's output."""
+        """skorch's step; ``y_pred`` is the main head's output. With float16
+        autocast the loss is scaled before ``backward`` (see :meth:`train_step`)."""
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        loss.backward()
+        scaler = self._grad_scaler()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         return {"loss": loss, "y_pred": self._outputs(y_pred)[0]}
+
+    def train_step(self, batch, **fit_params):
+        """skorch's step; with float16 autocast, a gradient-scaled one.
+
+        ``GradScaler.step`` takes no closure, so the scaled path runs the
+        single step, unscales the gradients (callbacks see true values), and
+        steps and updates the scaler itself (skorch's documented override).
+        """
+        scaler = self._grad_scaler()
+        if scaler is None:
+            return super().train_step(batch, **fit_params)
+        self.optimizer_.zero_grad()
+        step = self.train_step_single(batch, **fit_params)
+        scaler.unscale_(self.optimizer_)
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        scaler.step(self.optimizer_)
+        scaler.update()
+        return step
 
     # ----------------------------------------------------------- predicting
     def forward_iter(self, X, training=False, device="cpu"):
@@ -320,6 +391,31 @@ class FineTuneNet(NeuralNetClassifier):
         finally:
             self.__dict__["device"] = raw
 
+    def set_params(self, **kwargs):
+        """skorch's ``set_params``; a new ``device`` moves a fitted network there
+        (e.g. fitted on a GPU, then ``set_params(device="cpu")`` to predict)."""
+        super().set_params(**kwargs)
+        if "device" in kwargs and getattr(self, "initialized_", False):
+            self._move_to(self._device())
+        return self
+
+    def _move_to(self, device: torch.device) -> None:
+        for name in ("module_", "criterion_"):
+            component = self.__dict__.get(name)
+            if isinstance(component, torch.nn.Module):
+                component.to(device)
+        optimizer = self.__dict__.get("optimizer_")
+        for state in getattr(optimizer, "state", {}).values():
+            for key, value in state.items():  # moments; scalar steps stay put
+                if isinstance(value, torch.Tensor) and value.ndim > 0:
+                    state[key] = value.to(device)
+        self.__dict__.pop("grad_scaler_", None)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
+        return state
+
     def load_params(self, *args, **kwargs):
         with self._resolved_device():
             return super().load_params(*args, **kwargs)
@@ -333,6 +429,15 @@ class FineTuneNet(NeuralNetClassifier):
         super().__setstate__(state)
         if auto:
             self.__dict__["device"] = raw
+
+
+def _as_float(out):
+    """Network outputs as float32 (autocast gives float16/bfloat16 logits)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple):
+        return tuple(_as_float(o) for o in out)
+    return out
 
 
 def _sized(preprocessing, image_size):

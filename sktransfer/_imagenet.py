@@ -9,12 +9,13 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torchvision.models import WeightsEnum
 
 from ._backbones import build_backbone, on_cpu
+from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
 from ._torch import resolve_device
@@ -51,6 +52,10 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         ``None`` means ``min(4, os.cpu_count())``.
     progress : bool, default=False
         Show a tqdm progress bar while predicting.
+    decoder : {"auto", "cpu", "gpu"}, default="auto"
+        Who decodes JPEG files: as for :class:`~sktransfer.CNNFeatureExtractor`
+        (``"auto"``: nvJPEG on CUDA where available, else Pillow). Photos are
+        classified upright, as their EXIF orientation says they are displayed.
 
     Attributes
     ----------
@@ -98,6 +103,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         "device": [str, torch.device],
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "progress": ["boolean"],
+        "decoder": [StrOptions({"auto", "cpu", "gpu"})],
     }
 
     def __init__(
@@ -109,6 +115,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         device="auto",
         n_jobs=None,
         progress=False,
+        decoder="auto",
     ):
         self.model = model
         self.weights = weights
@@ -116,6 +123,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.n_jobs = n_jobs
         self.progress = progress
+        self.decoder = decoder
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -134,7 +142,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         self : ImageNetClassifier
         """
         images = check_images(X)
-        resolve_device(self.device)
+        check_decoder(self.decoder, resolve_device(self.device))
         backbone = build_backbone(self.model, self.weights)
         if not backbone.categories:
             raise ValueError(
@@ -167,7 +175,10 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "backbone_")
         images = check_images(X, n_channels=self.n_channels_in_)
         device = resolve_device(self.device)
+        gpu_decode = check_decoder(self.decoder, device)
         module = self.backbone_.module.to(device).eval()
+        if device.type == "cuda":
+            module.to(memory_format=torch.channels_last)
         n_categories = len(self.classes_)
 
         def softmax(batch: torch.Tensor) -> torch.Tensor:
@@ -191,6 +202,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
             dtype=np.float64,
             progress=self.progress,
             desc=f"Predicting ({self.backbone_.name})",
+            gpu_decode=gpu_decode,
         )
 
     def predict(self, X) -> np.ndarray:

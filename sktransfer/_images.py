@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from .exceptions import ImageDecodeError, InvalidImageError
+from ._decode import decode_file, pil_to_tensor
+from .exceptions import InvalidImageError
 
 _CHANNELS = (1, 3, 4)
 
@@ -99,12 +100,12 @@ class Images(Sequence):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if self.kind == "array":
-            return self._array_batch(index, index + 1)[0]
+            return self.rows(slice(index, index + 1))[0]
         if self.kind == "paths":
-            return _decode_file(self.data[index])
+            return decode_file(self.data[index])
         if self.kind == "arrays":
             return self.data[index][0]
-        return _pil_to_tensor(self.data[index], name=f"PIL image at index {index}")
+        return pil_to_tensor(self.data[index], name=f"PIL image at index {index}")
 
     def subset(self, indices) -> Images:
         """The images at ``indices``, same kind and scale."""
@@ -116,8 +117,10 @@ class Images(Sequence):
             self.kind, [self.data[i] for i in indices], self.n_channels, self.scale
         )
 
-    def _array_batch(self, start: int, stop: int) -> torch.Tensor:
-        rows = self.data[start:stop]
+    def rows(self, index) -> torch.Tensor:
+        """Rows of an array (a slice or index array) as ``(n, 3, H, W)`` uint8,
+        or float in [0, 1]."""
+        rows = self.data[index]
         if not rows.flags.writeable:  # read-only memmaps: torch wants writable memory
             rows = rows.copy()
         # NHWC input stays a channels-last view (no copy): torchvision's uint8
@@ -130,9 +133,20 @@ class Images(Sequence):
             batch = batch.float() * self.scale if self.scale != 1.0 else batch.float()
         return to_rgb(batch)
 
+    def host_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Array rows as stored (uint8 or float32, unscaled), RGBA cut to RGB:
+        what crosses to a GPU, where scaling and preprocessing happen."""
+        rows = self.data[start:stop]
+        if not rows.flags.writeable:
+            rows = rows.copy()
+        batch = torch.from_numpy(rows)
+        if batch.ndim == 3:
+            batch = batch.unsqueeze(1)
+        return batch[:, :3]
+
     def _load(self, index: int, preprocessing: Preprocessing) -> torch.Tensor:
         if self.kind == "paths":  # JPEGs decode straight to >= the resize size
-            image = _decode_file(self.data[index], draft=preprocessing.resize_size)
+            image = decode_file(self.data[index], draft=preprocessing.resize_size)
         else:
             image = self[index]
         return preprocessing(image.unsqueeze(0))[0]
@@ -140,11 +154,31 @@ class Images(Sequence):
     def batches(
         self, preprocessing: Preprocessing, batch_size: int, n_jobs: int | None = None
     ) -> Iterator[torch.Tensor]:
-        """Yield preprocessed float32 ``(b, 3, crop, crop)`` batches in order.
+        """Yield preprocessed float32 ``(b, 3, crop, crop)`` batches in order (CPU).
 
         Decoding and resizing run in a thread pool (PIL and torch release the
         GIL), two batches ahead of the caller's forward pass; memory holds at
         most three batches whatever the number of images.
+        """
+        for batch in self.read_ahead(
+            lambda i: self._load(i, preprocessing),
+            lambda start, stop: preprocessing(self.rows(slice(start, stop))),
+            batch_size,
+            n_jobs,
+        ):
+            yield batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+
+    def read_ahead(
+        self,
+        load_item: Callable[[int], object],
+        load_rows: Callable[[int, int], object],
+        batch_size: int,
+        n_jobs: int | None = None,
+    ) -> Iterator:
+        """Yield each batch, loaded in a thread pool two batches ahead, in order.
+
+        An array's batch is ``load_rows(start, stop)``; other kinds give the
+        list ``[load_item(i) for i in batch]``, one pool task per image.
         """
         workers = n_jobs or min(4, os.cpu_count() or 1)
         starts = list(range(0, len(self), batch_size))
@@ -152,26 +186,24 @@ class Images(Sequence):
         def submit(pool: ThreadPoolExecutor, start: int) -> list[Future]:
             stop = min(start + batch_size, len(self))
             if self.kind == "array":
-                return [
-                    pool.submit(self._preprocessed_rows, preprocessing, start, stop)
-                ]
-            return [
-                pool.submit(self._load, i, preprocessing) for i in range(start, stop)
-            ]
+                return [pool.submit(load_rows, start, stop)]
+            return [pool.submit(load_item, i) for i in range(start, stop)]
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = deque(submit(pool, start) for start in starts[:2])
             later = iter(starts[2:])
-            while pending:
-                futures = pending.popleft()
-                ahead = next(later, None)
-                if ahead is not None:
-                    pending.append(submit(pool, ahead))
-                results = [future.result() for future in futures]
-                yield results[0] if self.kind == "array" else torch.stack(results)
-
-    def _preprocessed_rows(self, preprocessing: Preprocessing, start: int, stop: int):
-        return preprocessing(self._array_batch(start, stop))
+            try:
+                while pending:
+                    futures = pending.popleft()
+                    ahead = next(later, None)
+                    if ahead is not None:
+                        pending.append(submit(pool, ahead))
+                    results = [future.result() for future in futures]
+                    yield results[0] if self.kind == "array" else results
+            finally:  # a stopped consumer or an error: drop queued work
+                for futures in pending:
+                    for future in futures:
+                        future.cancel()
 
 
 def to_rgb(batch: torch.Tensor) -> torch.Tensor:
@@ -182,39 +214,6 @@ def to_rgb(batch: torch.Tensor) -> torch.Tensor:
     if channels == 4:
         return batch[:, :3]
     return batch
-
-
-def _pil_to_tensor(image: Image.Image, name: str) -> torch.Tensor:
-    try:
-        image.load()
-        rgb = image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise ImageDecodeError(f"Cannot decode {name}: {exc}") from exc
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
-
-
-def _decode_file(path: str | os.PathLike, draft: int | None = None) -> torch.Tensor:
-    """Decode ``path`` to a ``(3, H, W)`` uint8 tensor.
-
-    ``draft`` lets JPEG decoding downscale in the DCT domain (2-8x faster on
-    photos) while both sides stay >= ``draft``, the size the resize goes to.
-    """
-    try:
-        with Image.open(path) as image:
-            if draft is not None and image.format == "JPEG":
-                image.draft("RGB", (draft, draft))
-            return _pil_to_tensor(image, name=f"image file {str(path)!r}")
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"Image file {str(path)!r} does not exist.") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(
-            f"Cannot decode image file {str(path)!r}: not an image format Pillow can "
-            "read."
-        ) from exc
-    except IsADirectoryError as exc:
-        raise ImageDecodeError(
-            f"{str(path)!r} is a directory, not an image file."
-        ) from exc
 
 
 def check_images(X, *, n_channels: int | None = None) -> Images:

@@ -36,7 +36,8 @@ def embedded(monkeypatch):
 
 
 def make(**params):
-    params = {"model": "mobilenet_v3_small", "weights": None, **params}
+    # device="cpu": cached rows are compared exactly with recomputed ones
+    params = {"model": "mobilenet_v3_small", "weights": None, "device": "cpu", **params}
     return CNNFeatureExtractor(**params)
 
 

@@ -82,15 +82,19 @@ def expected_failed_checks(estimator) -> dict[str, str]:
     return failed
 
 
+# device="cpu": the checks compare results exactly across fits and batch layouts.
 @parametrize_with_checks(
     [
-        CNNFeatureExtractor("mobilenet_v3_small", weights=None, batch_size=64),
+        CNNFeatureExtractor(
+            "mobilenet_v3_small", weights=None, batch_size=64, device="cpu"
+        ),
         FineTuneClassifier(
             "mobilenet_v3_small",
             weights=None,
             max_epochs=1,
             image_size=32,
             random_state=0,
+            device="cpu",
         ),
     ],
     expected_failed_checks=expected_failed_checks,

@@ -30,6 +30,10 @@ from sktransfer import distributed as skd  # noqa: E402
 
 N_IMAGES = 240
 MODEL = "mobilenet_v3_small"  # ~8 ms per image on one CPU thread
+# On the CPU, in this process and on the workers: distributed embeddings are
+# compared with the in-process reference at atol=1e-5, and grid searches on the
+# cluster with sequential ones exactly.
+CPU = {"weights": None, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +68,13 @@ def many_paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def extractor():
-    return CNNFeatureExtractor(MODEL, weights=None)
+    return CNNFeatureExtractor(MODEL, **CPU)
 
 
 @pytest.fixture(scope="module")
 def reference(extractor, many_paths):
     """The in-process embedding that every distributed run must reproduce."""
-    fitted = CNNFeatureExtractor(MODEL, weights=None).fit(many_paths)
+    fitted = CNNFeatureExtractor(MODEL, **CPU).fit(many_paths)
     return fitted.transform(many_paths)
 
 
@@ -103,7 +107,7 @@ def test_transform_equals_local_in_order_loading_once_per_worker(
 def test_second_call_reuses_worker_backbones_and_fitted_input(
     client, many_paths, reference
 ):
-    fitted = CNNFeatureExtractor(MODEL, weights=None).fit(many_paths[:1])
+    fitted = CNNFeatureExtractor(MODEL, **CPU).fit(many_paths[:1])
     before = client.run(worker_side._cache_loads)
     out = skd.transform(fitted, many_paths[:40], client=client, partition_size=4)
     np.testing.assert_allclose(out, reference[:40], atol=1e-5, rtol=0)
@@ -200,7 +204,7 @@ def test_worker_killed_mid_run_gives_every_row_once(
 
 
 def test_progress_uses_dask_progress_bar(client, many_paths, reference, capsys):
-    extractor = CNNFeatureExtractor(MODEL, weights=None, progress=True)
+    extractor = CNNFeatureExtractor(MODEL, **CPU, progress=True)
     out = skd.transform(extractor, many_paths[:8], client=client, partition_size=4)
     np.testing.assert_allclose(out, reference[:8], atol=1e-5, rtol=0)
     assert "100% Completed" in capsys.readouterr().out
@@ -210,7 +214,7 @@ def test_progress_uses_dask_progress_bar(client, many_paths, reference, capsys):
 
 def test_tasks_of_one_worker_take_turns_on_its_backbone(many_paths, reference):
     """Four threads of one process (a worker with nthreads=4) share one backbone."""
-    job = skd._make_job(CNNFeatureExtractor(MODEL, weights=None))
+    job = skd._make_job(CNNFeatureExtractor(MODEL, **CPU))
     parts = [many_paths[i : i + 6] for i in range(0, 48, 6)]
     try:
         with ThreadPoolExecutor(4) as pool:
@@ -239,9 +243,7 @@ def test_grid_search_on_dask_equals_sequential(client):
     X = rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
     X[8:, :, :16] = 255  # class "b": bright left half
     y = np.array(["a"] * 8 + ["b"] * 8)
-    pipe = Pipeline(
-        [("cnn", CNNFeatureExtractor("resnet18", weights=None)), ("svm", SVC())]
-    )
+    pipe = Pipeline([("cnn", CNNFeatureExtractor("resnet18", **CPU)), ("svm", SVC())])
     grid = {"cnn__pooling": ["avg", "max"], "svm__gamma": ["scale", 10.0]}
 
     sequential = GridSearchCV(pipe, grid, cv=2, n_jobs=1).fit(X, y)
@@ -265,7 +267,7 @@ def test_grid_search_fine_tune_classifier_on_dask(client):
     X[6:, :, :16] = 255
     y = np.array(["a"] * 6 + ["b"] * 6)
     clf = FineTuneClassifier(
-        "mobilenet_v3_small", weights=None, max_epochs=2, augment=False, random_state=0
+        "mobilenet_v3_small", **CPU, max_epochs=2, augment=False, random_state=0
     )
     grid = {"lr": [1e-4, 1e-1]}
     sequential = GridSearchCV(clf, grid, cv=2, n_jobs=1).fit(X, y)

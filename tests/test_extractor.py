@@ -17,9 +17,15 @@ from sktransfer import CNNFeatureExtractor
 
 @pytest.fixture(scope="module")
 def fitted():
-    """A fitted resnet18 extractor (random seeded weights) shared by the module."""
+    """A fitted resnet18 extractor (random seeded weights) shared by the module.
+
+    On the CPU: its tests compare embeddings exactly or at atol=1e-5, which
+    float16 autocast on CUDA (device="auto") does not meet.
+    """
     X = np.zeros((1, 32, 32, 3), dtype=np.uint8)
-    return CNNFeatureExtractor("resnet18", weights=None, batch_size=4).fit(X)
+    return CNNFeatureExtractor(
+        "resnet18", weights=None, batch_size=4, device="cpu"
+    ).fit(X)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +50,8 @@ def test_default_embedding_width(model, width, images):
 
 def test_default_embedding_is_the_input_of_the_classifier(images):
     """AlexNet's default embedding is fc7 after ReLU: what feeds classifier.6."""
-    extractor = CNNFeatureExtractor("alexnet", weights=None).fit(images)
+    # device="cpu": compared with a float32 forward of the module on the CPU
+    extractor = CNNFeatureExtractor("alexnet", weights=None, device="cpu").fit(images)
     Z = extractor.transform(images[:2])
     module = extractor.backbone_.module
     batch = torch.stack(
@@ -113,15 +120,17 @@ def test_jpeg_paths_and_pathlib(fitted, jpeg_paths):
 
 def test_grayscale_is_replicated_and_alpha_dropped(images):
     grey = images[..., 0]
-    extractor = CNNFeatureExtractor("resnet18", weights=None).fit(grey)
+    extractor = CNNFeatureExtractor("resnet18", weights=None, device="cpu").fit(grey)
     replicated = np.repeat(grey[..., None], 3, axis=-1)
-    rgb = CNNFeatureExtractor("resnet18", weights=None).fit(replicated)
+    rgb = CNNFeatureExtractor("resnet18", weights=None, device="cpu").fit(replicated)
     np.testing.assert_allclose(
         extractor.transform(grey), rgb.transform(replicated), atol=1e-6
     )
     rgba = np.concatenate([images, np.zeros_like(images[..., :1])], axis=-1)
     np.testing.assert_allclose(
-        CNNFeatureExtractor("resnet18", weights=None).fit(rgba).transform(rgba),
+        CNNFeatureExtractor("resnet18", weights=None, device="cpu")
+        .fit(rgba)
+        .transform(rgba),
         rgb.fit(images).transform(images),
         atol=1e-6,
     )
@@ -149,7 +158,7 @@ def test_preprocessing_comes_from_the_weights():
 )
 def test_layer_and_pooling(pooling, width, images):
     extractor = CNNFeatureExtractor(
-        "resnet18", weights=None, layer="layer3", pooling=pooling
+        "resnet18", weights=None, layer="layer3", pooling=pooling, device="cpu"
     )
     Z = extractor.fit(images[:2]).transform(images[:2])
     assert Z.shape == (2, width)
@@ -169,9 +178,9 @@ def test_layer_of_a_timm_model(images):
 
 
 def test_normalize_gives_unit_vectors(images):
-    Z = CNNFeatureExtractor("resnet18", weights=None, normalize=True).fit_transform(
-        images
-    )
+    Z = CNNFeatureExtractor(
+        "resnet18", weights=None, normalize=True, device="cpu"
+    ).fit_transform(images)
     np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, rtol=1e-5)
 
 
@@ -232,7 +241,8 @@ def test_progress_bar_is_shown(fitted, images, capsys):
 
 
 def test_refits_share_one_read_only_module(images):
-    a = CNNFeatureExtractor("resnet18", weights=None).fit(images)
+    # device="cpu": exact equality, and on CUDA transform moves a private copy
+    a = CNNFeatureExtractor("resnet18", weights=None, device="cpu").fit(images)
     b = clone(a).set_params(layer="layer3").fit(images)
     assert a.backbone_ is not b.backbone_
     assert a.backbone_.module is b.backbone_.module  # no rebuild, no copy

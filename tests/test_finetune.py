@@ -29,12 +29,16 @@ def tiny(**params) -> FineTuneClassifier:
 
 @pytest.fixture(scope="module")
 def fitted():
-    """A fitted tiny classifier (string labels) shared by read-only tests."""
+    """A fitted tiny classifier (string labels) shared by read-only tests.
+
+    On the CPU: its tests compare predictions exactly or at atol=1e-6, and with
+    a copy restored on the CPU.
+    """
     rng = np.random.default_rng(1)
     X = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
     X[4:, :, :16] = 255
     y = np.array(["cat"] * 4 + ["dog"] * 4)
-    return tiny().fit(X, y), X, y
+    return tiny(device="cpu").fit(X, y), X, y
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -66,7 +70,7 @@ def test_integer_and_given_classes(images):
 
 
 def test_paths_pil_and_images_of_different_sizes(tmp_path, jpeg_paths, labels):
-    clf = tiny().fit(jpeg_paths, labels)
+    clf = tiny(device="cpu").fit(jpeg_paths, labels)  # compared at atol=1e-6
     pil = [Image.open(p).convert("RGB") for p in jpeg_paths[:3]]
     np.testing.assert_allclose(
         clf.predict_proba(pil), clf.predict_proba(jpeg_paths[:3]), atol=1e-6
@@ -82,12 +86,16 @@ def test_paths_pil_and_images_of_different_sizes(tmp_path, jpeg_paths, labels):
 
 
 def test_random_state_reproducible_and_global_rng_untouched(images, labels):
+    def fitted_state(seed):  # on the CPU: bit-identical reruns
+        clf = tiny(random_state=seed, frozen_layers=4, device="cpu")
+        return _state(clf.fit(images, labels).module_)
+
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = _state(tiny(random_state=3, frozen_layers=4).fit(images, labels).module_)
+    a = fitted_state(3)
     assert torch.equal(torch.get_rng_state(), before)
-    b = _state(tiny(random_state=3, frozen_layers=4).fit(images, labels).module_)
-    c = _state(tiny(random_state=4, frozen_layers=4).fit(images, labels).module_)
+    b = fitted_state(3)
+    c = fitted_state(4)
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert not all(torch.equal(a[name], c[name]) for name in a)
 
@@ -115,6 +123,7 @@ def test_frozen_groups_bit_identical_and_next_group_trains(model, k, images, lab
         random_state=0,
         image_size=64,
         callbacks=[start],
+        device="cpu",  # bit-identical to the CPU-built reference
     ).fit(images, labels)
     after = _state(clf.module_)
     frozen = [e for group in pretrained.groups[:k] for e in group]
@@ -141,7 +150,8 @@ def test_frozen_groups_bit_identical_and_next_group_trains(model, k, images, lab
 def test_all_frozen_trains_only_the_head(images, labels):
     pretrained = build_backbone(TINY, weights=None)
     reference = _state(pretrained.module)
-    clf = tiny(frozen_layers="all", lr=1e-2).fit(images, labels)
+    # device="cpu": bit-identical to the CPU-built reference
+    clf = tiny(frozen_layers="all", lr=1e-2, device="cpu").fit(images, labels)
     after = _state(clf.module_)
     for name, value in reference.items():
         if not _under(name, [clf.head_]):
@@ -200,8 +210,8 @@ def test_frozen_prefix_computed_once_matches_uncached(images, labels):
     params = dict(frozen_layers=3, augment=False, max_epochs=2, lr=1e-2, image_size=64)
     start = _AtStart()
     cached = FineTuneClassifier(
-        "resnet18", weights=None, batch_size=4, random_state=0, **params
-    )
+        "resnet18", weights=None, batch_size=4, random_state=0, device="cpu", **params
+    )  # on the CPU: the two runs agree to atol=1e-5
     cached.set_params(callbacks=[start]).fit(images, labels)
     plain = clone(cached).set_params(cache_frozen=False).fit(images, labels)
     assert cached.prefix_cached_ and not plain.prefix_cached_
@@ -218,7 +228,8 @@ def test_frozen_prefix_computed_once_matches_uncached(images, labels):
 
 
 def test_large_prefix_goes_to_a_temporary_file(images, labels, monkeypatch, tmp_path):
-    in_memory = _state(tiny(frozen_layers=2, augment=False).fit(images, labels).module_)
+    params = dict(frozen_layers=2, augment=False, device="cpu")  # bit-identical runs
+    in_memory = _state(tiny(**params).fit(images, labels).module_)
     monkeypatch.setattr("sktransfer._prefix.MEMORY_LIMIT_BYTES", 0)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     seen = []
@@ -227,7 +238,7 @@ def test_large_prefix_goes_to_a_temporary_file(images, labels, monkeypatch, tmp_
         def on_epoch_begin(self, net, **kwargs):
             seen.extend(p.name for p in tmp_path.iterdir())
 
-    clf = tiny(frozen_layers=2, augment=False, callbacks=[Look()]).fit(images, labels)
+    clf = tiny(**params, callbacks=[Look()]).fit(images, labels)
     assert clf.prefix_cached_
     assert seen and all(name.startswith("sktransfer-prefix-") for name in seen)
     assert list(tmp_path.iterdir()) == []  # deleted after fit
@@ -261,7 +272,8 @@ def test_custom_augmentation_only_on_training_batches(images, labels):
 
 def test_default_augmentation_changes_training_only(images, labels):
     inputs = []
-    clf = tiny(augment=True, train_split=ValidSplit(2, stratified=True))
+    # device="cpu": the network's inputs are compared with CPU tensors
+    clf = tiny(augment=True, train_split=ValidSplit(2, stratified=True), device="cpu")
     clf.initialize_module = _hooked(clf.initialize_module, clf, inputs)
     clf.fit(images, labels)
     expected = clf.preprocessing_(torch.from_numpy(images).permute(0, 3, 1, 2))
@@ -318,6 +330,7 @@ def test_aux_heads_train_and_main_head_predicts(model, heads, tmp_path):
         max_epochs=1,
         batch_size=2,
         random_state=0,
+        device="cpu",  # the recorded outputs are read with .numpy()
     )
     clf.initialize_module = _hooked(clf.initialize_module, clf, outputs, output=True)
     if model == "googlenet":
@@ -393,6 +406,7 @@ def test_stratified_validation_and_early_stopping_restores_best(images, labels):
         lr=0.3,
         optimizer=torch.optim.SGD,
         callbacks=[Snap()],
+        device="cpu",  # bit-identical restored weights
     ).fit(images, labels)
     assert valid_labels[0] == ["cat", "dog"]  # stratified: one of each
     history = clf.history[:, "valid_loss"]
@@ -457,12 +471,16 @@ def test_gridsearch_string_labels(images, labels):
 
 # --------------------------------------------------------------- persistence
 def test_joblib_round_trip_identical_predictions(fitted, tmp_path):
-    clf, X, _ = fitted
+    clf, X, y = fitted
     path = tmp_path / "clf.joblib"
     joblib.dump(clf, path)
     loaded = joblib.load(path)
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
-    assert loaded.device == "auto"
+    assert loaded.device == "cpu"
+    # device="auto" is pickled as "auto", not as the device it resolved to
+    auto = tiny(max_epochs=0).fit(X, y)
+    joblib.dump(auto, path)
+    assert auto.device == joblib.load(path).device == "auto"
 
 
 def test_model_saved_for_cuda_loads_on_cpu(fitted, tmp_path, monkeypatch):

@@ -183,8 +183,12 @@ def _expected_failed_checks(estimator):
     return failed
 
 
-@parametrize_with_checks(
-    [ImageNetClassifier("mobilenet_v3_small", weights=None, batch_size=64)],
+@parametrize_with_checks(  # device="cpu": the checks compare results exactly
+    [
+        ImageNetClassifier(
+            "mobilenet_v3_small", weights=None, batch_size=64, device="cpu"
+        )
+    ],
     expected_failed_checks=_expected_failed_checks,
     xfail_strict=True,
 )

@@ -46,7 +46,9 @@ def test_torchvision_cache_is_used_offline(torch_home, images):
     checkpoints.mkdir(parents=True)
     torch.save(reference.state_dict(), checkpoints / "resnet18-f37072fd.pth")
     for weights in ("DEFAULT", "IMAGENET1K_V1", ResNet18_Weights.IMAGENET1K_V1):
-        extractor = CNNFeatureExtractor("resnet18", weights=weights).fit(images)
+        # device="cpu": compared at atol=1e-5 with a float32 forward on the CPU
+        extractor = CNNFeatureExtractor("resnet18", weights=weights, device="cpu")
+        extractor.fit(images)
         assert extractor.backbone_.weights_id == "ResNet18_Weights.IMAGENET1K_V1"
         np.testing.assert_allclose(
             extractor.transform(images), _embed(reference, extractor, images), atol=1e-5
@@ -68,8 +70,9 @@ def test_local_pth_and_safetensors(tmp_path, images):
     pth, st = tmp_path / "mine.pth", tmp_path / "mine.safetensors"
     torch.save({"state_dict": reference.state_dict()}, pth)  # checkpoint layout
     save_file(reference.state_dict(), st)
-    a = CNNFeatureExtractor("resnet18", weights=str(pth)).fit(images)
-    b = CNNFeatureExtractor("resnet18", weights=st).fit(images)
+    # device="cpu": compared at atol=1e-5 with a float32 forward on the CPU
+    a = CNNFeatureExtractor("resnet18", weights=str(pth), device="cpu").fit(images)
+    b = CNNFeatureExtractor("resnet18", weights=st, device="cpu").fit(images)
     expected = _embed(reference, a, images)
     np.testing.assert_allclose(a.transform(images), expected, atol=1e-5)
     np.testing.assert_allclose(b.transform(images), expected, atol=1e-5)

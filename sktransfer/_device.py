@@ -1,0 +1,176 @@
+"""Preprocessing and augmentation as batched tensor operations on any device.
+
+On CUDA, images cross to the device as uint8 (a quarter of float32's bytes)
+and are resized, cropped and normalised there, with the same antialiased
+interpolation as the CPU path (:class:`~sktransfer._images.Preprocessing`).
+The CPU path keeps resizing uint8 images in its thread pool, which is faster
+on a CPU; these functions run on CPU tensors too, which is how the tests
+check them against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchvision.ops import roi_align
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from ._images import Preprocessing, to_rgb
+
+
+def preprocess(
+    images: torch.Tensor | Sequence[torch.Tensor], preprocessing: Preprocessing
+) -> torch.Tensor:
+    """Resize, centre-crop and normalise images already on their device.
+
+    ``images``: a ``(N, C, H, W)`` batch or a list of ``(C, H, W)`` images of
+    any sizes, C in 1/3/4, uint8 or float in [0, 1]. Images of one size are
+    resized together. Returns normalised float32 ``(N, 3, crop, crop)``,
+    channels-last.
+    """
+    if isinstance(images, torch.Tensor):
+        return _normalize(
+            _resize_crop(images, preprocessing), images.dtype, preprocessing
+        )
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault((tuple(image.shape), image.dtype), []).append(i)
+    crop = preprocessing.crop_size
+    first = images[0]
+    out = torch.empty(
+        (len(images), 3, crop, crop), dtype=torch.float32, device=first.device
+    ).contiguous(memory_format=torch.channels_last)
+    for (_, dtype), indices in groups.items():
+        batch = torch.stack([images[i] for i in indices])
+        out[indices] = _normalize(
+            _resize_crop(batch, preprocessing), dtype, preprocessing
+        )
+    return out
+
+
+def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """``(N, C, H, W)`` -> float ``(N, 3, crop, crop)`` on the 0-255 or 0-1 scale."""
+    batch = to_rgb(batch).float()
+    batch = F.resize(
+        batch,
+        [preprocessing.resize_size],
+        interpolation=InterpolationMode(preprocessing.interpolation),
+        antialias=True,
+    )
+    return F.center_crop(batch, [preprocessing.crop_size, preprocessing.crop_size])
+
+
+def _normalize(
+    batch: torch.Tensor, source_dtype: torch.dtype, preprocessing: Preprocessing
+) -> torch.Tensor:
+    """Clamp to the source's range (bicubic overshoots, as uint8 results cannot)
+    and normalise with mean/std in one multiply-add."""
+    full = 255.0 if source_dtype == torch.uint8 else 1.0
+    mean = torch.tensor(preprocessing.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing.std, device=batch.device).view(1, 3, 1, 1)
+    batch = batch.clamp(0.0, full)
+    out = batch * (1.0 / (full * std)) - mean / std
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def random_crop_boxes(
+    sizes: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-image random-resized-crop boxes ``(N, 4)`` as ``(top, left, h, w)``.
+
+    The distribution of :class:`torchvision.transforms.v2.RandomResizedCrop`:
+    an area fraction uniform in ``scale``, a log-uniform aspect ratio in
+    ``ratio``, up to 10 tries per image, else the largest centred crop of an
+    allowed ratio. ``sizes`` holds each image's ``(H, W)``.
+    """
+    n, tries = len(sizes), 10
+    heights, widths = sizes[:, 0:1].double(), sizes[:, 1:2].double()
+    area = heights * widths
+    u = torch.rand((n, tries, 3), generator=generator, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (h > 0) & (w <= widths) & (h <= heights)
+    first = torch.where(fits.any(1), fits.int().argmax(1), -1)
+    pick = first.clamp(min=0).unsqueeze(1)
+    h = h.gather(1, pick).squeeze(1)
+    w = w.gather(1, pick).squeeze(1)
+    top = torch.floor(u[..., 2].gather(1, pick).squeeze(1) * (heights[:, 0] - h + 1))
+    # a second draw for ``left``, as RandomResizedCrop draws top and left apart
+    v = torch.rand(n, generator=generator, dtype=torch.float64)
+    left = torch.floor(v * (widths[:, 0] - w + 1))
+    # fallback: whole image cut to the allowed ratio range, centred
+    H, W = heights[:, 0], widths[:, 0]
+    in_ratio = W / H
+    fb_w = torch.where(
+        in_ratio < ratio[0],
+        W,
+        torch.where(in_ratio > ratio[1], torch.round(H * ratio[1]), W),
+    )
+    fb_h = torch.where(
+        in_ratio < ratio[0],
+        torch.round(W / ratio[0]),
+        torch.where(in_ratio > ratio[1], H, H),
+    )
+    missed = first < 0
+    h = torch.where(missed, fb_h, h)
+    w = torch.where(missed, fb_w, w)
+    top = torch.where(missed, torch.floor((H - fb_h) / 2), top)
+    left = torch.where(missed, torch.floor((W - fb_w) / 2), left)
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def augment(
+    images: torch.Tensor | Sequence[torch.Tensor],
+    preprocessing: Preprocessing,
+    scale: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random-resized-crop and horizontal flip, each image its own parameters.
+
+    One batched crop-and-resize (``roi_align`` with adaptive sampling, which
+    averages several bilinear samples per output pixel when shrinking: an
+    antialiased resize) and one batched flip, on the images' device. Images of
+    different sizes are placed on a zero canvas; their boxes stay inside
+    each image. Returns normalised float32 ``(N, 3, crop, crop)``, channels-last.
+    """
+    if isinstance(images, torch.Tensor):
+        batch = to_rgb(images).float()
+        sizes = torch.tensor([images.shape[-2:]] * len(images))
+        dtype = images.dtype
+    else:
+        dtype = images[0].dtype
+        height = max(image.shape[-2] for image in images)
+        width = max(image.shape[-1] for image in images)
+        batch = images[0].new_zeros(
+            (len(images), 3, height, width), dtype=torch.float32
+        )
+        for i, image in enumerate(images):
+            batch[i, :, : image.shape[-2], : image.shape[-1]] = to_rgb(image[None])[0]
+        sizes = torch.tensor([tuple(image.shape[-2:]) for image in images])
+    boxes = random_crop_boxes(sizes, scale, generator=generator)
+    flips = torch.rand(len(sizes), generator=generator) < 0.5
+    out = crop_resize(batch, boxes, preprocessing.crop_size)
+    flips = flips.to(batch.device).view(-1, 1, 1, 1)
+    out = torch.where(flips, out.flip(-1), out)
+    return _normalize(out, dtype, preprocessing)
+
+
+def crop_resize(batch: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop ``boxes[i] = (top, left, h, w)`` of image i and resize it to
+    ``size x size``, for the whole float batch in one ``roi_align`` call."""
+    top, left, h, w = boxes.double().unbind(1)
+    index = torch.arange(len(boxes), dtype=torch.float64)
+    rois = torch.stack([index, left, top, left + w, top + h], dim=1)
+    rois = rois.to(device=batch.device, dtype=batch.dtype)
+    return roi_align(
+        batch.contiguous(), rois, (size, size), sampling_ratio=-1, aligned=True
+    )

@@ -1,0 +1,256 @@
+"""The CUDA input pipeline: files read ahead in threads, uint8 to the device,
+decoding and preprocessing on a side stream while the network runs.
+
+::
+
+    thread pool (n_jobs)      read bytes / Pillow fallback / array rows -> pinned uint8
+    loader thread, stream S   copy to device, nvJPEG decode, resize, crop, normalise
+    caller, default stream    waits on S's event for batch k, runs forward(k)
+                              while S prepares k+1; results copied back async
+
+Every batch has ``batch_size`` rows (the last one is padded), so cuDNN sees
+one shape. Memory holds a few batches whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import _device
+from ._decode import decode_encoded, pil_to_tensor, read_encoded
+from ._gpu_decode import decode_batch, gpu_decoder
+from ._images import Images, Preprocessing
+
+# cuDNN autotuning (cudnn.benchmark) costs seconds per new input shape and
+# pays back only over many batches: jobs of fewer batches use the heuristics.
+AUTOTUNE_MIN_BATCHES = 16
+_DONE = object()
+
+
+class Prefetcher:
+    """Iterate ``source`` in a background thread, ``depth`` items ahead.
+
+    Errors in the thread are raised in the consumer; closing the iterator
+    early (an error in the consumer, ``break``) stops the thread.
+    """
+
+    def __init__(self, source: Iterator, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(source,), daemon=True, name="sktransfer-loader"
+        )
+        self._thread.start()
+
+    def _run(self, source: Iterator) -> None:
+        try:
+            for item in source:
+                if not self._put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put((_DONE, exc))
+            return
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        self._put((_DONE, None))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        try:
+            while True:
+                item, error = self._queue.get()
+                if error is not None:
+                    raise error
+                if item is _DONE:
+                    return
+                yield item
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def device_batches(
+    images: Images,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    device: torch.device,
+    *,
+    n_jobs: int | None = None,
+    gpu_decode: bool = True,
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """Yield ``(batch, n)``: preprocessed ``(batch_size, 3, crop, crop)`` float32
+    channels-last batches on ``device``, of which the first ``n`` rows are
+    images (the rest pads the last batch)."""
+    decode_on_gpu = gpu_decode and gpu_decoder(device) is not None
+    draft = preprocessing.resize_size
+
+    def load_item(i: int):
+        if images.kind == "paths":
+            encoded = read_encoded(images.data[i])
+            if decode_on_gpu and encoded.gpu_mode is not None:
+                return encoded
+            return _pinned(decode_encoded(encoded, draft))
+        if images.kind == "pil":
+            name = f"PIL image at index {i}"
+            return _pinned(pil_to_tensor(images.data[i], name=name))
+        return _pinned(images[i])
+
+    def load_rows(start: int, stop: int) -> torch.Tensor:
+        return _pinned(images.host_rows(start, stop))
+
+    host = images.read_ahead(load_item, load_rows, batch_size, n_jobs)
+    cuda = device.type == "cuda"
+    stream = torch.cuda.Stream(device) if cuda else None
+
+    def on_device():
+        for raw in host:
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                if isinstance(raw, torch.Tensor):
+                    batch = raw.to(device, non_blocking=True)
+                    if images.scale != 1.0:
+                        batch = batch * images.scale
+                    batch = _device.preprocess(batch, preprocessing)
+                else:
+                    batch = _device.preprocess(decode_batch(raw, device), preprocessing)
+                n = len(batch)
+                if n < batch_size:
+                    pad = batch.new_zeros((batch_size - n, *batch.shape[1:]))
+                    batch = torch.cat([batch, pad]).contiguous(
+                        memory_format=torch.channels_last
+                    )
+                ready = None
+                if cuda:
+                    ready = torch.cuda.Event()
+                    ready.record(stream)
+            yield batch, n, ready
+
+    consumer = torch.cuda.current_stream(device) if cuda else None
+    for batch, n, ready in Prefetcher(on_device()):
+        if cuda:
+            consumer.wait_event(ready)
+            batch.record_stream(consumer)  # made on the side stream, used here
+        yield batch, n
+
+
+def preprocessed_batches(
+    images: Images, preprocessing: Preprocessing, batch_size: int, device
+) -> Iterator[torch.Tensor]:
+    """Preprocessed batches in order: on CUDA made on the device, else the CPU path."""
+    if device.type != "cuda":
+        yield from images.batches(preprocessing, batch_size)
+        return
+    for batch, n in device_batches(images, preprocessing, batch_size, device):
+        yield batch[:n]
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """Page-locked copy for an asynchronous host-to-device copy (CUDA only)."""
+    return tensor.pin_memory() if torch.cuda.is_available() else tensor
+
+
+class ResultRing:
+    """Copy ``(n, width)`` device results into a host array without a stall
+    per batch: each lands in one of ``depth`` pinned slots asynchronously and
+    is written out once a later batch has been queued."""
+
+    def __init__(self, out: np.ndarray, batch_size: int, device, depth: int = 3):
+        self.out = out
+        self.cuda = device.type == "cuda"
+        self.slots = [
+            torch.empty((batch_size, out.shape[1]), pin_memory=self.cuda)
+            for _ in range(depth)
+        ]
+        self.pending: deque = deque()
+        self.next_slot = 0
+
+    def put(self, result: torch.Tensor, start: int) -> None:
+        if len(self.pending) == len(self.slots):
+            self._drain_one()
+        slot = self.slots[self.next_slot]
+        self.next_slot = (self.next_slot + 1) % len(self.slots)
+        n = len(result)
+        slot[:n].copy_(result, non_blocking=self.cuda)
+        done = None
+        if self.cuda:
+            done = torch.cuda.Event()
+            done.record()
+        self.pending.append((done, slot, start, n))
+
+    def _drain_one(self) -> None:
+        done, slot, start, n = self.pending.popleft()
+        if done is not None:
+            done.synchronize()
+        self.out[start : start + n] = slot[:n].numpy()
+
+    def finish(self) -> np.ndarray:
+        while self.pending:
+            self._drain_one()
+        return self.out
+
+
+@contextlib.contextmanager
+def autotune(enabled: bool):
+    """cuDNN autotuning for this block only (the flag is process-wide)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def run_on_device(
+    images: Images,
+    preprocessing: Preprocessing,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    out: np.ndarray,
+    *,
+    device: torch.device,
+    batch_size: int,
+    n_jobs: int | None,
+    gpu_decode: bool,
+    on_batch: Callable[[int], None],
+) -> np.ndarray:
+    """Fill ``out`` with ``forward`` of every image, preprocessed on ``device``.
+
+    Meant for CUDA; runs on the CPU too (no streams, no pinning), which is how
+    the tests check it against the CPU path.
+    """
+    ring = ResultRing(out, batch_size, device)
+    start = 0
+    n_batches = -(-len(images) // batch_size)
+    cuda = device.type == "cuda"
+    tune = autotune(cuda and n_batches >= AUTOTUNE_MIN_BATCHES)
+    with tune, torch.cuda.device(device) if cuda else contextlib.nullcontext():
+        batches = device_batches(
+            images,
+            preprocessing,
+            batch_size,
+            device,
+            n_jobs=n_jobs,
+            gpu_decode=gpu_decode,
+        )
+        for batch, n in batches:
+            with torch.inference_mode():
+                result = forward(batch)
+            ring.put(result[:n], start)
+            start += n
+            on_batch(n)
+        return ring.finish()
