@@ -27,7 +27,7 @@ from skorch.callbacks import Freezer
 
 from sktransfer import CNNFeatureExtractor, FineTuneClassifier
 from sktransfer._backbones import build_backbone
-from sktransfer._freeze import replace_head
+from sktransfer._families import replace_head
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from sktransfer import list_backbones
-from sktransfer._backbones import structure, weights_available
-from sktransfer._torch import find_layer, forward_tap, pool
+from sktransfer._backbones import build_structure, weights_available
+from sktransfer._tap import find_layer, forward_tap, pool
 
 SEED_FAMILIES = [
     ("alexnet", "AlexNet (2012)", "ReLU, dropout, GPU training, data augmentation"),
@@ -44,7 +44,7 @@ SEED_FAMILIES = [
 
 
 def describe(name: str) -> dict:
-    backbone = structure(name)
+    backbone = build_structure(name)
     module = backbone.module
     crop = backbone.preprocessing.crop_size
     head = find_layer(module, backbone.head)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ._images import Images
+from ._lru import LRU
 
 DEFAULT_MEMORY_BYTES = 1 << 30
 
@@ -82,40 +81,26 @@ class MemoryCache:
 
     def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES):
         self.max_bytes = max_bytes
-        self._rows: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._rows: LRU[np.ndarray] = LRU(max_size=max_bytes, size=_nbytes)
 
     def get(self, space: str, keys: list[str]) -> list[np.ndarray | None]:
-        with self._lock:
-            rows = []
-            for key in keys:
-                row = self._rows.get((space, key))
-                if row is not None:
-                    self._rows.move_to_end((space, key))
-                rows.append(row)
-            return rows
+        return [self._rows.get((space, key)) for key in keys]
 
     def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:
-        with self._lock:
-            for key, row in zip(keys, rows, strict=True):
-                if (space, key) in self._rows:
-                    continue
-                row = row.copy()  # never alias the caller's output array
-                self._rows[(space, key)] = row
-                self._bytes += row.nbytes
-            while self._bytes > self.max_bytes and self._rows:
-                _, evicted = self._rows.popitem(last=False)
-                self._bytes -= evicted.nbytes
+        for key, row in zip(keys, rows, strict=True):
+            if (space, key) not in self._rows:
+                self._rows.put((space, key), row.copy())  # never alias the output
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return int(self._rows.total_size)
 
     def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-            self._bytes = 0
+        self._rows.clear()
+
+
+def _nbytes(row: np.ndarray) -> int:
+    return row.nbytes
 
 
 class DiskCache:

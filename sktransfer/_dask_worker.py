@@ -5,7 +5,7 @@
 * torch's thread count, which belongs to each thread, set per task or, for the
   joblib backend, in every executor thread of a worker (a worker plugin);
 * glibc's malloc thresholds, which Dask's nanny sets small enough to slow a CPU
-  forward pass down 1.6x or more.
+  forward pass down markedly (measured in docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import copy
 import functools
 import os
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator, Mapping
 
 import distributed
@@ -28,6 +28,7 @@ from distributed.comm import get_address_host
 from sklearn.base import clone
 
 from ._extractor import CNNFeatureExtractor
+from ._lru import LRU
 
 _WORKER_CACHE_SIZE = 2  # fitted extractors kept per worker process (a VGG is 0.5 GB)
 
@@ -45,8 +46,11 @@ def _auto_threads(cpus: int, slots: int) -> int:
     return max(1, cpus // max(1, slots))
 
 
-_cache: OrderedDict[str, tuple[CNNFeatureExtractor, threading.Lock]] = OrderedDict()
-_cache_lock = threading.Lock()
+# Fitted extractors kept per worker process, with the lock their tasks take
+# turns on; built under the cache's lock, so concurrent tasks build once.
+_cache: LRU[tuple[CNNFeatureExtractor, threading.Lock]] = LRU(
+    max_items=_WORKER_CACHE_SIZE
+)
 _loads: Counter[str] = Counter()  # backbone builds per job key, in this process
 
 
@@ -79,28 +83,22 @@ def _cached_extractor(
     job: _Job, probe: list[str]
 ) -> tuple[CNNFeatureExtractor, threading.Lock]:
     """This process's fitted extractor for ``job`` (built once) and its lock."""
-    with _cache_lock:  # also makes concurrent tasks of one worker build it once
-        entry = _cache.get(job.key)
-        if entry is None:
-            entry = (clone(job.spec).fit(probe), threading.Lock())
-            _loads[job.key] += 1
-            _cache[job.key] = entry
-            while len(_cache) > _WORKER_CACHE_SIZE:
-                _cache.popitem(last=False)
-        _cache.move_to_end(job.key)
-        return entry
+
+    def build():
+        _loads[job.key] += 1
+        return clone(job.spec).fit(probe), threading.Lock()
+
+    return _cache.get_or_create(job.key, build)
 
 
 def _clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
-        _loads.clear()
+    _cache.clear()
+    _loads.clear()
 
 
 def _cache_loads() -> dict[str, int]:
     """Backbone builds per job key in this process (read with ``client.run``)."""
-    with _cache_lock:
-        return dict(_loads)
+    return dict(_loads)
 
 
 def _threads_here(torch_threads, workers: Mapping[str, int]) -> int | None:
@@ -168,8 +166,8 @@ def _malloc_for_torch() -> Iterator[None]:
 
     The nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also
     pins glibc's mmap threshold at 128 KiB: every activation tensor is then
-    mmap-ed, page-faulted and unmapped again, and a CPU forward pass runs about
-    1.6x slower (2-3x with two workers on a 2-core machine). Both thresholds are
+    mmap-ed, page-faulted and unmapped again, and a CPU forward pass runs
+    markedly slower (docs/scaling.md has the numbers). Both thresholds are
     raised while any task of this process is inside the block, and set back to
     the environment's values when the last one leaves. No-op without glibc or
     without a small ``MALLOC_TRIM_THRESHOLD_``.

@@ -61,7 +61,8 @@ class Encoded:
     """A file's bytes and what decides who decodes them.
 
     ``gpu_mode`` is ``"RGB"`` or ``"GRAY"`` for JPEGs an nvJPEG decoder takes
-    (8-bit, 3 or 1 components), ``None`` for everything else (PNG, CMYK, ...).
+    (baseline, 8-bit, 3 or 1 components, complete), ``None`` for everything
+    else (PNG, CMYK, progressive, truncated, ...).
     """
 
     path: str
@@ -84,11 +85,27 @@ def read_encoded(path: str) -> Encoded:
     try:
         with Image.open(io.BytesIO(data)) as image:
             orientation = exif_orientation(image)
-            if image.format == "JPEG" and image.mode in ("RGB", "L"):
-                gpu_mode = "RGB" if image.mode == "RGB" else "GRAY"
+            gpu_mode = _gpu_mode(image, data)
     except (OSError, ValueError, SyntaxError):
         pass  # the CPU decoder reports the error and names the file
     return Encoded(name, data, orientation, gpu_mode)
+
+
+def _gpu_mode(image: Image.Image, data: bytes) -> str | None:
+    """``"RGB"``/``"GRAY"`` for a baseline JPEG nvJPEG decodes in batches.
+
+    Cameras' JPEGs often read as MPO (extra preview images after the first).
+    Progressive JPEGs would be Huffman-decoded on the host one by one, and a
+    file cut short (no end-of-image marker) might decode without an error:
+    Pillow takes both (draft decoding in threads; an error that names the file).
+    """
+    if image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
+        return None
+    if image.info.get("progressive") or image.info.get("progression"):
+        return None
+    if image.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    return "RGB" if image.mode == "RGB" else "GRAY"
 
 
 def decode_file(path: str | os.PathLike, draft: int | None = None) -> torch.Tensor:
@@ -113,6 +130,8 @@ def decode_encoded(encoded: Encoded, draft: int | None = None) -> torch.Tensor:
         raise ImageDecodeError(
             f"Cannot decode {name}: not an image format Pillow can read."
         ) from exc
+    except ImageDecodeError:
+        raise  # already names the file
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"Cannot decode {name}: {exc}") from exc
 

@@ -10,6 +10,7 @@ check them against it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -19,6 +20,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ._images import Preprocessing, to_rgb
+
+# Float working memory of one resize call: full-size photos (nvJPEG decodes
+# at full size) are resized a few at a time, not a whole batch at once.
+_CHUNK_BYTES = 1 << 30
 
 
 def preprocess(
@@ -32,23 +37,25 @@ def preprocess(
     channels-last.
     """
     if isinstance(images, torch.Tensor):
-        return _normalize(
-            _resize_crop(images, preprocessing), images.dtype, preprocessing
-        )
+        images = list(images)
     groups: dict[tuple, list[int]] = {}
     for i, image in enumerate(images):
         groups.setdefault((tuple(image.shape), image.dtype), []).append(i)
-    crop = preprocessing.crop_size
-    first = images[0]
-    out = torch.empty(
-        (len(images), 3, crop, crop), dtype=torch.float32, device=first.device
-    ).contiguous(memory_format=torch.channels_last)
-    for (_, dtype), indices in groups.items():
-        batch = torch.stack([images[i] for i in indices])
-        out[indices] = _normalize(
-            _resize_crop(batch, preprocessing), dtype, preprocessing
-        )
-    return out
+    out: list[torch.Tensor | None] = [None] * len(images)
+    for (shape, dtype), indices in groups.items():
+        for chunk in _chunks(indices, shape):
+            batch = torch.stack([images[i] for i in chunk])
+            rows = _normalize(_resize_crop(batch, preprocessing), dtype, preprocessing)
+            for i, row in zip(chunk, rows, strict=True):
+                out[i] = row
+    return torch.stack(out).contiguous(memory_format=torch.channels_last)
+
+
+def _chunks(indices: list[int], shape: tuple) -> list[list[int]]:
+    """``indices`` in runs whose float copies fit :data:`_CHUNK_BYTES`."""
+    per_image = 4 * 3 * shape[-2] * shape[-1]
+    step = max(1, _CHUNK_BYTES // per_image)
+    return [indices[i : i + step] for i in range(0, len(indices), step)]
 
 
 def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
@@ -63,17 +70,35 @@ def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Ten
     return F.center_crop(batch, [preprocessing.crop_size, preprocessing.crop_size])
 
 
+@functools.lru_cache(maxsize=32)
+def _scale_shift(
+    device: torch.device, full: float, mean: tuple, std: tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``1 / (full * std)`` and ``mean / std`` on ``device``, made
+    once (a copy to the device waits for it)."""
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    return (1.0 / (full * std_t)).to(device), (mean_t / std_t).to(device)
+
+
 def _normalize(
     batch: torch.Tensor, source_dtype: torch.dtype, preprocessing: Preprocessing
 ) -> torch.Tensor:
     """Clamp to the source's range (bicubic overshoots, as uint8 results cannot)
     and normalise with mean/std in one multiply-add."""
     full = 255.0 if source_dtype == torch.uint8 else 1.0
-    mean = torch.tensor(preprocessing.mean, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std, device=batch.device).view(1, 3, 1, 1)
-    batch = batch.clamp(0.0, full)
-    out = batch * (1.0 / (full * std)) - mean / std
+    scale, shift = _scale_shift(
+        batch.device, full, preprocessing.mean, preprocessing.std
+    )
+    out = batch.clamp(0.0, full) * scale - shift
     return out.contiguous(memory_format=torch.channels_last)
+
+
+def _small_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A few parameters to the device without waiting for it."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def random_crop_boxes(
@@ -136,30 +161,34 @@ def augment(
 ) -> torch.Tensor:
     """Random-resized-crop and horizontal flip, each image its own parameters.
 
-    One batched crop-and-resize (``roi_align`` with adaptive sampling, which
+    Batched crop-and-resize (``roi_align`` with adaptive sampling, which
     averages several bilinear samples per output pixel when shrinking: an
-    antialiased resize) and one batched flip, on the images' device. Images of
+    antialiased resize) and a batched flip, on the images' device. Images of
     different sizes are placed on a zero canvas; their boxes stay inside
     each image. Returns normalised float32 ``(N, 3, crop, crop)``, channels-last.
     """
-    if isinstance(images, torch.Tensor):
-        batch = to_rgb(images).float()
-        sizes = torch.tensor([images.shape[-2:]] * len(images))
-        dtype = images.dtype
-    else:
-        dtype = images[0].dtype
-        height = max(image.shape[-2] for image in images)
-        width = max(image.shape[-1] for image in images)
-        batch = images[0].new_zeros(
-            (len(images), 3, height, width), dtype=torch.float32
-        )
-        for i, image in enumerate(images):
-            batch[i, :, : image.shape[-2], : image.shape[-1]] = to_rgb(image[None])[0]
-        sizes = torch.tensor([tuple(image.shape[-2:]) for image in images])
+    stacked = isinstance(images, torch.Tensor)
+    if not stacked:
+        images = list(images)
+    sizes = torch.tensor([tuple(image.shape[-2:]) for image in images])
     boxes = random_crop_boxes(sizes, scale, generator=generator)
-    flips = torch.rand(len(sizes), generator=generator) < 0.5
-    out = crop_resize(batch, boxes, preprocessing.crop_size)
-    flips = flips.to(batch.device).view(-1, 1, 1, 1)
+    flips = torch.rand(len(images), generator=generator) < 0.5
+    device, dtype = images[0].device, images[0].dtype
+    height, width = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+    parts = []
+    for chunk in _chunks(list(range(len(images))), (height, width)):
+        if stacked:  # one size: the batch is its own canvas
+            canvas = to_rgb(images[chunk[0] : chunk[-1] + 1]).float()
+        else:
+            canvas = images[0].new_zeros(
+                (len(chunk), 3, height, width), dtype=torch.float32
+            )
+            for row, i in enumerate(chunk):
+                image = to_rgb(images[i][None])[0]
+                canvas[row, :, : image.shape[-2], : image.shape[-1]] = image
+        parts.append(crop_resize(canvas, boxes[chunk], preprocessing.crop_size))
+    out = torch.cat(parts)
+    flips = _small_to(flips, device).view(-1, 1, 1, 1)
     out = torch.where(flips, out.flip(-1), out)
     return _normalize(out, dtype, preprocessing)
 
@@ -170,7 +199,7 @@ def crop_resize(batch: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     top, left, h, w = boxes.double().unbind(1)
     index = torch.arange(len(boxes), dtype=torch.float64)
     rois = torch.stack([index, left, top, left + w, top + h], dim=1)
-    rois = rois.to(device=batch.device, dtype=batch.dtype)
+    rois = _small_to(rois.to(batch.dtype), batch.device)
     return roi_align(
         batch.contiguous(), rois, (size, size), sampling_ratio=-1, aligned=True
     )

@@ -5,23 +5,21 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torchvision.models import WeightsEnum
 
-from . import _cache
+from . import _cache, _params
 from ._backbones import cached_backbone, on_cpu
+from ._devices import autocast, autocast_dtype, resolve_device
 from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
-from ._precision import PRECISIONS, autocast, autocast_dtype
-from ._torch import find_layer, forward_tap, pool, resolve_device
+from ._tap import find_layer, forward_tap, pool
 
 _WIDTHS: dict[tuple, int] = {}  # (model, weights, layer, pooling) -> width
 
@@ -101,18 +99,13 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "model": [str, nn.Module],
-        "weights": [str, os.PathLike, WeightsEnum, None],
+        **_params.BACKBONE,
+        **_params.INFERENCE,
+        **_params.PRECISION,
         "layer": [str, None],
         "pooling": [StrOptions({"avg", "max", "avgmax"}), None],
         "normalize": ["boolean"],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [str, torch.device],
-        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
-        "progress": ["boolean"],
         "cache": [StrOptions({"memory"}), str, os.PathLike, None],
-        "precision": [StrOptions(set(PRECISIONS))],
-        "decoder": [StrOptions({"auto", "cpu", "gpu"})],
     }
 
     def __init__(

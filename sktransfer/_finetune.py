@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -17,15 +16,14 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.multiclass import check_classification_targets
 from skorch import NeuralNet
 from skorch.utils import is_dataset
-from torch import nn
-from torchvision.models import WeightsEnum
 
-from ._backbones import check_model, layer_groups
+from . import _params
+from ._backbones import check_model
+from ._devices import resolve_device
+from ._families import layer_groups
 from ._finetune_net import FineTuneNet, forked_rng, seed_from
 from ._freeze import BN_POLICIES, resolve_frozen_layers
 from ._images import check_images
-from ._precision import PRECISIONS
-from ._torch import resolve_device
 
 
 class FineTuneClassifier(FineTuneNet):
@@ -164,8 +162,8 @@ class FineTuneClassifier(FineTuneNet):
     """
 
     _own_constraints: dict = {
-        "model": [str, nn.Module],
-        "weights": [str, os.PathLike, WeightsEnum, None],
+        **_params.BACKBONE,
+        **_params.PRECISION,
         "augment": ["boolean", callable],
         "bn": [StrOptions(set(BN_POLICIES))],
         "backbone_lr_ratio": [Interval(Real, 0, None, closed="neither")],
@@ -176,8 +174,6 @@ class FineTuneClassifier(FineTuneNet):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
         "early_stopping": [Interval(Integral, 1, None, closed="left"), "boolean", None],
         "random_state": ["random_state"],
-        "device": [str, torch.device],
-        "precision": [StrOptions(set(PRECISIONS))],
     }
 
     def __init__(
@@ -319,8 +315,7 @@ class FineTuneClassifier(FineTuneNet):
             self._own_constraints, params, type(self).__name__
         )
         check_model(self.model)
-        if isinstance(self.device, str) and self.device != "auto":
-            resolve_device(self.device)
+        resolve_device(self.device)
         try:  # structure only (meta device): fail before loading any weights
             groups = layer_groups(self.model)
         except Exception:  # checked again once the backbone is built

@@ -3,8 +3,9 @@
 :class:`FineTuneNet` builds the network (new heads, frozen groups), feeds it
 sktransfer's image input path (augmented in training), trains with per-group
 learning rates, auxiliary losses and BatchNorm policy, computes the frozen
-prefix once when it can, and resolves ``device="auto"``. The public estimator,
-its parameters and label handling live in :mod:`sktransfer._finetune`.
+prefix once when it can. Devices, mixed precision and pickling are
+:class:`~sktransfer._finetune_device.DeviceMixin`'s; the public estimator, its
+parameters and label handling live in :mod:`sktransfer._finetune`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit, unpack_data
-from skorch.utils import TeeGenerator, is_dataset
+from skorch.utils import is_dataset
 from torch.utils.data import DataLoader
 
 from ._backbones import build_backbone
+from ._devices import autocast
+from ._families import drop_aux, family_of, replace_head, trained_aux
 from ._finetune_data import (
     FEATURES_KEY,
     Collate,
@@ -36,74 +39,63 @@ from ._finetune_data import (
     prepare_batch,
     prepare_on_device,
 )
-from ._freeze import (
-    apply_train_modes,
-    drop_aux,
-    freeze,
-    is_under,
-    replace_head,
-    resolve_frozen_layers,
-    trained_aux_heads,
-)
+from ._finetune_device import DeviceMixin
+from ._freeze import apply_train_modes, freeze, resolve_frozen_layers
+from ._groups import is_under
 from ._images import Images, check_images
 from ._pipeline import preprocessed_batches
-from ._precision import autocast, autocast_dtype
 from ._prefix import NotSplittableError, computed_prefix, plan_split
-from ._torch import resolve_device
 
-_AUX_MODELS = ("googlenet", "inception_v3")
 _DEFAULT_PATIENCE = 5
 
 
-class FineTuneNet(NeuralNetClassifier):
+class FineTuneNet(DeviceMixin, NeuralNetClassifier):
     """skorch overrides shared by :class:`~sktransfer.FineTuneClassifier`."""
 
     def check_data(self, X, y=None):
         """Classes come from ``fit`` (labels are encoded before skorch sees them)."""
 
     # ---------------------------------------------------------- initialise
-    def initialize(self):
-        """skorch's ``initialize`` (``device="auto"`` resolved); needs ``classes_``."""
-        with self._resolved_device():
-            return super().initialize()
-
     def initialize_module(self):
-        """Build the backbone, replace its head(s) and freeze its first groups."""
+        """Build the backbone, replace its head(s) and freeze its first groups.
+
+        The family table (:mod:`sktransfer._families`) says where the head and
+        any auxiliary heads are, and which group each auxiliary branch taps.
+        """
         classes = self.classes_
         name = self.model if isinstance(self.model, str) else type(self.model).__name__
-        wants_aux = (
-            name in _AUX_MODELS
-            and isinstance(self.model, str)
-            and self.aux_loss_weight > 0
-        )
+        wants_aux = self.aux_loss_weight > 0
         backbone = build_backbone(self.model, self.weights, aux_logits=wants_aux)
-        groups = backbone.groups
+        module, groups = backbone.module, backbone.groups
         n_frozen = resolve_frozen_layers(self.frozen_layers, groups, name)
-        module = backbone.module
-        aux_heads = trained_aux_heads(backbone.aux_heads, groups, n_frozen)
-        if backbone.aux_heads and not aux_heads:
-            drop_aux(module)  # their branch is frozen: they would train for nothing
+        family = family_of(module)
+        present = tuple(a for a in family.aux if a.head in backbone.aux_heads)
+        aux = trained_aux(present if wants_aux else (), groups, n_frozen)
+        if not aux:
+            drop_aux(module)  # frozen branches would train for nothing
         replace_head(module, backbone.head, len(classes), self.head_dropout)
-        for head in aux_heads:
-            replace_head(module, head, len(classes))
-        if aux_heads and name == "googlenet" and self.weights is not None:
+        for head in aux:
+            replace_head(module, head.head, len(classes))
+        if aux and family.aux_note and self.weights is not None:
             warnings.warn(
-                "torchvision's pretrained GoogLeNet has no pretrained auxiliary heads: "
-                "aux1 and aux2 start from random weights and are trained with the loss "
-                f"weight aux_loss_weight={self.aux_loss_weight} (0 drops them).",
+                f"{family.aux_note} and are trained with the loss weight "
+                f"aux_loss_weight={self.aux_loss_weight} (0 drops them).",
                 UserWarning,
                 stacklevel=2,
             )
+        heads = (backbone.head, *(a.head for a in aux))
         self.frozen_modules_ = freeze(
-            module, groups, n_frozen, (backbone.head, *aux_heads)
+            module, groups, n_frozen, heads, trained=tuple(a.branch for a in aux)
         )
         self.layer_groups_ = groups
         self.n_frozen_groups_ = n_frozen
         self.head_ = backbone.head
-        self.aux_heads_ = aux_heads
+        self.aux_heads_ = heads[1:]
         self.preprocessing_ = _sized(backbone.preprocessing, self.image_size)
         self.backbone_name_ = backbone.name
         self.weights_id_ = backbone.weights_id
+        if self._device().type == "cuda":  # the layout of its input batches
+            module.to(memory_format=torch.channels_last)
         self.module_ = module
         return self
 
@@ -234,8 +226,12 @@ class FineTuneNet(NeuralNetClassifier):
             batches = preprocessed_batches(
                 X, self.preprocessing_, self.batch_size, device
             )
+            dtype = self._autocast_dtype(device)
             try:
-                with computed_prefix(split, batches, len(X), device) as feats:
+                with (
+                    contextlib.closing(batches),
+                    computed_prefix(split, batches, len(X), device, dtype) as feats,
+                ):
                     self.prefix_cached_ = True
                     self.prefix_split_ = split
                     try:
@@ -300,22 +296,6 @@ class FineTuneNet(NeuralNetClassifier):
         )
         return batch.to(device)
 
-    def _device(self) -> torch.device:
-        return resolve_device(self.device)
-
-    def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        return autocast_dtype(self.precision, device, training=True)
-
-    def _grad_scaler(self):
-        """A gradient scaler for float16 training (bfloat16 and float32 need none)."""
-        device = self._device()
-        if self._autocast_dtype(device) != torch.float16:
-            return None
-        scaler = self.__dict__.get("grad_scaler_")
-        if scaler is None:
-            scaler = self.grad_scaler_ = torch.amp.GradScaler(device.type)
-        return scaler
-
     def _outputs(self, y_pred):
         """``(main, [aux, ...])`` from the network's output."""
         if isinstance(y_pred, tuple):
@@ -348,87 +328,6 @@ class FineTuneNet(NeuralNetClassifier):
         scaler = self._grad_scaler()
         (loss if scaler is None else scaler.scale(loss)).backward()
         return {"loss": loss, "y_pred": self._outputs(y_pred)[0]}
-
-    def train_step(self, batch, **fit_params):
-        """skorch's step; with float16 autocast, a gradient-scaled one.
-
-        ``GradScaler.step`` takes no closure, so the scaled path runs the
-        single step, unscales the gradients (callbacks see true values), and
-        steps and updates the scaler itself (skorch's documented override).
-        """
-        scaler = self._grad_scaler()
-        if scaler is None:
-            return super().train_step(batch, **fit_params)
-        self.optimizer_.zero_grad()
-        step = self.train_step_single(batch, **fit_params)
-        scaler.unscale_(self.optimizer_)
-        self.notify(
-            "on_grad_computed",
-            named_parameters=TeeGenerator(self.get_all_learnable_params()),
-            batch=batch,
-            training=True,
-        )
-        scaler.step(self.optimizer_)
-        scaler.update()
-        return step
-
-    # ----------------------------------------------------------- predicting
-    def forward_iter(self, X, training=False, device="cpu"):
-        with self._resolved_device():
-            yield from super().forward_iter(X, training=training, device=device)
-
-    # ---------------------------------------------------------- persistence
-    @contextlib.contextmanager
-    def _resolved_device(self):
-        """``device="auto"`` as a concrete device while skorch runs."""
-        raw = self.__dict__.get("device")
-        if not (isinstance(raw, str) and raw == "auto"):
-            yield
-            return
-        self.__dict__["device"] = str(resolve_device("auto"))
-        try:
-            yield
-        finally:
-            self.__dict__["device"] = raw
-
-    def set_params(self, **kwargs):
-        """skorch's ``set_params``; a new ``device`` moves a fitted network there
-        (e.g. fitted on a GPU, then ``set_params(device="cpu")`` to predict)."""
-        super().set_params(**kwargs)
-        if "device" in kwargs and getattr(self, "initialized_", False):
-            self._move_to(self._device())
-        return self
-
-    def _move_to(self, device: torch.device) -> None:
-        for name in ("module_", "criterion_"):
-            component = self.__dict__.get(name)
-            if isinstance(component, torch.nn.Module):
-                component.to(device)
-        optimizer = self.__dict__.get("optimizer_")
-        for state in getattr(optimizer, "state", {}).values():
-            for key, value in state.items():  # moments; scalar steps stay put
-                if isinstance(value, torch.Tensor) and value.ndim > 0:
-                    state[key] = value.to(device)
-        self.__dict__.pop("grad_scaler_", None)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
-        return state
-
-    def load_params(self, *args, **kwargs):
-        with self._resolved_device():
-            return super().load_params(*args, **kwargs)
-
-    def __setstate__(self, state):
-        # A net fitted on a GPU with device="auto" loads on a CPU-only machine.
-        raw = state.get("device")
-        auto = isinstance(raw, str) and raw == "auto"
-        if auto:
-            state["device"] = str(resolve_device("auto"))
-        super().__setstate__(state)
-        if auto:
-            self.__dict__["device"] = raw
 
 
 def _as_float(out):

@@ -14,11 +14,8 @@ from numbers import Integral
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._backbones import _drop_aux
+from ._groups import is_under
 
-# Where an auxiliary classifier branch taps the main network: it is trained
-# only when the group holding that layer is trained.
-AUX_ATTACH = {"aux1": "inception4a", "aux2": "inception4d", "AuxLogits": "Mixed_6e"}
 BN_POLICIES = ("frozen", "eval", "train")
 
 
@@ -47,77 +44,26 @@ def resolve_frozen_layers(
     return int(frozen_layers)
 
 
-def _group_index(groups: list[list[str]], layer: str) -> int | None:
-    for index, group in enumerate(groups):
-        if any(layer == entry or layer.startswith(entry + ".") for entry in group):
-            return index
-    return None
-
-
-def trained_aux_heads(
-    aux_heads: tuple[str, ...], groups: list[list[str]], n_frozen: int
-) -> tuple[str, ...]:
-    """The auxiliary heads whose branch taps a group that is trained."""
-    kept = []
-    for head in aux_heads:
-        branch = head.split(".")[0]
-        index = _group_index(groups, AUX_ATTACH.get(branch, ""))
-        if index is not None and index >= n_frozen:
-            kept.append(head)
-    return tuple(kept)
-
-
-def drop_aux(module: nn.Module) -> None:
-    """Remove GoogLeNet's / Inception v3's auxiliary branches."""
-    _drop_aux(module)
-
-
-def replace_head(
-    module: nn.Module, name: str, n_classes: int, dropout: float = 0.0
-) -> None:
-    """Put a new, randomly initialised classifier for ``n_classes`` at ``name``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = module.get_submodule(parent_name) if parent_name else module
-    old = getattr(parent, attr)
-    if isinstance(old, nn.Linear):
-        new: nn.Module = nn.Linear(old.in_features, n_classes)
-    elif isinstance(old, nn.Conv2d):  # SqueezeNet's 1x1 convolution classifier
-        new = nn.Conv2d(
-            old.in_channels, n_classes, old.kernel_size, old.stride, old.padding
-        )
-    else:
-        raise TypeError(
-            f"Cannot replace the classifier {name!r} of type {type(old).__name__}: "
-            "expected a torch.nn.Linear or torch.nn.Conv2d."
-        )
-    if dropout > 0:
-        new = nn.Sequential(nn.Dropout(dropout), new)
-    setattr(parent, attr, new)
-
-
-def is_under(name: str, prefixes) -> bool:
-    """Whether ``name`` is one of ``prefixes`` or inside one of them."""
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 def freeze(
-    module: nn.Module, groups: list[list[str]], n_frozen: int, heads: tuple[str, ...]
+    module: nn.Module,
+    groups: list[list[str]],
+    n_frozen: int,
+    heads: tuple[str, ...],
+    trained: tuple[str, ...] = (),
 ) -> list[str]:
     """Freeze the first ``n_frozen`` groups; return the frozen module names.
 
-    Every other parameter is made trainable. When every group is frozen
-    (``"all"``), parameters outside any group and outside the heads are frozen
+    Every other parameter is made trainable; ``heads`` and the ``trained``
+    modules (auxiliary branches) always are. When every group is frozen
+    (``"all"``), parameters outside any group and outside those are frozen
     too, so that only the new heads train.
     """
     modules = dict(module.named_modules())
     frozen_entries = [entry for group in groups[:n_frozen] for entry in group]
     grouped = [entry for group in groups for entry in group]
-    aux_branches = {
-        head.split(".")[0] for head in heads if head.split(".")[0] in AUX_ATTACH
-    }
     freeze_rest = n_frozen == len(groups)
     for name, param in module.named_parameters():
-        if is_under(name, heads) or is_under(name, aux_branches):
+        if is_under(name, heads) or is_under(name, trained):
             frozen = False
         elif is_under(name, grouped):
             frozen = is_under(name, frozen_entries)

@@ -20,6 +20,7 @@ import io
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,9 +28,18 @@ from PIL import Image
 
 from ._decode import Encoded, decode_encoded, orient
 
-_Backend = Callable[[list[torch.Tensor], str, torch.device], list[torch.Tensor]]
-_BACKENDS: dict[str, _Backend | None] = {}  # str(device) -> working backend or None
-_PROBE_LOCK = threading.Lock()
+# torchvision >= 0.29 deprecates its decoders; said once here, not per batch
+# (``warnings.catch_warnings`` in the loader thread would not be thread-safe).
+warnings.filterwarnings("ignore", message=r"(?s).*TorchCodec", module=r"torchvision")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A batched GPU JPEG decoder, and whether it applies EXIF orientation
+    itself (torchcodec's CUDA decoder does; torchvision's does not)."""
+
+    decode: Callable[[list[torch.Tensor], str, torch.device], list[torch.Tensor]]
+    orients: bool = False
 
 
 def _torchcodec(blobs, mode, device):
@@ -41,33 +51,49 @@ def _torchcodec(blobs, mode, device):
 def _torchvision(blobs, mode, device):
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with warnings.catch_warnings():  # deprecated from torchvision 0.29 on
-        warnings.simplefilter("ignore")
-        return decode_jpeg(blobs, mode=ImageReadMode[mode], device=device)
+    return decode_jpeg(blobs, mode=ImageReadMode[mode], device=device)
+
+
+TORCHVISION = Backend(_torchvision)
+_BACKENDS: dict[str, Backend | None] = {}  # str(device) -> working backend or None
+_PROBE_LOCK = threading.Lock()
 
 
 def _probe_jpeg() -> torch.Tensor:
+    """A 16x8 JPEG tagged "stored rotated" (orientation 6): upright it is 8x16."""
     buffer = io.BytesIO()
-    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(buffer, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image = Image.fromarray(np.full((16, 8, 3), 128, np.uint8))
+    image.save(buffer, "JPEG", exif=exif.tobytes())
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
-def gpu_decoder(device: torch.device) -> _Backend | None:
-    """The backend that decodes JPEGs on ``device``, or ``None`` (none works)."""
+def _probe(decode, device: torch.device) -> Backend | None:
+    try:
+        (out,) = decode([_probe_jpeg()], "RGB", device)
+    except Exception:  # not installed, no CUDA build, no nvJPEG
+        return None
+    if out.device.type != "cuda" or out.ndim != 3 or out.shape[0] != 3:
+        return None
+    if tuple(out.shape[1:]) not in ((16, 8), (8, 16)):
+        return None
+    return Backend(decode, orients=tuple(out.shape[1:]) == (8, 16))
+
+
+def gpu_decoder(device: torch.device) -> Backend | None:
+    """The backend that decodes JPEGs on ``device``, or ``None`` (none works).
+
+    Probed once per process and device, torchcodec first: which one works
+    and whether it turns images upright itself.
+    """
     if device.type != "cuda":
         return None
     key = str(device)
     with _PROBE_LOCK:
         if key not in _BACKENDS:
-            _BACKENDS[key] = None
-            for backend in (_torchcodec, _torchvision):
-                try:
-                    (out,) = backend([_probe_jpeg()], "RGB", device)
-                except Exception:  # not installed, no CUDA build, no nvJPEG
-                    continue
-                if out.device.type == "cuda" and tuple(out.shape) == (3, 16, 16):
-                    _BACKENDS[key] = backend
-                    break
+            found = _probe(_torchcodec, device) or _probe(_torchvision, device)
+            _BACKENDS[key] = found
     return _BACKENDS[key]
 
 
@@ -90,7 +116,7 @@ def check_decoder(decoder: str, device: torch.device) -> bool:
 def decode_batch(
     encoded: list[Encoded | torch.Tensor],
     device: torch.device,
-    backend: _Backend | None = None,
+    backend: Backend | None = None,
 ) -> list[torch.Tensor]:
     """Decode a batch to upright ``(3, H, W)`` uint8 tensors on ``device``.
 
@@ -99,45 +125,46 @@ def decode_batch(
     colour mode, falling back to one-by-one GPU and then CPU decoding.
     ``backend`` defaults to the device's GPU decoder.
     """
-    backend = backend or gpu_decoder(device)
     out: list[torch.Tensor | None] = [None] * len(encoded)
     by_mode: dict[str, list[int]] = {}
     for i, item in enumerate(encoded):
         if isinstance(item, torch.Tensor):
             out[i] = item.to(device, non_blocking=True)
-        elif backend is None or item.gpu_mode is None:
-            out[i] = decode_encoded(item).to(device, non_blocking=True)
         else:
-            by_mode.setdefault(item.gpu_mode, []).append(i)
+            by_mode.setdefault(item.gpu_mode or "", []).append(i)
+    if by_mode:
+        backend = backend or gpu_decoder(device)
     for mode, indices in by_mode.items():
         items = [encoded[i] for i in indices]
-        for i, image in zip(
-            indices, _decode_jpegs(backend, items, mode, device), strict=True
-        ):
+        if backend is None or not mode:
+            decoded = [decode_encoded(item).to(device) for item in items]
+        else:
+            decoded = _decode_jpegs(backend, items, mode, device)
+        for i, image in zip(indices, decoded, strict=True):
             out[i] = image
     return out
 
 
-def _decode_jpegs(backend, items: list[Encoded], mode: str, device) -> list:
+def _decode_jpegs(backend: Backend, items: list[Encoded], mode: str, device) -> list:
     blobs = [
         torch.frombuffer(bytearray(item.data), dtype=torch.uint8) for item in items
     ]
     try:
-        images = backend(blobs, mode, device)
+        images = backend.decode(blobs, mode, device)
     except Exception:  # one bad file fails the batch: find it, decode the rest
         images = []
         for blob in blobs:
             try:
-                (image,) = backend([blob], mode, device)
+                (image,) = backend.decode([blob], mode, device)
             except Exception:
                 image = None
             images.append(image)
     decoded = []
     for item, image in zip(items, images, strict=True):
         if image is None or image.ndim != 3 or image.shape[0] not in (1, 3):
-            decoded.append(decode_encoded(item).to(device, non_blocking=True))
+            decoded.append(decode_encoded(item).to(device))
             continue
         if image.shape[0] == 1:  # grey: replicated, as Pillow's convert("RGB")
             image = image.expand(3, -1, -1)
-        decoded.append(orient(image, item.orientation))
+        decoded.append(image if backend.orients else orient(image, item.orientation))
     return decoded

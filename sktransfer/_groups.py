@@ -1,70 +1,43 @@
-"""Layer groups: the ordered blocks of a backbone that ``frozen_layers`` counts.
+"""Layer-group helpers: split a network into the ordered blocks that
+``frozen_layers`` counts. Which helper a family uses is said in its entry of
+:mod:`sktransfer._families`; these functions only read module structure.
 
-A group is a list of module (or parameter) names. Families of DESIGN.md's table
-get their classic groups; timm models use timm's own ``group_matcher``; any other
-network its top-level children with parameters (``features`` expanded).
+A group is a list of module (or parameter) names.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable
+
 from torch import nn
 
-
-def _layer_groups(backbone) -> list[list[str]]:
-    module, head = backbone.module, backbone.head
-    import torchvision.models as tvm
-
-    if isinstance(module, tvm.ResNet):
-        return [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
-    if isinstance(module, tvm.AlexNet):
-        return _split_before(module.features, "features", nn.Conv2d) + _fc_groups()
-    if isinstance(module, tvm.VGG):
-        return _split_after(module.features, "features", nn.MaxPool2d) + _fc_groups()
-    if isinstance(module, tvm.GoogLeNet):
-        return [
-            ["conv1", "maxpool1", "conv2", "conv3", "maxpool2"],
-            ["inception3a", "inception3b", "maxpool3"],
-            [
-                "inception4a",
-                "inception4b",
-                "inception4c",
-                "inception4d",
-                "inception4e",
-                "maxpool4",
-            ],
-            ["inception5a", "inception5b"],
-        ]
-    if isinstance(module, tvm.Inception3):
-        stem = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1"]
-        stem += ["Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2"]
-        return [
-            stem,
-            ["Mixed_5b", "Mixed_5c", "Mixed_5d"],
-            ["Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"],
-            ["Mixed_7a", "Mixed_7b", "Mixed_7c"],
-        ]
-    if isinstance(module, (tvm.MobileNetV2, tvm.MobileNetV3)):
-        groups = _split_at_strides(module.features)
-        if isinstance(module, tvm.MobileNetV3):  # the hidden classifier layer
-            groups.append(["classifier.0", "classifier.1"])
-        return groups
-    if hasattr(module, "group_matcher"):
-        return _timm_groups(module, head)
-    return _children_groups(module, head)
+Groups = list[list[str]]
 
 
-def _fc_groups() -> list[list[str]]:
-    """fc6 and fc7 of AlexNet/VGG: (dropout,) linear, relu (, dropout)."""
+def is_under(name: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``name`` is one of ``prefixes`` or a module/parameter inside one."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def group_index(groups: Groups, name: str) -> int | None:
+    """The index of the group holding ``name``, or ``None``."""
+    for index, group in enumerate(groups):
+        if is_under(name, group):
+            return index
+    return None
+
+
+def each_child(module: nn.Module, prefix: str) -> Groups:
+    """One group per child of the sub-module at ``prefix`` (stages in a list)."""
     return [
-        ["classifier.0", "classifier.1", "classifier.2"],
-        ["classifier.3", "classifier.4", "classifier.5"],
+        [f"{prefix}.{name}"]
+        for name, _ in module.get_submodule(prefix).named_children()
     ]
 
 
-def _split_before(seq: nn.Sequential, prefix: str, kind: type) -> list[list[str]]:
+def split_before(seq: nn.Sequential, prefix: str, kind: type) -> Groups:
     """Start a new group at every ``kind`` layer (AlexNet: conv1 ... conv5)."""
-    groups: list[list[str]] = []
+    groups: Groups = []
     for index, layer in enumerate(seq):
         if isinstance(layer, kind) or not groups:
             groups.append([])
@@ -72,9 +45,9 @@ def _split_before(seq: nn.Sequential, prefix: str, kind: type) -> list[list[str]
     return groups
 
 
-def _split_after(seq: nn.Sequential, prefix: str, kind: type) -> list[list[str]]:
+def split_after(seq: nn.Sequential, prefix: str, kind: type) -> Groups:
     """Close a group after every ``kind`` layer (VGG: blocks end at max-pools)."""
-    groups: list[list[str]] = [[]]
+    groups: Groups = [[]]
     for index, layer in enumerate(seq):
         groups[-1].append(f"{prefix}.{index}")
         if isinstance(layer, kind):
@@ -82,70 +55,76 @@ def _split_after(seq: nn.Sequential, prefix: str, kind: type) -> list[list[str]]
     return [group for group in groups if group]
 
 
-def _split_at_strides(features: nn.Sequential) -> list[list[str]]:
+def split_at_strides(features: nn.Sequential, prefix: str = "features") -> Groups:
     """Stem, then a new group at every block that downsamples (MobileNet)."""
-    groups: list[list[str]] = [["features.0"]]
+    groups: Groups = [[f"{prefix}.0"]]
     for index in range(1, len(features)):
-        block = features[index]
         strided = any(
-            isinstance(m, nn.Conv2d) and max(m.stride) > 1 for m in block.modules()
+            isinstance(m, nn.Conv2d) and max(m.stride) > 1
+            for m in features[index].modules()
         )
         if strided or len(groups) == 1:
             groups.append([])
-        groups[-1].append(f"features.{index}")
+        groups[-1].append(f"{prefix}.{index}")
     return groups
 
 
-def _timm_groups(module: nn.Module, head: str) -> list[list[str]]:
+def split_at_stacks(seq: nn.Sequential, prefix: str) -> Groups:
+    """Each nested ``Sequential`` (a stage) its own group; runs of single
+    layers between them (stem, final convolution) one group each (MNASNet)."""
+    groups: Groups = []
+    loose = False
+    for index, layer in enumerate(seq):
+        stage = isinstance(layer, nn.Sequential)
+        if stage or not loose:
+            groups.append([])
+        groups[-1].append(f"{prefix}.{index}")
+        loose = not stage
+    return groups
+
+
+def timm_groups(module: nn.Module, head: str) -> Groups:
+    """timm's own coarse ``group_matcher`` stages, without the head."""
     from timm.models import group_modules
 
     grouped = group_modules(module, module.group_matcher(coarse=True))
     groups = []
     for key in sorted(grouped):
-        names = [n for n in grouped[key] if n != head and not n.startswith(head + ".")]
+        names = [n for n in grouped[key] if not is_under(n, [head])]
         if names:
             groups.append(names)
     return groups
 
 
-def _children_groups(module: nn.Module, head: str) -> list[list[str]]:
-    """Top-level children that hold parameters (``features`` split per child)."""
-    groups: list[list[str]] = []
-    root_params = [name for name, _ in module.named_parameters(recurse=False)]
+def children_groups(module: nn.Module, head: str) -> Groups:
+    """Top-level children that hold parameters, in registration order.
+
+    ``features`` is split per child (DenseNet, EfficientNet, ConvNeXt, Swin);
+    a child that holds the head contributes its other parameterised children
+    (ConvNeXt's classifier norm); parameters of the root (a class token) join
+    the first group.
+    """
+    groups: Groups = []
     for name, child in module.named_children():
         if name == "features" and isinstance(child, nn.Sequential):
-            # named_children: DenseNet's ``features`` names its children (conv0, ...)
             groups += [
-                [f"features.{n}"] for n, c in child.named_children() if _has_params(c)
+                [f"features.{n}"] for n, c in child.named_children() if has_params(c)
             ]
-            continue
-        if name == head or (
-            head.startswith(name + ".") and _only_head(child, name, head)
-        ):
-            continue
-        if _has_params(child):
+        elif is_under(head, [name]):
+            rest = [
+                f"{name}.{n}"
+                for n, c in child.named_children()
+                if has_params(c) and not is_under(head, [f"{name}.{n}"])
+            ]
+            if rest:
+                groups.append(rest)
+        elif has_params(child):
             groups.append([name])
-    if root_params and groups:  # e.g. a ViT's class token trains with the first group
-        groups[0] = root_params + groups[0]
+    root = [name for name, _ in module.named_parameters(recurse=False)]
+    if root and groups:
+        groups[0] = root + groups[0]
     return groups
 
 
-def _has_params(module: nn.Module) -> bool:
+def has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
-
-
-def _only_head(child: nn.Module, name: str, head: str) -> bool:
-    """Whether every parameter of ``child`` belongs to the head."""
-    prefix = head[len(name) + 1 :]
-    return all(p.startswith(prefix + ".") for p, _ in child.named_parameters())
-
-
-def group_parameters(
-    module: nn.Module, group: list[str]
-) -> list[tuple[str, torch.Tensor]]:
-    """The ``(name, parameter)`` pairs that belong to ``group``."""
-    return [
-        (name, param)
-        for name, param in module.named_parameters()
-        if any(name == entry or name.startswith(entry + ".") for entry in group)
-    ]

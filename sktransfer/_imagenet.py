@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
-from torchvision.models import WeightsEnum
 
+from . import _params
 from ._backbones import build_backbone, on_cpu
+from ._devices import resolve_device
 from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
-from ._torch import resolve_device
 
 
 class ImageNetClassifier(ClassifierMixin, BaseEstimator):
@@ -96,15 +94,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
     ((2, 3), (2, 3))
     """
 
-    _parameter_constraints: dict = {
-        "model": [str, nn.Module],
-        "weights": [str, os.PathLike, WeightsEnum, None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [str, torch.device],
-        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
-        "progress": ["boolean"],
-        "decoder": [StrOptions({"auto", "cpu", "gpu"})],
-    }
+    _parameter_constraints: dict = {**_params.BACKBONE, **_params.INFERENCE}
 
     def __init__(
         self,
@@ -220,6 +210,10 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "backbone_")
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
+    @validate_params(
+        {"X": ["array-like", list], "k": [Interval(Integral, 1, None, closed="left")]},
+        prefer_skip_nested_validation=True,
+    )
     def top_k(self, X, k=5) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most probable category names of each image.
 
@@ -238,11 +232,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "backbone_")
         n_classes = len(self.classes_)
-        if (
-            isinstance(k, bool)
-            or not isinstance(k, Integral)
-            or not 1 <= k <= n_classes
-        ):
+        if isinstance(k, bool) or k > n_classes:  # a bool passes as an int
             raise ValueError(
                 f"k must be an integer from 1 to the number of categories "
                 f"({n_classes}), got {k!r}."

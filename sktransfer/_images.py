@@ -224,8 +224,10 @@ def check_images(X, *, n_channels: int | None = None) -> Images:
     X : array-like, list of arrays, list of paths or list of PIL images
         A uint8/integer/float array ``(n, H, W, C)``, ``(n, C, H, W)`` or
         ``(n, H, W)`` with C in 1, 3, 4; a list of such single images (sizes
-        may differ); a list or 1-D array of ``str`` / ``pathlib.Path``; or a
-        list of ``PIL.Image.Image``. Float arrays must lie
+        may differ); a list, 1-D array or pandas Series of ``str`` /
+        ``pathlib.Path``, or one column of them (an ``(n, 1)`` array or a
+        one-column DataFrame, as ``ColumnTransformer`` passes ``["path"]``); or
+        a list of ``PIL.Image.Image``. Float arrays must lie
         in [0, 1] (scaled by 255) or, when their maximum exceeds 1, in [0, 255].
     n_channels : int, default=None
         The channel count seen in ``fit``; array input with another count is an error.
@@ -239,15 +241,27 @@ def check_images(X, *, n_channels: int | None = None) -> Images:
         raise InvalidImageError(
             "Expected a collection of images, got one PIL image; wrap it in a list."
         )
-    if hasattr(X, "to_numpy") and not isinstance(
-        X, np.ndarray
-    ):  # pandas Series of paths
-        X = X.to_numpy()
+    if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):
+        X = X.to_numpy()  # a pandas Series or DataFrame
     if isinstance(X, np.ndarray) and X.dtype.kind in "OUS" and X.ndim == 1:
         X = list(X)
+    elif _is_path_column(X):
+        X = list(X[:, 0])
     if isinstance(X, (list, tuple)):
         return _check_list(list(X), n_channels)
     return _check_array(X, n_channels)
+
+
+def _is_path_column(X) -> bool:
+    """An ``(n, 1)`` array of paths: what ``ColumnTransformer`` passes for a list
+    of one column (``["path"]``) of a DataFrame."""
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[1] != 1:
+        return False
+    if X.dtype.kind in "US":
+        return True
+    return X.dtype.kind == "O" and all(
+        _item_kind(item) == "paths" for item in X[:, 0].tolist()
+    )
 
 
 def _check_list(items: list, n_channels: int | None) -> Images:

@@ -50,18 +50,21 @@ class Prefetcher:
         self._thread.start()
 
     def _run(self, source: Iterator) -> None:
+        error = None
         try:
             for item in source:
                 if not self._put((item, None)):
-                    return
+                    return  # the consumer has stopped
         except BaseException as exc:  # handed to the consumer
-            self._put((_DONE, exc))
-            return
+            error = exc
         finally:
             close = getattr(source, "close", None)
-            if close is not None:
-                close()
-        self._put((_DONE, None))
+            try:
+                if close is not None:
+                    close()
+            except BaseException as exc:
+                error = error or exc
+        self._put((_DONE, error))
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -72,10 +75,20 @@ class Prefetcher:
                 continue
         return False
 
+    def _get(self):
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError(
+                        "The loader thread ended without a result."
+                    ) from None
+
     def __iter__(self):
         try:
             while True:
-                item, error = self._queue.get()
+                item, error = self._get()
                 if error is not None:
                     raise error
                 if item is _DONE:
@@ -106,14 +119,14 @@ def device_batches(
             encoded = read_encoded(images.data[i])
             if decode_on_gpu and encoded.gpu_mode is not None:
                 return encoded
-            return _pinned(decode_encoded(encoded, draft))
+            return pinned(decode_encoded(encoded, draft))
         if images.kind == "pil":
             name = f"PIL image at index {i}"
-            return _pinned(pil_to_tensor(images.data[i], name=name))
-        return _pinned(images[i])
+            return pinned(pil_to_tensor(images.data[i], name=name))
+        return pinned(images[i])
 
     def load_rows(start: int, stop: int) -> torch.Tensor:
-        return _pinned(images.host_rows(start, stop))
+        return pinned(images.host_rows(start, stop))
 
     host = images.read_ahead(load_item, load_rows, batch_size, n_jobs)
     cuda = device.type == "cuda"
@@ -128,6 +141,8 @@ def device_batches(
                         batch = batch * images.scale
                     batch = _device.preprocess(batch, preprocessing)
                 else:
+                    if cuda:  # nvJPEG writes on its own stream into memory that
+                        stream.synchronize()  # this stream may still be using
                     batch = _device.preprocess(decode_batch(raw, device), preprocessing)
                 n = len(batch)
                 if n < batch_size:
@@ -156,12 +171,30 @@ def preprocessed_batches(
     if device.type != "cuda":
         yield from images.batches(preprocessing, batch_size)
         return
-    for batch, n in device_batches(images, preprocessing, batch_size, device):
-        yield batch[:n]
+    # Pillow's draft decoding, as the dataset that predicts later decodes
+    batches = device_batches(
+        images, preprocessing, batch_size, device, gpu_decode=False
+    )
+    with contextlib.closing(batches):
+        for batch, n in batches:
+            yield batch[:n]
 
 
-def _pinned(tensor: torch.Tensor) -> torch.Tensor:
-    """Page-locked copy for an asynchronous host-to-device copy (CUDA only)."""
+def pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """A page-locked copy for asynchronous host-to-device copies (where CUDA is).
+
+    Views with gaps (RGBA cut to RGB) or repeated memory (grey expanded to
+    RGB) are made dense first: pinning keeps strides, and cannot copy into
+    memory that several elements share.
+    """
+    if not (
+        tensor.is_contiguous()
+        or (
+            tensor.ndim == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+        )
+    ):
+        layout = torch.channels_last if tensor.ndim == 4 else torch.contiguous_format
+        tensor = tensor.contiguous(memory_format=layout)
     return tensor.pin_memory() if torch.cuda.is_available() else tensor
 
 
@@ -247,10 +280,11 @@ def run_on_device(
             n_jobs=n_jobs,
             gpu_decode=gpu_decode,
         )
-        for batch, n in batches:
-            with torch.inference_mode():
-                result = forward(batch)
-            ring.put(result[:n], start)
-            start += n
-            on_batch(n)
+        with contextlib.closing(batches):  # an error stops the loader at once
+            for batch, n in batches:
+                with torch.inference_mode():
+                    result = forward(batch)
+                ring.put(result[:n], start)
+                start += n
+                on_batch(n)
         return ring.finish()

@@ -23,7 +23,8 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.dropout import _DropoutNd
 
-from ._freeze import is_under
+from ._devices import autocast
+from ._groups import is_under
 
 # Prefix outputs larger than this go to a temporary file (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -213,8 +214,15 @@ def plan_split(
 
 
 @contextlib.contextmanager
-def computed_prefix(split: PrefixSplit, batches, n: int, device: torch.device):
-    """Run the prefix over all batches once; yield an ``(n, ...)`` float32 store.
+def computed_prefix(
+    split: PrefixSplit,
+    batches,
+    n: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+):
+    """Run the prefix over all batches once (under autocast to ``dtype``, as
+    training runs the network); yield an ``(n, ...)`` float32 store.
 
     The store is a CPU tensor, or a memory-mapped temporary file (deleted on
     exit) when it would exceed :data:`MEMORY_LIMIT_BYTES`.
@@ -225,7 +233,8 @@ def computed_prefix(split: PrefixSplit, batches, n: int, device: torch.device):
     try:
         with torch.inference_mode():
             for batch in batches:
-                out = split.prefix(batch.to(device, non_blocking=True))
+                with autocast(device, dtype):
+                    out = split.prefix(batch.to(device, non_blocking=True))
                 if not isinstance(out, torch.Tensor) or out.shape[0] != len(batch):
                     raise NotSplittableError
                 out = out.float().cpu()

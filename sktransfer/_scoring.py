@@ -9,10 +9,15 @@ wrong columns (or fails). These scorers always use the fitted estimator's own
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from numbers import Integral
 
 import numpy as np
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    validate_params,
+)
 
 __all__ = ["top_k_scorer", "top_k_scorers"]
 
@@ -97,12 +102,20 @@ def _scores(estimator, X, n_classes: int) -> np.ndarray:
     return scores
 
 
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}.")
+def _check_not_bool(k, caller: str) -> int:
+    """What ``Interval(Integral, ...)`` lets through: ``True`` is not a ``k``."""
+    if isinstance(k, (bool, np.bool_)):
+        raise InvalidParameterError(
+            f"The 'k' parameter of {caller} must be an int in the range [1, inf), "
+            f"not a bool. Got {k!r} instead."
+        )
     return int(k)
 
 
+@validate_params(
+    {"k": [Interval(Integral, 1, None, closed="left")]},
+    prefer_skip_nested_validation=True,
+)
 def top_k_scorer(k=5):
     """A scorer for top-k accuracy, correct when a CV fold lacks some classes.
 
@@ -142,9 +155,13 @@ def top_k_scorer(k=5):
     >>> top_k_scorer(2)(clf, X, y)
     1.0
     """
-    return _TopKScorer(_check_k(k))
+    return _TopKScorer(_check_not_bool(k, "top_k_scorer"))
 
 
+@validate_params(
+    {"ks": ["array-like", Iterator]},  # a list, tuple, array, range or generator
+    prefer_skip_nested_validation=True,
+)
 def top_k_scorers(ks=(1, 5)) -> dict:
     """Top-k scorers for several ``k``, for multi-metric evaluation.
 
@@ -171,9 +188,14 @@ def top_k_scorers(ks=(1, 5)) -> dict:
     >>> sorted(key for key in result if key.startswith("test_"))
     ['test_top1', 'test_top3']
     """
-    if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
-        raise ValueError(f"ks must be an iterable of integers, got {ks!r}.")
-    values = [_check_k(k) for k in ks]
+    values = list(ks)
+    for k in values:  # validate_params cannot check the items
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, Integral) or k < 1:
+            raise InvalidParameterError(
+                "The 'ks' parameter of top_k_scorers must hold ints in the range "
+                f"[1, inf). Got {k!r} in {tuple(values)!r}."
+            )
+    values = [int(k) for k in values]
     if not values:
         raise ValueError("ks is empty; give at least one k, e.g. ks=(1, 5).")
     if len(set(values)) != len(values):

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import os
 import pickle
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torchvision.models import WeightsEnum
 
-from .exceptions import WeightsError, WeightsNotAvailableError, did_you_mean
+from ._lru import LRU
+from ._suggest import did_you_mean
+from .exceptions import WeightsError, WeightsNotAvailableError
 
 StateDict = dict[str, torch.Tensor]
 
-_CACHE_SIZE = 2  # a state dict can be 500 MB (VGG): keep only the latest two
-_cache: OrderedDict[tuple, StateDict] = OrderedDict()
-_cache_lock = threading.Lock()
+# Files read once per process; a state dict can be 500 MB (VGG): keep two.
+_read: LRU[StateDict] = LRU(max_items=2)
 
 
 def is_weights_path(weights: object) -> bool:
@@ -49,18 +48,15 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
             "dict saved with torch.save(model.state_dict(), path) or a .safetensors "
             "file."
         )
+    return _read.get_or_create(file_identity(path), lambda: _read_state_dict(path))
+
+
+def file_identity(path: str | os.PathLike) -> tuple[str, int, int]:
+    """``(resolved path, size, modification time in ns)``: a file's identity
+    for caches and cache keys (a rewritten file is a new identity)."""
+    path = Path(path).expanduser().resolve()
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    state_dict = _read_state_dict(path)
-    with _cache_lock:
-        _cache[key] = state_dict
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return state_dict
+    return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _read_state_dict(path: Path) -> StateDict:
@@ -181,5 +177,4 @@ def load_into(module: torch.nn.Module, state_dict: StateDict, *, source: str) ->
 
 def clear_cache() -> None:
     """Forget the state dicts read so far (frees their memory)."""
-    with _cache_lock:
-        _cache.clear()
+    _read.clear()

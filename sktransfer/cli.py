@@ -273,11 +273,11 @@ def _embedding_width(name: str) -> int | str:
     """Width of the default embedding, from a build without memory or weights."""
     from torch import nn
 
-    from ._backbones import structure
-    from ._torch import find_layer
+    from ._backbones import build_structure
+    from ._tap import find_layer
 
     try:
-        backbone = structure(name)
+        backbone = build_structure(name)
     except Exception:
         return "?"
     head = find_layer(backbone.module, backbone.head)

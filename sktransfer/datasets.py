@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
-from .exceptions import did_you_mean
+from ._suggest import did_you_mean
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder"]
 

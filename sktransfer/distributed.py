@@ -51,6 +51,12 @@ except ImportError as exc:  # pragma: no cover - exercised by a test with dask h
 import joblib
 import numpy as np
 from sklearn.base import clone
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+    validate_params,
+)
 
 from ._backbones import check_model
 from ._dask_worker import (
@@ -66,10 +72,27 @@ __all__ = ["clear_worker_cache", "parallel_backend", "transform"]
 
 _MAX_AUTO_PARTITION = 1024
 
+# scikit-learn's constraint language; what it cannot say is checked by hand.
+_POSITIVE = Interval(Integral, 1, None, closed="left")
+_CLIENT = [distributed.Client, None]
+_TORCH_THREADS = [_POSITIVE, StrOptions({"auto"}), None]
+
 
 # --------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------
+@validate_params(
+    {
+        "extractor": [CNNFeatureExtractor],
+        "X": "no_validation",  # paths or a Dask collection: see _partitions
+        "client": _CLIENT,
+        "partition_size": [_POSITIVE, StrOptions({"auto"})],
+        "torch_threads": _TORCH_THREADS,
+        "resources": [Mapping, None],
+        "progress": ["boolean", None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def transform(
     extractor: CNNFeatureExtractor,
     X,
@@ -94,9 +117,11 @@ def transform(
         Fitted or not: the workers build the backbone from its parameters
         (``fit`` only builds the backbone, and builds are deterministic, also with
         ``weights=None``), so the result equals ``extractor.fit(X).transform(X)``.
-        ``extractor`` itself is not modified. Weights files and the images must be
-        readable by the workers under the same paths; named pretrained weights
-        must be in each worker's ``TORCH_HOME`` (or downloadable there).
+        ``extractor`` itself is not modified. For a pipeline, pass its
+        ``CNNFeatureExtractor`` step and fit the rest on the embeddings.
+        Weights files and the images must be readable by the workers under the
+        same paths; named pretrained weights must be in each worker's
+        ``TORCH_HOME`` (or downloadable there).
     X : list of str or path-like, 1-D array of str, dask.bag.Bag or dask.array.Array
         Image file paths. A Dask bag or 1-D Dask array of paths is embedded
         partition by partition (chunk by chunk), without collecting it first.
@@ -131,9 +156,12 @@ def transform(
 
     Raises
     ------
+    sklearn.utils._param_validation.InvalidParameterError
+        A parameter of the wrong type or out of range (a ``ValueError`` and a
+        ``TypeError``), e.g. ``partition_size=0`` or an ``extractor`` that is
+        not a ``CNNFeatureExtractor``.
     ValueError
-        No client is given and none exists, or ``partition_size`` or
-        ``torch_threads`` is invalid.
+        No client is given and none exists.
     InvalidImageError
         ``X`` is empty or holds something other than paths.
     FileNotFoundError, ImageDecodeError, WeightsNotAvailableError
@@ -146,9 +174,8 @@ def transform(
     --nthreads 1``) and as many worker processes as cores (CPU) or GPUs.
 
     While a task runs, glibc's malloc thresholds are raised above the small
-    ``MALLOC_TRIM_THRESHOLD_`` that Dask's nanny sets (which makes a CPU forward
-    pass 1.6x slower or worse) and restored afterwards; see the "Scaling out"
-    guide.
+    ``MALLOC_TRIM_THRESHOLD_`` that Dask's nanny sets (which slows a CPU forward
+    pass down markedly) and restored afterwards; see the "Scaling out" guide.
 
     Examples
     --------
@@ -157,14 +184,8 @@ def transform(
     >>> extractor = CNNFeatureExtractor("resnet18")  # doctest: +SKIP
     >>> X = transform(extractor, paths, client=client, progress=True)  # doctest: +SKIP
     """
-    if not isinstance(extractor, CNNFeatureExtractor):
-        raise TypeError(
-            "extractor must be a CNNFeatureExtractor, got "
-            f"{type(extractor).__name__}. For a pipeline, embed with its "
-            "CNNFeatureExtractor step here and fit the rest on the embeddings."
-        )
-    _check_partition_size(partition_size)
-    _check_torch_threads(torch_threads)
+    _reject_bool(partition_size, "partition_size", "transform")
+    _reject_bool(torch_threads, "torch_threads", "transform")
     client = _get_client(client)
     job = _make_job(extractor)
     if progress is None:
@@ -193,6 +214,10 @@ def transform(
 
 
 @contextlib.contextmanager
+@validate_params(
+    {"client": _CLIENT, "torch_threads": _TORCH_THREADS},
+    prefer_skip_nested_validation=True,
+)
 def parallel_backend(
     client=None, *, torch_threads="auto", **backend_params
 ) -> Iterator[distributed.Client]:
@@ -234,7 +259,7 @@ def parallel_backend(
     >>> with parallel_backend(client):  # doctest: +SKIP
     ...     search.fit(paths, y)
     """
-    _check_torch_threads(torch_threads)
+    _reject_bool(torch_threads, "torch_threads", "parallel_backend")
     client = _get_client(client)
     name = None
     if torch_threads is not None:
@@ -249,6 +274,7 @@ def parallel_backend(
             client.unregister_worker_plugin(name)
 
 
+@validate_params({"client": _CLIENT}, prefer_skip_nested_validation=True)
 def clear_worker_cache(client=None) -> None:
     """Drop the backbones that :func:`transform` keeps on every worker.
 
@@ -265,10 +291,6 @@ def clear_worker_cache(client=None) -> None:
 # --------------------------------------------------------------------------
 def _get_client(client):
     if client is not None:
-        if not isinstance(client, distributed.Client):
-            raise TypeError(
-                f"client must be a distributed.Client, got {type(client).__name__}."
-            )
         return client
     try:
         return distributed.default_client()
@@ -280,36 +302,13 @@ def _get_client(client):
         ) from None
 
 
-def _check_partition_size(partition_size) -> None:
-    if isinstance(partition_size, str) and partition_size == "auto":
-        return
-    if (
-        isinstance(partition_size, Integral)
-        and not isinstance(partition_size, bool)
-        and partition_size >= 1
-    ):
-        return
-    raise ValueError(
-        "partition_size must be a positive integer (images per task) or 'auto', "
-        f"got {partition_size!r}."
-    )
-
-
-def _check_torch_threads(torch_threads) -> None:
-    if torch_threads is None or (
-        isinstance(torch_threads, str) and torch_threads == "auto"
-    ):
-        return
-    if (
-        isinstance(torch_threads, Integral)
-        and not isinstance(torch_threads, bool)
-        and torch_threads >= 1
-    ):
-        return
-    raise ValueError(
-        "torch_threads must be a positive integer, 'auto' or None, "
-        f"got {torch_threads!r}."
-    )
+def _reject_bool(value, name: str, caller: str) -> None:
+    """What ``Interval(Integral, ...)`` lets through: ``True`` is not a count."""
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {caller} must be a positive int, not a "
+            f"bool. Got {value!r} instead."
+        )
 
 
 def _make_job(extractor: CNNFeatureExtractor) -> _Job:

@@ -1,18 +1,20 @@
-"""scikit-learn's own estimator checks.
+"""scikit-learn's own estimator checks, for every estimator of the package.
 
 sktransfer's estimators take *images*; most of scikit-learn's checks feed 2-D
 ``(n_samples, n_features)`` tables, which are rejected with a clear error
 (tested in test_images.py). Those checks are listed below with that reason and
 run as strict xfails: one that starts passing fails the suite so the list stays
-true. The image-specific equivalents (pickling, clone, pipelines, batch and
-order invariance, dtypes) are tested on images in test_extractor.py.
+true. This is the one list of expected failures (CNNFeatureExtractor,
+FineTuneClassifier, ImageNetClassifier). The image-specific equivalents
+(pickling, clone, pipelines, batch and order invariance, dtypes) are tested on
+images in test_extractor.py, test_finetune.py and test_imagenet.py.
 """
 
 from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sktransfer import CNNFeatureExtractor, FineTuneClassifier
+from sktransfer import CNNFeatureExtractor, FineTuneClassifier, ImageNetClassifier
 
 TABULAR = (
     "feeds a 2-D (n_samples, n_features) table; images (n, H, W[, C]), paths or PIL "
@@ -45,21 +47,24 @@ _TABULAR_CHECKS = [
     "check_transformer_general",
     "check_transformer_preserve_dtypes",
 ]
-
-
+# Both classifiers.
 _TABULAR_CLASSIFIER_CHECKS = [
     "check_classifier_data_not_an_array",
     "check_classifiers_classes",
     "check_classifiers_one_label",
-    "check_classifiers_one_label_sample_weights",
-    "check_classifiers_regression_target",
     "check_classifiers_train",
-    "check_estimators_partial_fit_n_features",
     "check_requires_y_none",
     "check_supervised_y_2d",
 ]
+# FineTuneClassifier only: ImageNetClassifier has no partial_fit and its fit takes
+# no sample weights, so these checks pass for it.
+_TABULAR_FINETUNE_CHECKS = [
+    "check_classifiers_one_label_sample_weights",
+    "check_estimators_partial_fit_n_features",
+]
 # Inherited from skorch.NeuralNet, which FineTuneClassifier subclasses on purpose
-# (DESIGN.md): skorch documents these deviations from scikit-learn's rules.
+# (to keep every skorch parameter and callback working): skorch documents these
+# deviations from scikit-learn's rules.
 _SKORCH = {
     "check_no_attributes_set_in_init": (
         "skorch's NeuralNet.__init__ sets history_, initialized_ and virtual_params_"
@@ -72,13 +77,23 @@ _SKORCH = {
 
 
 def expected_failed_checks(estimator) -> dict[str, str]:
-    failed = {name: TABULAR for name in _TABULAR_CHECKS}
+    """The one list of expected failures, for every estimator of the package."""
+    failed = dict.fromkeys(_TABULAR_CHECKS, TABULAR)
     failed["check_dtype_object"] = (
-        "object arrays are accepted only as 1-D arrays of file paths, not as 2-D tables"
+        "object arrays are accepted only as 1-D arrays of file paths (or one column "
+        "of them), not as 2-D tables"
     )
+    if isinstance(estimator, (FineTuneClassifier, ImageNetClassifier)):
+        failed.update(dict.fromkeys(_TABULAR_CLASSIFIER_CHECKS, TABULAR))
     if isinstance(estimator, FineTuneClassifier):
-        failed.update({name: TABULAR for name in _TABULAR_CLASSIFIER_CHECKS})
+        failed.update(dict.fromkeys(_TABULAR_FINETUNE_CHECKS, TABULAR))
+        failed["check_classifiers_regression_target"] = TABULAR
         failed.update(_SKORCH)
+    if isinstance(estimator, ImageNetClassifier):
+        failed["check_classifiers_regression_target"] = (
+            "a 2-D table is rejected before y is checked (continuous y is rejected: "
+            "test_imagenet.py::test_continuous_labels_are_rejected)"
+        )
     return failed
 
 
@@ -95,6 +110,9 @@ def expected_failed_checks(estimator) -> dict[str, str]:
             image_size=32,
             random_state=0,
             device="cpu",
+        ),
+        ImageNetClassifier(
+            "mobilenet_v3_small", weights=None, batch_size=64, device="cpu"
         ),
     ],
     expected_failed_checks=expected_failed_checks,

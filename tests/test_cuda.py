@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -28,14 +29,16 @@ pytestmark = pytest.mark.cuda
 
 
 def _photos() -> list[np.ndarray]:
+    """Five distinct colour photographs shipped with scikit-image."""
     from skimage import data
 
-    names = ("chelsea", "coffee", "astronaut", "rocket", "cat", "motorcycle_left")
-    photos = []
-    for name in names:
-        image = getattr(data, name)()
-        photos.append(image[..., :3] if image.ndim == 3 else image)
-    return photos
+    return [
+        data.chelsea(),
+        data.coffee(),
+        data.astronaut(),
+        data.rocket(),
+        data.stereo_motorcycle()[0],
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +67,21 @@ def test_gpu_embeddings_match_the_cpu_path_on_real_photos(photo_files):
 
 
 def test_imagenet_top1_agrees_between_gpu_and_cpu(photo_files):
+    """Where the CPU's answer is clear, the GPU gives the same; always within
+    the CPU's top 3 (near-synonyms such as tabby / tiger cat may swap)."""
     cpu = ImageNetClassifier("efficientnet_lite0", device="cpu").fit(photo_files)
     gpu = ImageNetClassifier("efficientnet_lite0", device="cuda").fit(photo_files)
     cpu_proba, gpu_proba = (
         cpu.predict_proba(photo_files),
         gpu.predict_proba(photo_files),
     )
-    assert (cpu_proba.argmax(1) == gpu_proba.argmax(1)).mean() >= 5 / 6
-    assert _cosines(cpu_proba, gpu_proba).min() >= 0.98
+    top3 = np.argsort(-cpu_proba, axis=1)[:, :3]
+    gpu_top1 = gpu_proba.argmax(1)
+    assert all(gpu_top1[i] in top3[i] for i in range(len(top3)))
+    ranked = np.sort(cpu_proba, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > 0.1
+    assert clear.sum() >= 2
+    np.testing.assert_array_equal(gpu_top1[clear], cpu_proba.argmax(1)[clear])
 
 
 def test_gpu_decoder_falls_back_and_names_bad_files(tmp_path, photo_files):
@@ -105,11 +115,35 @@ def test_gpu_decoder_falls_back_and_names_bad_files(tmp_path, photo_files):
         gpu.transform([*paths, str(broken)])
 
 
-def test_large_jobs_autotune_and_leave_the_flag_as_found(photo_files):
+def test_only_large_jobs_autotune_and_the_flag_is_left_as_found(photo_files):
     before = torch.backends.cudnn.benchmark
     extractor = CNNFeatureExtractor("resnet18", weights=None, batch_size=2)
-    extractor.fit(photo_files).transform(photo_files * 6)  # 18 batches
+    extractor.fit(photo_files)
+    seen = []
+    extractor.transform(photo_files[:2])  # moves the network to the GPU
+    hook = extractor.backbone_.module.conv1.register_forward_hook(
+        lambda *_: seen.append(torch.backends.cudnn.benchmark)
+    )
+    extractor.transform(photo_files)  # 3 batches: heuristics only
+    small = list(seen)
+    extractor.transform(photo_files * 8)  # 20 batches: worth autotuning
+    hook.remove()
+    assert set(small) == {before}
+    assert seen[len(small) :] and all(seen[len(small) :])
     assert torch.backends.cudnn.benchmark == before
+
+
+def test_grey_images_and_files_on_the_gpu(tmp_path, photo_files):
+    grey = [np.asarray(Image.fromarray(p).convert("L")) for p in _photos()]
+    cpu = CNNFeatureExtractor("resnet18", weights=None, device="cpu")
+    gpu = CNNFeatureExtractor("resnet18", weights=None, device="cuda")
+    for X in (grey, np.stack([g[:200, :200] for g in grey])):
+        assert _cosines(gpu.fit(X).transform(X), cpu.fit(X).transform(X)).min() >= 0.99
+    y = np.array(["a", "b", "a", "b", "a"])
+    for X in (np.stack([g[:96, :96] for g in grey]), photo_files):
+        clf = _fit_tiny(X, y, device="cuda")
+        assert np.isfinite(clf.history[:, "train_loss"]).all()
+        assert clf.predict(X).shape == (5,)
 
 
 def _fit_tiny(X, y, **params) -> FineTuneClassifier:
@@ -145,7 +179,7 @@ def _round_trip(estimator):
 @pytest.mark.parametrize("precision", ["auto", "float16"])
 def test_finetune_on_cuda_then_predict_on_cpu(precision):
     X = np.stack([np.asarray(Image.fromarray(p).resize((96, 80))) for p in _photos()])
-    y = np.array(["a", "b"] * 3)
+    y = np.array(["a", "b", "a", "b", "a"])
     for augment in (True, False):
         clf = _fit_tiny(X, y, device="cuda", precision=precision, augment=augment)
         assert np.isfinite(clf.history[:, "train_loss"]).all()
@@ -162,7 +196,7 @@ def test_finetune_on_cuda_then_predict_on_cpu(precision):
 def test_fitted_on_cuda_loads_where_there_is_no_cuda(tmp_path, kind):
     X = np.stack([np.asarray(Image.fromarray(p).resize((72, 64))) for p in _photos()])
     if kind == "finetune":
-        estimator = _fit_tiny(X, np.array([0, 1] * 3), device="cuda")
+        estimator = _fit_tiny(X, np.array([0, 1, 0, 1, 0]), device="cuda")
         method = "predict_proba"
     elif kind == "extractor":
         estimator = CNNFeatureExtractor("resnet18", weights=None, device="cuda")
@@ -189,8 +223,12 @@ def test_fitted_on_cuda_loads_where_there_is_no_cuda(tmp_path, kind):
         np.save({str(out)!r}, getattr(estimator, {method!r})(np.load({str(data)!r})))
         """
     )
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
+    subprocess.run(
+        [sys.executable, "-c", script], env=env, check=True, timeout=300, cwd=root
+    )
     got = np.load(out)
     if method == "transform":
         assert _cosines(got, expected).min() >= 0.99

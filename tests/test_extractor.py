@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import joblib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV
+from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from sktransfer import CNNFeatureExtractor
+from sktransfer import CNNFeatureExtractor, InvalidImageError
 
 
 @pytest.fixture(scope="module")
@@ -222,17 +225,59 @@ def test_clone_and_params(fitted):
 
 
 def test_grid_search_with_two_jobs(images, labels):
-    pipe = Pipeline(
-        [
-            ("cnn", CNNFeatureExtractor("mobilenet_v3_small", weights=None)),
-            ("svm", SVC()),
+    # On the CPU: the workers' embeddings match the reference below at atol=1e-5.
+    extractor = CNNFeatureExtractor("mobilenet_v3_small", weights=None, device="cpu")
+    pipe = Pipeline([("cnn", extractor), ("svm", SVC())])
+    grid = [0.1, 10.0]
+    search = GridSearchCV(pipe, {"svm__C": grid}, cv=2, n_jobs=2).fit(images, labels)
+    # The reference: embed once (fit learns nothing from the data), then the same
+    # stratified folds as GridSearchCV's cv=2, in this process.
+    Z = clone(extractor).fit_transform(images)
+    folds = list(StratifiedKFold(2).split(Z, labels))
+    means = []
+    for C in grid:
+        scores = [
+            SVC(C=C).fit(Z[train], labels[train]).score(Z[test], labels[test])
+            for train, test in folds
         ]
+        means.append(np.mean(scores))
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], means)
+    assert search.best_params_ == {"svm__C": grid[int(np.argmax(means))]}
+
+
+@pytest.mark.parametrize("column", [["path"], "path"])
+def test_column_transformer_with_a_path_column(fitted, jpeg_paths, column):
+    """ColumnTransformer passes a one-column DataFrame for ``["path"]`` and a
+    Series for ``"path"``: both are read as paths, next to tabular columns."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"path": jpeg_paths, "x": np.arange(8.0) - 2.5})
+    extractor = CNNFeatureExtractor("resnet18", weights=None, device="cpu")
+    columns = ColumnTransformer(
+        [("img", extractor, column), ("num", "passthrough", ["x"])]
     )
-    search = GridSearchCV(pipe, {"svm__C": [0.1, 10.0]}, cv=2, n_jobs=2).fit(
-        images, labels
-    )
-    assert search.best_params_["svm__C"] in (0.1, 10.0)
-    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    out = columns.fit_transform(frame)
+    assert out.shape == (8, 512 + 1)
+    np.testing.assert_allclose(out[:, :512], fitted.transform(jpeg_paths), atol=1e-5)
+    np.testing.assert_array_equal(out[:, 512], frame["x"])
+    np.testing.assert_array_equal(columns.transform(frame.iloc[::-1]), out[::-1])
+
+
+def test_one_column_of_paths(fitted, jpeg_paths):
+    pd = pytest.importorskip("pandas")
+    expected = fitted.transform(jpeg_paths)
+    frame = pd.DataFrame({"path": jpeg_paths, "x": np.arange(8.0)})
+    for column in (
+        frame[["path"]],  # a one-column DataFrame
+        np.array(jpeg_paths, dtype=object)[:, None],  # (n, 1) object array
+        np.array(jpeg_paths)[:, None],  # (n, 1) str array
+        np.array([Path(p) for p in jpeg_paths], dtype=object)[:, None],
+    ):
+        np.testing.assert_array_equal(fitted.transform(column), expected)
+    # A table is still not an image batch, with or without a path column.
+    with pytest.raises(InvalidImageError, match="got dtype object"):
+        fitted.transform(frame)
+    with pytest.raises(InvalidImageError, match="got dtype object"):
+        fitted.transform(np.array([[1.5], [2.5]], dtype=object))
 
 
 def test_progress_bar_is_shown(fitted, images, capsys):

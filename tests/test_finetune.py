@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import GridSearchCV
+from sklearn.metrics import accuracy_score
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from skorch.callbacks import Callback
 from skorch.dataset import ValidSplit
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -57,7 +58,8 @@ def test_string_labels_classes_predict_proba(fitted):
     proba = clf.predict_proba(X)
     assert proba.shape == (8, 2) and proba.dtype == np.float64
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
-    assert 0.0 <= clf.score(X, y) <= 1.0
+    # score is the accuracy of the most probable class.
+    assert clf.score(X, y) == accuracy_score(y, clf.classes_[proba.argmax(axis=1)])
     # one image or a batch: the same probabilities (eval mode)
     np.testing.assert_allclose(clf.predict_proba(X[:1]), proba[:1], atol=1e-6)
 
@@ -417,9 +419,12 @@ def test_stratified_validation_and_early_stopping_restores_best(images, labels):
 
 
 def test_skorch_parameters_keep_working(images, labels):
-    epochs = []
+    epochs, valid = [], []
 
     class Count(Callback):
+        def on_epoch_begin(self, net, dataset_valid=None, **kw):
+            valid.append(np.asarray(dataset_valid.indices))
+
         def on_epoch_end(self, net, **kw):
             epochs.append(len(net.history))
 
@@ -429,12 +434,16 @@ def test_skorch_parameters_keep_working(images, labels):
         optimizer__weight_decay=0.123,
         iterator_train__batch_size=2,
         train_split=ValidSplit(2, stratified=True),
+        device="cpu",  # valid_acc is recomputed below with predict
     ).fit(images, labels)
     assert epochs == [1, 2]
     assert clf.optimizer_.param_groups[0]["weight_decay"] == 0.123
     assert clf.history[-1, "train_batch_count"] == 2  # 4 training images / 2
-    acc = clf.history[-1, "valid_acc"]
-    assert 0.0 <= acc <= 1.0
+    # skorch's valid_acc is the accuracy of the trained net on the held-out half.
+    held_out = valid[-1]
+    assert sorted(labels[held_out]) == ["cat", "cat", "dog", "dog"]  # stratified
+    expected = accuracy_score(labels[held_out], clf.predict(images[held_out]))
+    assert clf.history[-1, "valid_acc"] == pytest.approx(expected)
     clf.set_params(warm_start=True).fit(images, labels)
     assert len(clf.history) == 4
 
@@ -458,14 +467,24 @@ def test_clone_and_set_params():
 
 
 def test_gridsearch_string_labels(images, labels):
-    search = GridSearchCV(
-        FineTuneClassifier("resnet18", weights=None, max_epochs=1, batch_size=4),
-        {"frozen_layers": [0, 2, "all"]},
-        cv=2,
-        n_jobs=2,
-    ).fit(images, labels)
-    assert search.best_params_["frozen_layers"] in (0, 2, "all")
-    assert len(search.cv_results_["mean_test_score"]) == 3
+    def model(**params):  # seeded, on the CPU: a worker's fit equals this one's
+        return FineTuneClassifier(
+            "resnet18", weights=None, max_epochs=1, batch_size=4, image_size=64,
+            random_state=0, device="cpu", **params,
+        )  # fmt: skip
+
+    grid = [0, 2, "all"]
+    search = GridSearchCV(model(), {"frozen_layers": grid}, cv=2, n_jobs=2)
+    search.fit(images, labels)
+    means = search.cv_results_["mean_test_score"]
+    assert np.isfinite(means).all()  # no candidate failed in a worker
+    assert search.best_params_ == {"frozen_layers": grid[int(np.argmax(means))]}
+    # The workers' scores are those of the same fits in this process.
+    best = search.best_index_
+    splits = [search.cv_results_[f"split{i}_test_score"][best] for i in range(2)]
+    expected = cross_val_score(model(**search.best_params_), images, labels, cv=2)
+    np.testing.assert_allclose(splits, expected)
+    assert set(search.classes_) == {"cat", "dog"}
     assert set(search.predict(images)) <= {"cat", "dog"}
 
 

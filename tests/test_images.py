@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from sklearn.base import clone
+from sklearn.datasets import load_sample_images
 from sklearn.exceptions import NotFittedError
 
 from sktransfer import CNNFeatureExtractor, ImageDecodeError, InvalidImageError
@@ -75,6 +78,24 @@ def test_truncated_jpeg_is_named(extractor, tmp_path, images):
         extractor.transform([str(path)])
 
 
+@pytest.mark.parametrize("cut", ["in the pixel data", "in the header"])
+def test_truncated_jpeg_in_a_list_of_paths_is_named(
+    extractor, tmp_path, jpeg_paths, cut
+):
+    """A photo cut short (e.g. an interrupted copy) among good files raises the
+    package's error and names the file, like every other unreadable file."""
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(load_sample_images().images[0]).save(photo, quality=90)
+    data = photo.read_bytes()
+    photo.write_bytes(data[: len(data) // 3 if cut == "in the pixel data" else 200])
+    paths = [*jpeg_paths[:3], str(photo), *jpeg_paths[3:]]
+    with pytest.raises(ImageDecodeError, match=r"photo\.jpg.*[tT]runcated"):
+        extractor.transform(paths)
+    small_batches = clone(extractor).set_params(batch_size=2, n_jobs=2)
+    with pytest.raises(ImageDecodeError, match=r"photo\.jpg.*[tT]runcated"):
+        small_batches.fit(jpeg_paths[:1]).transform(paths)
+
+
 def test_directory_is_not_an_image(extractor, tmp_path):
     with pytest.raises(ImageDecodeError, match="is a directory"):
         extractor.transform([str(tmp_path)])
@@ -128,5 +149,9 @@ def test_input_arrays_are_never_modified(extractor, rng):
         np.testing.assert_array_equal(extractor.transform(given), first)
         for image, original in zip(given, before, strict=True):
             np.testing.assert_array_equal(image, original)
+    original = X.copy()
     images = check_images(X)
-    assert float(images[0].max()) == float(images[0].max()) <= 1.0  # reads repeat
+    first, again = images[0], images[0]
+    assert torch.equal(first, again)  # reading does not rescale the stored array
+    torch.testing.assert_close(first, torch.from_numpy(X[0]).permute(2, 0, 1) / 255)
+    np.testing.assert_array_equal(X, original)

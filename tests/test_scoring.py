@@ -155,9 +155,22 @@ def test_grid_search_multimetric(noisy_data):
 
 def test_cross_validate_with_scorer_dict(noisy_data):
     X, y = noisy_data
-    result = cross_validate(SVC(), X, y, cv=3, scoring=top_k_scorers())
+    result = cross_validate(
+        SVC(),
+        X,
+        y,
+        cv=3,
+        scoring=top_k_scorers(),
+        return_estimator=True,
+        return_indices=True,
+    )
+    folds = zip(result["estimator"], result["indices"]["test"], strict=True)
+    for i, (svc, test) in enumerate(folds):
+        scores = svc.decision_function(X[test])  # SVC: no predict_proba
+        for k in (1, 5):
+            expected = top_k_accuracy_score(y[test], scores, k=k, labels=svc.classes_)
+            assert result[f"test_top{k}"][i] == pytest.approx(expected)
     assert np.all(result["test_top5"] >= result["test_top1"])
-    assert np.all(result["test_top5"] < 1.0 + 1e-12)
 
 
 def test_scorer_repr_and_pickle():
@@ -180,7 +193,10 @@ def test_k_at_least_n_classes_is_an_error():
 
 @pytest.mark.parametrize("k", [0, -1, 2.5, "5", True, None])
 def test_invalid_k(k):
-    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"'k' parameter of top_k_scorer must be an int in the range \[1, inf\)",
+    ):
         top_k_scorer(k)
 
 
@@ -189,14 +205,22 @@ def test_invalid_k(k):
     [
         ((), "ks is empty"),
         ((1, 1), "distinct"),
-        ("15", "iterable"),
-        (5, "iterable"),
-        ((1, 0), "integer >= 1"),
+        ("15", "'ks' parameter of top_k_scorers must be an array-like or .*Iterator"),
+        (5, "'ks' parameter of top_k_scorers must be an array-like or .*Iterator"),
+        ((1, 0), r"must hold ints in the range \[1, inf\). Got 0 in \(1, 0\)"),
+        ([1, True], r"must hold ints .*Got True"),
     ],
 )
 def test_invalid_ks(ks, match):
     with pytest.raises(ValueError, match=match):
         top_k_scorers(ks)
+
+
+def test_ks_from_any_iterable():
+    expected = ["top1", "top3"]
+    assert list(top_k_scorers(k for k in (1, 3))) == expected
+    assert list(top_k_scorers(range(1, 4, 2))) == expected
+    assert list(top_k_scorers(np.array([1, 3]))) == expected
 
 
 def test_unfitted_or_not_a_classifier():

@@ -1,10 +1,29 @@
-"""Mixed precision: which autocast dtype a precision setting means on a device."""
+"""Devices and precision: ``device="auto"`` and what a ``precision`` setting
+means on a device. Every estimator resolves them here."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"Invalid device {device!r}: {exc}. Use 'auto', 'cpu' or 'cuda[:N]'."
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'."
+        )
+    return resolved
+
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
@@ -23,7 +42,9 @@ def autocast_dtype(
         return None
     if precision != "auto":
         return getattr(torch, precision)
-    if training and torch.cuda.is_bf16_supported():
+    # native bfloat16 from Ampere (compute capability 8) on; older cards would
+    # emulate it slowly, and take float16 with gradient scaling instead
+    if training and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
     return torch.float16
 

@@ -1,4 +1,8 @@
-"""Small torch helpers shared by the estimators: devices, layer taps, pooling."""
+"""Layer taps and pooling: what the default embedding or ``layer=`` takes, as a vector.
+
+The tap stops the forward pass right after the tapped layer; pooling turns a
+feature map or token sequence into one vector per image.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,8 @@ import threading
 import torch
 from torch import nn
 
-from .exceptions import UnknownLayerError, did_you_mean
-
-
-def resolve_device(device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"Invalid device {device!r}: {exc}. Use 'auto', 'cpu' or 'cuda[:N]'."
-        ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'."
-        )
-    return resolved
+from ._suggest import did_you_mean
+from .exceptions import UnknownLayerError
 
 
 def find_layer(module: nn.Module, layer: str) -> nn.Module:

@@ -1,0 +1,121 @@
+"""FineTuneClassifier on any device: ``device="auto"``, mixed precision,
+moving a fitted network between devices, and pickles that load without a GPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from skorch.utils import TeeGenerator
+
+from ._devices import autocast_dtype, resolve_device
+
+
+class DeviceMixin:
+    """skorch overrides about devices and precision (mixed into FineTuneNet)."""
+
+    def initialize(self):
+        """skorch's ``initialize`` (``device="auto"`` resolved); needs ``classes_``."""
+        with self._resolved_device():
+            return super().initialize()
+
+    def _device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        return autocast_dtype(self.precision, device, training=True)
+
+    def _grad_scaler(self):
+        """A gradient scaler for float16 training (bfloat16 and float32 need none)."""
+        device = self._device()
+        if self._autocast_dtype(device) != torch.float16:
+            return None
+        scaler = self.__dict__.get("grad_scaler_")
+        if scaler is None:
+            scaler = self.grad_scaler_ = torch.amp.GradScaler(device.type)
+        return scaler
+
+    def train_step(self, batch, **fit_params):
+        """skorch's step; with float16 autocast, a gradient-scaled one.
+
+        ``GradScaler.step`` takes no closure, so the scaled path runs the
+        single step, unscales the gradients (callbacks see true values), and
+        steps and updates the scaler itself (skorch's documented override).
+        """
+        scaler = self._grad_scaler()
+        if scaler is None:
+            return super().train_step(batch, **fit_params)
+        self.optimizer_.zero_grad()
+        step = self.train_step_single(batch, **fit_params)
+        scaler.unscale_(self.optimizer_)
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        scaler.step(self.optimizer_)
+        scaler.update()
+        return step
+
+    def forward_iter(self, X, training=False, device="cpu"):
+        with self._resolved_device():
+            yield from super().forward_iter(X, training=training, device=device)
+
+    @contextlib.contextmanager
+    def _resolved_device(self):
+        """``device="auto"`` as a concrete device while skorch runs."""
+        raw = self.__dict__.get("device")
+        if not (isinstance(raw, str) and raw == "auto"):
+            yield
+            return
+        self.__dict__["device"] = str(resolve_device("auto"))
+        try:
+            yield
+        finally:
+            self.__dict__["device"] = raw
+
+    def set_params(self, **kwargs):
+        """skorch's ``set_params``; a new ``device`` moves a fitted network there
+        (e.g. fitted on a GPU, then ``set_params(device="cpu")`` to predict)."""
+        super().set_params(**kwargs)
+        if "device" in kwargs and getattr(self, "initialized_", False):
+            self._move_to(self._device())
+        return self
+
+    def _move_to(self, device: torch.device) -> None:
+        for name in ("module_", "criterion_"):
+            component = self.__dict__.get(name)
+            if isinstance(component, torch.nn.Module):
+                component.to(device)
+        if device.type == "cuda" and "module_" in self.__dict__:
+            self.module_.to(memory_format=torch.channels_last)
+        optimizer = self.__dict__.get("optimizer_")
+        for state in getattr(optimizer, "state", {}).values():
+            for key, value in state.items():
+                # moments move; a scalar step counter stays on the CPU unless
+                # it lives beside the weights (fused / capturable optimizers)
+                if isinstance(value, torch.Tensor) and (
+                    value.ndim > 0 or value.device.type != "cpu"
+                ):
+                    state[key] = value.to(device)
+        self.__dict__.pop("grad_scaler_", None)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
+        return state
+
+    def load_params(self, *args, **kwargs):
+        with self._resolved_device():
+            return super().load_params(*args, **kwargs)
+
+    def __setstate__(self, state):
+        # A net fitted on a GPU with device="auto" loads on a CPU-only machine.
+        raw = state.get("device")
+        auto = isinstance(raw, str) and raw == "auto"
+        if auto:
+            state["device"] = str(resolve_device("auto"))
+        super().__setstate__(state)
+        if auto:
+            self.__dict__["device"] = raw
