@@ -44,7 +44,7 @@ from ._freeze import apply_train_modes, freeze, resolve_frozen_layers
 from ._groups import is_under
 from ._images import Images, check_images
 from ._pipeline import preprocessed_batches
-from ._prefix import NotSplittableError, computed_prefix, plan_split
+from ._prefix import ComputedPrefix, NotSplittableError, plan_split
 
 _DEFAULT_PATIENCE = 5
 
@@ -174,7 +174,10 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         return ImageDataset(X, y, draft=2 * draft if self.augment is True else draft)
 
     def get_split_datasets(self, X, y=None, **fit_params):
-        """skorch's split, or a stratified ``validation_fraction`` (early stopping)."""
+        """skorch's split, or a stratified ``validation_fraction`` (early
+        stopping); of the frozen prefix's outputs when they can be computed
+        once (:meth:`_with_frozen_prefix`)."""
+        X = self._with_frozen_prefix(X)
         if self.train_split is not None or self._patience() is None:
             return super().get_split_datasets(X, y, **fit_params)
         if self.validation_fraction is None:
@@ -216,33 +219,36 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             return DeviceLoader(loader, device)
         return loader
 
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        """skorch's loop; over precomputed frozen-prefix outputs when possible."""
-        split = self._plan_prefix(X)
+    def _with_frozen_prefix(self, X):
+        """``X``, or the frozen groups' outputs for ``X``, computed once for
+        this fit: with ``augment=False`` the frozen prefix sees the same
+        images every epoch, so only the rest of the network needs to run."""
+        self.on_train_end(self)  # a previous fit's outputs, if it was cut short
         self.prefix_cached_ = False
-        if split is not None:
-            self._set_training(True)  # the frozen groups' training-time mode
-            device = self._device()
-            batches = preprocessed_batches(
-                X, self.preprocessing_, self.batch_size, device
-            )
-            dtype = self._autocast_dtype(device)
-            try:
-                with (
-                    contextlib.closing(batches),
-                    computed_prefix(split, batches, len(X), device, dtype) as feats,
-                ):
-                    self.prefix_cached_ = True
-                    self.prefix_split_ = split
-                    try:
-                        return super().fit_loop(
-                            PrefixFeatures(feats), y, epochs, **fit_params
-                        )
-                    finally:
-                        self.prefix_split_ = None
-            except NotSplittableError:
-                self.prefix_cached_ = False
-        return super().fit_loop(X, y, epochs, **fit_params)
+        split = self._plan_prefix(X)
+        if split is None:
+            return X
+        self._set_training(True)  # the frozen groups' training-time mode
+        device = self._device()
+        batches = preprocessed_batches(X, self.preprocessing_, self.batch_size, device)
+        dtype = self._autocast_dtype(device)
+        try:
+            with contextlib.closing(batches):
+                prefix = ComputedPrefix(split, batches, len(X), device, dtype)
+        except NotSplittableError:
+            return X
+        self.__dict__["_frozen_outputs"] = prefix
+        self.prefix_cached_ = True
+        self.prefix_split_ = split
+        return PrefixFeatures(prefix.features)
+
+    def on_train_end(self, net, **kwargs):
+        """Release the frozen prefix's outputs (and any temporary file)."""
+        super().on_train_end(net, **kwargs)
+        prefix = self.__dict__.pop("_frozen_outputs", None)
+        if prefix is not None:
+            prefix.release()
+        self.prefix_split_ = None
 
     def _plan_prefix(self, X):
         eligible = (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,49 +214,56 @@ def plan_split(
     )
 
 
-@contextlib.contextmanager
-def computed_prefix(
-    split: PrefixSplit,
-    batches,
-    n: int,
-    device: torch.device,
-    dtype: torch.dtype | None = None,
-):
-    """Run the prefix over all batches once (under autocast to ``dtype``, as
-    training runs the network); yield an ``(n, ...)`` float32 store.
+class ComputedPrefix:
+    """The prefix's outputs for every image, computed once per fit.
 
-    The store is a CPU tensor, or a memory-mapped temporary file (deleted on
-    exit) when it would exceed :data:`MEMORY_LIMIT_BYTES`.
+    Run over all batches (under autocast to ``dtype``, as training runs the
+    network) into an ``(n, ...)`` float32 store: a CPU tensor, or a
+    memory-mapped temporary file when it would exceed
+    :data:`MEMORY_LIMIT_BYTES`. :meth:`release` frees it and removes the file
+    (so does garbage collection, should a fit end in an error).
     """
-    store = None
-    path = None
-    start = 0
-    try:
+
+    def __init__(
+        self,
+        split: PrefixSplit,
+        batches,
+        n: int,
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+    ):
+        self.features = None
+        self._remove = weakref.finalize(self, lambda: None)
+        start = 0
         with torch.inference_mode():
             for batch in batches:
                 with autocast(device, dtype):
                     out = split.prefix(batch.to(device, non_blocking=True))
                 if not isinstance(out, torch.Tensor) or out.shape[0] != len(batch):
+                    self.release()
                     raise NotSplittableError
                 out = out.float().cpu()
-                if store is None:
-                    shape = (n, *out.shape[1:])
-                    nbytes = 4 * int(np.prod(shape))
-                    if nbytes > MEMORY_LIMIT_BYTES:
-                        fd, path = tempfile.mkstemp(
-                            prefix="sktransfer-prefix-", suffix=".npy"
-                        )
-                        os.close(fd)
-                        store = np.lib.format.open_memmap(path, "w+", np.float32, shape)
-                    else:
-                        store = torch.empty(shape, dtype=torch.float32)
-                store[start : start + len(out)] = (
-                    out if isinstance(store, torch.Tensor) else out.numpy()
-                )
+                if self.features is None:
+                    self.features = self._allocate((n, *out.shape[1:]))
+                if isinstance(self.features, torch.Tensor):
+                    self.features[start : start + len(out)] = out
+                else:
+                    self.features[start : start + len(out)] = out.numpy()
                 start += len(out)
-        yield store
-    finally:
-        if path is not None:
-            del store
-            with contextlib.suppress(OSError):
-                os.remove(path)
+
+    def _allocate(self, shape: tuple):
+        if 4 * int(np.prod(shape)) <= MEMORY_LIMIT_BYTES:
+            return torch.empty(shape, dtype=torch.float32)
+        fd, path = tempfile.mkstemp(prefix="sktransfer-prefix-", suffix=".npy")
+        os.close(fd)
+        self._remove = weakref.finalize(self, _remove_file, path)
+        return np.lib.format.open_memmap(path, "w+", np.float32, shape)
+
+    def release(self) -> None:
+        self.features = None
+        self._remove()
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
