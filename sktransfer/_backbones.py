@@ -1,17 +1,17 @@
 """The backbone registry: which names are known, building them, and sharing builds.
 
-A :class:`Backbone` is everything the estimators need to know about a network:
-the module, its preprocessing, the name of its 1000-way classifier (the *head*:
-the default embedding is its input), auxiliary heads, layer groups and category
-names. Builders live in :mod:`sktransfer._builders`; what makes a family
-special, in the family table (:mod:`sktransfer._families`).
+A :class:`~sktransfer._builders.Backbone` is everything the estimators need to
+know about a network: the module, its preprocessing, the name of its 1000-way
+classifier (the *head*: the default embedding is its input), auxiliary heads,
+layer groups and category names. The builders that make one live in
+:mod:`sktransfer._builders`; what makes a family special, in the family table
+(:mod:`sktransfer._families`).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,25 +19,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import _builders, _families, _weights
-from ._builders import EFFICIENTNET_LITE0, TIMM_PREFIX
-from ._images import Preprocessing
+from ._builders import EFFICIENTNET_LITE0, TIMM_PREFIX, Backbone
 from ._lru import LRU
 from ._suggest import did_you_mean
 from .exceptions import UnknownBackboneError
-
-
-@dataclass
-class Backbone:
-    """A built network and what sktransfer needs to know about it."""
-
-    name: str
-    module: nn.Module
-    preprocessing: Preprocessing
-    head: str  # qualified name of the final classifier; default embedding = its input
-    aux_heads: tuple[str, ...] = ()  # auxiliary classifiers kept (fine-tuning)
-    categories: list[str] | None = None
-    weights_id: str = "none"  # identity of the weights, for cache keys
-    groups: list[list[str]] = field(default_factory=list)
 
 
 @functools.cache
@@ -61,8 +46,9 @@ def list_backbones(*, offline: bool = False) -> list[str]:
     Returns
     -------
     names : list of str
-        Every torchvision classification model and ``"efficientnet_lite0"``,
-        sorted. Any timm model is also accepted as ``"timm/<name>"``.
+        Every torchvision classification model, ``"efficientnet_lite0"`` and
+        the names that registered families add, sorted. Any timm model is also
+        accepted as ``"timm/<name>"``.
 
     Examples
     --------
@@ -132,6 +118,11 @@ def on_cpu(backbone: Backbone | None) -> Backbone | None:
 _built: LRU[Backbone] = LRU(max_items=1)
 
 
+def forget_builds() -> None:
+    """Drop the shared build (the family table changed)."""
+    _built.clear()
+
+
 def cached_backbone(model, weights="DEFAULT") -> Backbone:
     """:func:`build_backbone` for inference, reusing the last build of the same
     (model, weights).
@@ -179,7 +170,7 @@ def build_backbone(model, weights="DEFAULT", *, aux_logits: bool = False) -> Bac
     elif model.startswith(TIMM_PREFIX):
         backbone = _builders.from_timm(model[len(TIMM_PREFIX) :], weights)
     elif family is not None and model in family.added_names:
-        backbone = _builders.from_family(model, family, weights)
+        backbone = _builders.from_family(model, family, weights, aux_logits)
     else:
         backbone = _builders.from_torchvision(model, weights, aux_logits)
     backbone.module.eval()

@@ -1,7 +1,7 @@
 """Builders: a network and its facts from torchvision, timm, the
 EfficientNet-Lite0 package, a family entry or a user's module.
 
-Each returns a :class:`~sktransfer._backbones.Backbone`; what is special about
+Each returns a :class:`Backbone`; what is special about
 a family (builder arguments, heads, auxiliary heads) comes from the family
 table (:mod:`sktransfer._families`).
 """
@@ -11,18 +11,34 @@ from __future__ import annotations
 import copy
 import functools
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import _families, _weights
+from ._families import AuxHead
 from ._images import Preprocessing
 from .exceptions import WeightsError, WeightsNotAvailableError
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 TIMM_PREFIX = "timm/"
 _INIT_SEED = 0  # weights=None builds are seeded: clones and refits agree
+
+
+@dataclass
+class Backbone:
+    """A built network and what sktransfer needs to know about it."""
+
+    name: str
+    module: nn.Module
+    preprocessing: Preprocessing
+    head: str  # qualified name of the final classifier; default embedding = its input
+    aux_heads: tuple[AuxHead, ...] = ()  # auxiliary classifiers kept (fine-tuning)
+    categories: list[str] | None = None
+    weights_id: str = "none"  # identity of the weights, for cache keys
+    groups: list[list[str]] = field(default_factory=list)
 
 
 @functools.cache
@@ -56,16 +72,12 @@ def _load_path(module: nn.Module, weights) -> str:
 def _facts(module: nn.Module, aux_logits: bool) -> dict:
     """Head and auxiliary heads from the family table."""
     family = _families.family_of(module)
-    aux = ()
-    if aux_logits:
-        aux = tuple(a.head for a in _families.present_aux(module))
+    aux = _families.present_aux(module) if aux_logits else ()
     return {"head": family.head_of(module), "aux_heads": aux}
 
 
 def from_torchvision(name: str, weights, aux_logits: bool):
     from torchvision.models import get_model, get_model_weights
-
-    from ._backbones import Backbone
 
     path = _weights.is_weights_path(weights)
     enum = (
@@ -103,29 +115,28 @@ def from_torchvision(name: str, weights, aux_logits: bool):
     )
 
 
-def from_family(name: str, family: _families.Family, weights):
+def from_family(name: str, family: _families.Family, weights, aux_logits: bool):
     """A registry name that a family entry adds (``family.build``)."""
-    from ._backbones import Backbone
-
-    module = _seeded(lambda: family.build(name))
-    weights_id = "seeded-random"
-    if _weights.is_weights_path(weights):
-        weights_id = _load_path(module, weights)
-    elif weights not in (None, "DEFAULT"):
-        raise WeightsError(
-            f"{name!r} takes weights=None or a local state dict file, got {weights!r}."
-        )
-    elif weights == "DEFAULT":
+    if weights == "DEFAULT":
         raise WeightsNotAvailableError(
             f"{name!r} ({family.name}) has no pretrained weights: pass weights=None "
             "or a local .pth/.safetensors file."
         )
+    path = _weights.is_weights_path(weights)
+    if weights is not None and not path:
+        raise WeightsError(
+            f"{name!r} takes weights=None or a local state dict file, got {weights!r}."
+        )
+    module = _seeded(lambda: family.build(name))
+    weights_id = _load_path(module, weights) if path else "seeded-random"
+    if not aux_logits:
+        _families.drop_aux(module)
     return Backbone(
         name=name,
         module=module,
         preprocessing=family.preprocessing or _imagenet_preprocessing(),
         weights_id=weights_id,
-        **_facts(module, aux_logits=True),
+        **_facts(module, aux_logits),
     )
 
 
@@ -137,8 +148,6 @@ def _timm_create(arch: str, **kwargs) -> nn.Module:
 
 def _timm_backbone(name: str, module: nn.Module, weights_id: str):
     import timm
-
-    from ._backbones import Backbone
 
     config = timm.data.resolve_data_config({}, model=module)
     n_classes = getattr(module, "num_classes", 0)
@@ -248,8 +257,6 @@ def _lite0_to_timm(state_dict: dict, module: nn.Module) -> dict:
 
 
 def from_module(model: nn.Module, weights):
-    from ._backbones import Backbone
-
     module = copy.deepcopy(model)  # never mutate the estimator's parameter
     weights_id = f"module:{type(model).__qualname__}:{id(model)}"
     if _weights.is_weights_path(weights):
@@ -260,11 +267,13 @@ def from_module(model: nn.Module, weights):
             "given) "
             f"or a path to a state dict, got {weights!r}."
         )
-    # A bare module carries no preprocessing: assume torchvision's ImageNet preset.
+    # A bare module carries no preprocessing: assume torchvision's ImageNet
+    # preset. Its head is its last classifier layer and it is used as given
+    # (auxiliary branches, if any, are not trained): the user's own network.
     return Backbone(
         name=type(model).__name__,
         module=module,
         preprocessing=_imagenet_preprocessing(),
+        head=_families.last_classifier(module),
         weights_id=weights_id,
-        **_facts(module, aux_logits=True),
     )

@@ -34,9 +34,9 @@ def autocast_dtype(
     """The autocast dtype for ``precision`` on ``device``; ``None``: float32.
 
     ``"auto"`` is float32 on the CPU. On CUDA, inference takes float16 (three
-    more mantissa bits than bfloat16: EfficientNet-Lite0 embeddings reach
-    cosine 0.9999 to float32 against 0.98); training takes bfloat16 where the
-    card supports it (no gradient scaling needed), else float16.
+    more mantissa bits than bfloat16: embeddings closer to float32's, measured
+    in docs/benchmarks.md); training takes bfloat16 where the card supports
+    it (no gradient scaling needed), else float16.
     """
     if precision == "float32" or (precision == "auto" and device.type != "cuda"):
         return None

@@ -19,9 +19,16 @@ from ._devices import autocast, autocast_dtype, resolve_device
 from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
+from ._lru import LRU
 from ._tap import find_layer, forward_tap, pool
 
-_WIDTHS: dict[tuple, int] = {}  # (model, weights, layer, pooling) -> width
+# (model, weights, layer, pooling) -> embedding width
+_WIDTHS: LRU[int] = LRU(max_items=256)
+
+
+def forget_widths() -> None:
+    """Drop the remembered widths (the family table changed)."""
+    _WIDTHS.clear()
 
 
 class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -167,14 +174,14 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         key = (backbone.name, backbone.weights_id, self.layer, self.pooling)
         if isinstance(self.model, nn.Module):
             key = None
-        if key in _WIDTHS:
-            return _WIDTHS[key]
+        if key is not None and key in _WIDTHS:
+            return _WIDTHS.get(key)
         crop = backbone.preprocessing.crop_size
         self._prepare(torch.device("cpu"))
         with torch.inference_mode():
             probe = self._embed(torch.zeros(1, 3, crop, crop), torch.device("cpu"))
         if key is not None:
-            _WIDTHS[key] = int(probe.shape[1])
+            _WIDTHS.put(key, int(probe.shape[1]))
         return int(probe.shape[1])
 
     def transform(self, X) -> np.ndarray:
@@ -254,6 +261,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         return _cache.namespace(
             model=backbone.name,
             weights=weights,
+            head=backbone.head,
             layer=self.layer,
             pooling=self.pooling,
             normalize=self.normalize,

@@ -3,9 +3,12 @@
 One :class:`Family` entry per family says, declaratively: which modules (and
 registry names) it covers, its classifier head, its auxiliary heads and where
 they tap the network, its layer groups, and the arguments its builder needs.
-The registry and builders (:mod:`sktransfer._backbones`), head replacement
-(here), freezing (:mod:`sktransfer._freeze`) and fine-tuning all read it;
-adding a family is adding an entry (:func:`register_family`).
+The registry and builders (:mod:`sktransfer._backbones`,
+:mod:`sktransfer._builders`), head replacement (here) and fine-tuning read it
+(freezing takes the groups and heads it gives); adding a family of networks is
+adding an entry (:func:`register_family`). Two sources keep builders of their
+own, since their weights come from elsewhere: timm models (``"timm/<name>"``,
+one generic entry) and the EfficientNet-Lite0 package.
 
 Families are tried in order: the first whose ``applies`` accepts the module
 wins, so specific entries come before the generic timm and fallback ones.
@@ -234,14 +237,30 @@ _lock = threading.Lock()
 
 
 def register_family(family: Family) -> None:
-    """Add ``family`` to the table, ahead of the existing entries."""
+    """Add ``family`` to the table, ahead of the existing entries.
+
+    Builds and embedding widths made before are forgotten: they may have
+    come from another entry.
+    """
     with _lock:
+        if family in FAMILIES:
+            raise ValueError(f"Family {family.name!r} is registered already.")
         FAMILIES.insert(0, family)
+    _forget_builds()
 
 
 def unregister_family(family: Family) -> None:
+    """Remove ``family`` from the table (and what was built with it)."""
     with _lock:
         FAMILIES.remove(family)
+    _forget_builds()
+
+
+def _forget_builds() -> None:
+    from . import _backbones, _extractor
+
+    _backbones.forget_builds()
+    _extractor.forget_widths()
 
 
 def family_of(module: nn.Module) -> Family:
@@ -361,6 +380,6 @@ def layer_groups(model="resnet18") -> list[list[str]]:
     from ._backbones import build_structure, check_model
 
     check_model(model)
-    if isinstance(model, nn.Module):
-        return groups_of(model, family_of(model).head_of(model))
+    if isinstance(model, nn.Module):  # its head: its last classifier layer
+        return groups_of(model, last_classifier(model))
     return build_structure(model).groups

@@ -73,9 +73,11 @@ class FineTuneClassifier(FineTuneNet):
     head_dropout : float, default=0.0
         Dropout probability before the new head.
     aux_loss_weight : float, default=0.3
-        GoogLeNet / Inception v3: the loss is ``main + aux_loss_weight * aux``
-        (summed over auxiliary heads) while their branch's group trains; ``0``
-        drops the auxiliary heads. Prediction uses the main head only.
+        Networks with auxiliary classifiers (GoogLeNet, Inception v3: see the
+        family table) built from their name: the loss is ``main +
+        aux_loss_weight * aux`` (summed over auxiliary heads) while their
+        branch's group trains; ``0`` drops the auxiliary heads. Prediction
+        uses the main head only.
     cache_frozen : bool, default=True
         With ``augment=False``, compute the frozen groups' output once per
         fit and train only the rest of the network (identical results, much
@@ -306,7 +308,10 @@ class FineTuneClassifier(FineTuneNet):
             if reinit:
                 self.initialize()
                 self.n_channels_in_ = images.n_channels
-            NeuralNet.partial_fit(self, images, y_index, **fit_params)
+            try:
+                NeuralNet.partial_fit(self, images, y_index, **fit_params)
+            finally:  # also when the fit fails: no frozen outputs kept
+                self.release_prefix()
         return self
 
     def _check_params(self) -> None:

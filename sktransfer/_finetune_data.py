@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from . import _device
+from . import _device_transforms as transforms
 from ._decode import decode_file
 from ._images import Images, Preprocessing
 from ._pipeline import Prefetcher, pinned
@@ -207,10 +207,10 @@ def prepare_on_device(
     else:
         images = [image.to(device, non_blocking=True) for image in images]
     if augment is True:
-        return _device.augment(images, preprocessing, AUGMENT_SCALE)
+        return transforms.augment(images, preprocessing, AUGMENT_SCALE)
     if augment is not False:
         images = [augment(image) for image in images]
-    return _device.preprocess(images, preprocessing)
+    return transforms.preprocess(images, preprocessing)
 
 
 class DeviceLoader:

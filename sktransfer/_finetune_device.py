@@ -104,6 +104,7 @@ class DeviceMixin:
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
+        state.pop("_frozen_outputs", None)  # alive only during a fit
         return state
 
     def load_params(self, *args, **kwargs):

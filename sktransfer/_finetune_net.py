@@ -69,9 +69,8 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         module, groups = backbone.module, backbone.groups
         n_frozen = resolve_frozen_layers(self.frozen_layers, groups, name)
         family = family_of(module)
-        present = tuple(a for a in family.aux if a.head in backbone.aux_heads)
-        aux = trained_aux(present if wants_aux else (), groups, n_frozen)
-        if not aux:
+        aux = trained_aux(backbone.aux_heads, groups, n_frozen)
+        if backbone.aux_heads and not aux:
             drop_aux(module)  # frozen branches would train for nothing
         replace_head(module, backbone.head, len(classes), self.head_dropout)
         for head in aux:
@@ -223,7 +222,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         """``X``, or the frozen groups' outputs for ``X``, computed once for
         this fit: with ``augment=False`` the frozen prefix sees the same
         images every epoch, so only the rest of the network needs to run."""
-        self.on_train_end(self)  # a previous fit's outputs, if it was cut short
+        self.release_prefix()  # a previous fit's, if it was cut short
         self.prefix_cached_ = False
         split = self._plan_prefix(X)
         if split is None:
@@ -243,8 +242,12 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         return PrefixFeatures(prefix.features)
 
     def on_train_end(self, net, **kwargs):
-        """Release the frozen prefix's outputs (and any temporary file)."""
+        """skorch's hook at the end of ``fit``: see :meth:`release_prefix`."""
         super().on_train_end(net, **kwargs)
+        self.release_prefix()
+
+    def release_prefix(self) -> None:
+        """Free the frozen prefix's outputs (and any temporary file)."""
         prefix = self.__dict__.pop("_frozen_outputs", None)
         if prefix is not None:
             prefix.release()

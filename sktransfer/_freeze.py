@@ -1,4 +1,4 @@
-"""Head replacement, layer freezing and the BatchNorm policy of FineTuneClassifier.
+"""Layer freezing and the BatchNorm policy of FineTuneClassifier.
 
 ``frozen_layers`` counts the layer groups of :func:`~sktransfer.layer_groups`
 from the input. Frozen parameters get ``requires_grad=False`` and are never

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,10 +26,6 @@ import torch
 from PIL import Image
 
 from ._decode import Encoded, decode_encoded, orient
-
-# torchvision >= 0.29 deprecates its decoders; said once here, not per batch
-# (``warnings.catch_warnings`` in the loader thread would not be thread-safe).
-warnings.filterwarnings("ignore", message=r"(?s).*TorchCodec", module=r"torchvision")
 
 
 @dataclass(frozen=True)

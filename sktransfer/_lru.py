@@ -38,6 +38,7 @@ class LRU(Generic[V]):
         self._entries: OrderedDict[Hashable, V] = OrderedDict()
         self._total = 0.0
         self._lock = threading.RLock()
+        self._creating: dict[Hashable, threading.Lock] = {}
 
     def get(self, key: Hashable, default: V | None = None) -> V | None:
         with self._lock:
@@ -55,13 +56,26 @@ class LRU(Generic[V]):
             self._evict()
 
     def get_or_create(self, key: Hashable, create: Callable[[], V]) -> V:
-        """The value of ``key``, made by ``create()`` when absent. Creation
-        holds the lock, so concurrent callers of one key create it once."""
+        """The value of ``key``, made by ``create()`` when absent.
+
+        Concurrent callers of one key create it once (the others wait for
+        it); other keys are served meanwhile. A value over ``max_size`` is
+        returned but not kept.
+        """
         with self._lock:
-            value = self.get(key)
-            if value is None:
+            if key in self._entries:
+                return self.get(key)
+            creating = self._creating.setdefault(key, threading.Lock())
+        with creating:
+            with self._lock:
+                if key in self._entries:
+                    return self.get(key)
+            try:
                 value = create()
                 self.put(key, value)
+            finally:
+                with self._lock:
+                    self._creating.pop(key, None)
             return value
 
     def _evict(self) -> None:

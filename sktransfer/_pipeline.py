@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from . import _device
+from . import _device_transforms as transforms
 from ._decode import decode_encoded, pil_to_tensor, read_encoded
 from ._gpu_decode import decode_batch, gpu_decoder
 from ._images import Images, Preprocessing
@@ -139,11 +139,13 @@ def device_batches(
                     batch = raw.to(device, non_blocking=True)
                     if images.scale != 1.0:
                         batch = batch * images.scale
-                    batch = _device.preprocess(batch, preprocessing)
+                    batch = transforms.preprocess(batch, preprocessing)
                 else:
                     if cuda:  # nvJPEG writes on its own stream into memory that
                         stream.synchronize()  # this stream may still be using
-                    batch = _device.preprocess(decode_batch(raw, device), preprocessing)
+                    batch = transforms.preprocess(
+                        decode_batch(raw, device), preprocessing
+                    )
                 n = len(batch)
                 if n < batch_size:
                     pad = batch.new_zeros((batch_size - n, *batch.shape[1:]))

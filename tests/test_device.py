@@ -16,7 +16,9 @@ from sktransfer import (
     CNNFeatureExtractor,
     FineTuneClassifier,
     ImageDecodeError,
-    _device,
+)
+from sktransfer import (
+    _device_transforms as transforms,
 )
 from sktransfer._decode import decode_file, orient, read_encoded
 from sktransfer._finetune_data import prepare_batch, prepare_on_device
@@ -48,7 +50,7 @@ def test_preprocess_on_device_matches_cpu_path(interpolation):
         "float [0, 1]": photo[None].float() / 255,
     }
     for name, batch in cases.items():
-        ours = _device.preprocess(batch, prep)
+        ours = transforms.preprocess(batch, prep)
         reference = prep(_rgb(batch))
         assert ours.shape == (1, 3, 64, 64), name
         assert ours.is_contiguous(memory_format=torch.channels_last), name
@@ -63,7 +65,7 @@ def _rgb(batch):
 def test_preprocess_on_device_groups_images_of_different_sizes():
     photo = torch.from_numpy(_photo().copy()).permute(2, 0, 1)
     images = [photo, photo[:, :60, :80], photo, photo[:, 10:, :100]]
-    ours = _device.preprocess(images, IMAGENET)
+    ours = transforms.preprocess(images, IMAGENET)
     for i, image in enumerate(images):
         torch.testing.assert_close(
             ours[i], IMAGENET(image[None])[0], atol=ONE_LEVEL, rtol=0
@@ -329,7 +331,7 @@ def test_crop_resize_is_an_antialiased_resized_crop():
     photo = torch.from_numpy(_photo((300, 450))).permute(2, 0, 1).float()
     boxes = [(0, 0, 300, 450), (50, 100, 200, 200), (10, 10, 100, 150)]
     batch = photo[None].expand(len(boxes), -1, -1, -1)
-    ours = _device.crop_resize(batch, torch.tensor(boxes), 64)
+    ours = transforms.crop_resize(batch, torch.tensor(boxes), 64)
     for i, box in enumerate(boxes):
         reference = F.resized_crop(photo, *box, [64, 64], antialias=True)
         aliased = F.resized_crop(photo, *box, [64, 64], antialias=False)
@@ -345,7 +347,9 @@ def test_random_crop_boxes_follow_random_resized_crop():
 
     sizes = torch.tensor([[300, 450]] * 4000)
     generator = torch.Generator().manual_seed(0)
-    ours = _device.random_crop_boxes(sizes, (0.25, 1.0), generator=generator).double()
+    ours = transforms.random_crop_boxes(
+        sizes, (0.25, 1.0), generator=generator
+    ).double()
     torch.manual_seed(0)
     image = torch.empty(3, 300, 450)
     theirs = torch.tensor(
@@ -364,7 +368,7 @@ def test_random_crop_boxes_follow_random_resized_crop():
         )
     area = ours[:, 2] * ours[:, 3] / (300 * 450)
     assert area.min() >= 0.24
-    again = _device.random_crop_boxes(
+    again = transforms.random_crop_boxes(
         sizes, (0.25, 1.0), generator=torch.Generator().manual_seed(0)
     )
     torch.testing.assert_close(again, ours.long())
@@ -374,16 +378,21 @@ def test_augment_draws_per_image_parameters():
     photo = torch.from_numpy(_photo().copy()).permute(2, 0, 1)
     batch = photo[None].expand(6, -1, -1, -1).contiguous()
     generator = torch.Generator().manual_seed(1)
-    out = _device.augment(batch, IMAGENET, (0.25, 1.0), generator=generator)
+    out = transforms.augment(batch, IMAGENET, (0.25, 1.0), generator=generator)
     assert out.shape == (6, 3, 64, 64)
     distinct = {tuple(row.flatten()[:50].tolist()) for row in out}
     assert len(distinct) == 6
-    again = _device.augment(
+    again = transforms.augment(
         batch, IMAGENET, (0.25, 1.0), generator=torch.Generator().manual_seed(1)
     )
     torch.testing.assert_close(out, again)
     sizes = [photo, photo[:, :50, :70]]  # different sizes share one canvas
-    assert _device.augment(sizes, IMAGENET, (0.25, 1.0)).shape == (2, 3, 64, 64)
+    assert transforms.augment(sizes, IMAGENET, (0.25, 1.0)).shape == (
+        2,
+        3,
+        64,
+        64,
+    )
 
 
 def test_finetune_device_preparation_matches_the_cpu_path():

@@ -15,9 +15,15 @@ from sktransfer import (
     layer_groups,
     list_backbones,
 )
-from sktransfer._backbones import build_structure
-from sktransfer._families import AuxHead, Family, register_family, unregister_family
-from sktransfer._groups import is_under
+from sktransfer._backbones import build_backbone, build_structure
+from sktransfer._families import (
+    AuxHead,
+    Family,
+    family_of,
+    register_family,
+    unregister_family,
+)
+from sktransfer._groups import group_index, is_under
 
 
 def _forward_order(module: nn.Module, crop: int) -> dict[str, int]:
@@ -65,6 +71,27 @@ def test_every_registered_network_has_its_stages_as_groups(name):
     assert not is_under(head, grouped)
     for param, _ in backbone.module.named_parameters():
         assert is_under(param, grouped) or is_under(param, [head]), param
+
+
+def test_efficientnet_lite0_and_timm_groups_run_in_forward_order():
+    for name in ("efficientnet_lite0", "timm/resnet18"):
+        backbone = build_structure(name)
+        order = _forward_order(backbone.module, backbone.preprocessing.crop_size)
+        firsts = [
+            min(i for n, i in order.items() if is_under(n, g)) for g in backbone.groups
+        ]
+        assert firsts == sorted(firsts) and len(firsts) >= 4
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_auxiliary_heads_of_the_table_exist_and_tap_a_group(name):
+    backbone = build_backbone(name, weights=None, aux_logits=True)
+    modules = dict(backbone.module.named_modules())
+    assert backbone.aux_heads == family_of(backbone.module).aux
+    for aux in backbone.aux_heads:
+        assert aux.head in modules and aux.branch in modules
+        assert is_under(aux.head, [aux.branch])
+        assert group_index(backbone.groups, aux.attach) is not None
 
 
 @pytest.mark.parametrize(
@@ -178,6 +205,16 @@ def test_a_family_added_from_a_test_file(toy_family, images, labels):
     np.testing.assert_allclose(frozen.predict_proba(images).sum(1), 1.0)
 
 
-def test_toynet_unknown_without_its_family():
+def test_toynet_unknown_without_its_family(images):
     with pytest.raises(ValueError, match="Unknown backbone 'toynet'"):
         layer_groups("toynet")
+    register_family(TOY)
+    try:
+        with pytest.raises(ValueError, match="registered already"):
+            register_family(TOY)
+        CNNFeatureExtractor("toynet", weights=None, device="cpu").fit(images)
+    finally:
+        unregister_family(TOY)
+    # nothing built with the family outlives it
+    with pytest.raises(ValueError, match="Unknown backbone 'toynet'"):
+        CNNFeatureExtractor("toynet", weights=None, device="cpu").fit(images)
