@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .exceptions import ImageDecodeError
 
-_ORIENTATION_TAG = 0x0112
+ORIENTATION_TAG = 0x0112  # EXIF
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -50,7 +50,7 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation tag of an opened image (1 when absent or unreadable)."""
     try:
-        value = image.getexif().get(_ORIENTATION_TAG, 1)
+        value = image.getexif().get(ORIENTATION_TAG, 1)
     except Exception:  # a broken EXIF block must not make the image unreadable
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -74,13 +74,7 @@ class Encoded:
 def read_encoded(path: str) -> Encoded:
     """Read ``path`` and inspect its header (no pixels are decoded)."""
     name = str(path)
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"Image file {name!r} does not exist.") from exc
-    except IsADirectoryError as exc:
-        raise ImageDecodeError(f"{name!r} is a directory, not an image file.") from exc
+    data = _read_bytes(name)
     gpu_mode, orientation = None, 1
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -89,6 +83,16 @@ def read_encoded(path: str) -> Encoded:
     except (OSError, ValueError, SyntaxError):
         pass  # the CPU decoder reports the error and names the file
     return Encoded(name, data, orientation, gpu_mode)
+
+
+def _read_bytes(name: str) -> bytes:
+    try:
+        with open(name, "rb") as file:
+            return file.read()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"Image file {name!r} does not exist.") from exc
+    except IsADirectoryError as exc:
+        raise ImageDecodeError(f"{name!r} is a directory, not an image file.") from exc
 
 
 def _gpu_mode(image: Image.Image, data: bytes) -> str | None:
@@ -113,16 +117,21 @@ def decode_file(path: str | os.PathLike, draft: int | None = None) -> torch.Tens
 
     ``draft`` lets JPEG decoding downscale in the DCT domain (several times
     faster on photos) while both sides stay >= ``draft``, the size the resize
-    goes to.
+    goes to. The header is read once, by the decoder (no GPU inspection).
     """
-    return decode_encoded(read_encoded(os.fspath(path)), draft)
+    name = os.fspath(path)
+    return _decode_bytes(_read_bytes(name), name, draft)
 
 
 def decode_encoded(encoded: Encoded, draft: int | None = None) -> torch.Tensor:
     """Pillow decoding of bytes read by :func:`read_encoded`."""
-    name = f"image file {encoded.path!r}"
+    return _decode_bytes(encoded.data, encoded.path, draft)
+
+
+def _decode_bytes(data: bytes, path: str, draft: int | None) -> torch.Tensor:
+    name = f"image file {path!r}"
     try:
-        with Image.open(io.BytesIO(encoded.data)) as image:
+        with Image.open(io.BytesIO(data)) as image:
             if draft is not None and image.format == "JPEG":
                 image.draft("RGB", (draft, draft))
             return pil_to_tensor(image, name=name)

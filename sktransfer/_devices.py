@@ -8,9 +8,14 @@ import contextlib
 import torch
 
 
+def is_auto(device) -> bool:
+    """Whether ``device`` is the string ``"auto"`` (not a ``torch.device``)."""
+    return isinstance(device, str) and device == "auto"
+
+
 def resolve_device(device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
-    if isinstance(device, str) and device == "auto":
+    if is_auto(device):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)

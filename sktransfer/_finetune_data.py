@@ -18,7 +18,6 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from . import _device_transforms as transforms
-from ._decode import decode_file
 from ._images import Images, Preprocessing
 from ._pipeline import Prefetcher, pinned
 
@@ -45,13 +44,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def _target(self, i: int) -> int:
         return -1 if self.y_index is None else int(self.y_index[i])
 
-    def _image(self, i: int) -> torch.Tensor:
-        if self.images.kind == "paths":
-            return decode_file(self.images.data[i], draft=self.draft)
-        return self.images[i]
-
     def __getitem__(self, i: int):
-        return self._image(i), self._target(i)
+        return self.images.image(i, self.draft), self._target(i)
 
     def __getitems__(self, indices: list[int]) -> Fetched:
         """A whole batch at once (``DataLoader`` asks for it): array rows in one
@@ -61,10 +55,14 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.images.kind == "array":
             stacked = self.images.rows(np.asarray(indices))
             return Fetched(list(zip(stacked, targets, strict=True)), stacked)
+
+        def load(i: int) -> torch.Tensor:
+            return self.images.image(i, self.draft)
+
         if self.images.kind == "paths" and len(indices) > 1:
-            images = list(_pool().map(self._image, indices))
+            images = list(_pool().map(load, indices))
         else:
-            images = [self._image(i) for i in indices]
+            images = [load(i) for i in indices]
         return Fetched(list(zip(images, targets, strict=True)))
 
 

@@ -8,7 +8,7 @@ import contextlib
 import torch
 from skorch.utils import TeeGenerator
 
-from ._devices import autocast_dtype, resolve_device
+from ._devices import autocast_dtype, is_auto, resolve_device
 
 
 class DeviceMixin:
@@ -66,7 +66,7 @@ class DeviceMixin:
     def _resolved_device(self):
         """``device="auto"`` as a concrete device while skorch runs."""
         raw = self.__dict__.get("device")
-        if not (isinstance(raw, str) and raw == "auto"):
+        if not is_auto(raw):
             yield
             return
         self.__dict__["device"] = str(resolve_device("auto"))
@@ -114,7 +114,7 @@ class DeviceMixin:
     def __setstate__(self, state):
         # A net fitted on a GPU with device="auto" loads on a CPU-only machine.
         raw = state.get("device")
-        auto = isinstance(raw, str) and raw == "auto"
+        auto = is_auto(raw)
         if auto:
             state["device"] = str(resolve_device("auto"))
         super().__setstate__(state)

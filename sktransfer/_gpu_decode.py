@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._decode import Encoded, decode_encoded, orient
+from ._decode import ORIENTATION_TAG, Encoded, decode_encoded, orient
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def _probe_jpeg() -> torch.Tensor:
     """A 16x8 JPEG tagged "stored rotated" (orientation 6): upright it is 8x16."""
     buffer = io.BytesIO()
     exif = Image.Exif()
-    exif[0x0112] = 6
+    exif[ORIENTATION_TAG] = 6
     image = Image.fromarray(np.full((16, 8, 3), 128, np.uint8))
     image.save(buffer, "JPEG", exif=exif.tobytes())
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)

@@ -99,10 +99,15 @@ class Images(Sequence):
         return len(self.data)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        return self.image(index)
+
+    def image(self, index: int, draft: int | None = None) -> torch.Tensor:
+        """One image as ``(3, H, W)`` uint8 (or float in [0, 1]); JPEG files
+        decode in the DCT domain to at least ``draft`` pixels a side."""
         if self.kind == "array":
             return self.rows(slice(index, index + 1))[0]
         if self.kind == "paths":
-            return decode_file(self.data[index])
+            return decode_file(self.data[index], draft=draft)
         if self.kind == "arrays":
             return self.data[index][0]
         return pil_to_tensor(self.data[index], name=f"PIL image at index {index}")
@@ -120,14 +125,7 @@ class Images(Sequence):
     def rows(self, index) -> torch.Tensor:
         """Rows of an array (a slice or index array) as ``(n, 3, H, W)`` uint8,
         or float in [0, 1]."""
-        rows = self.data[index]
-        if not rows.flags.writeable:  # read-only memmaps: torch wants writable memory
-            rows = rows.copy()
-        # NHWC input stays a channels-last view (no copy): torchvision's uint8
-        # resize is fastest on that layout.
-        batch = torch.from_numpy(rows)
-        if batch.ndim == 3:  # (n, H, W) grayscale
-            batch = batch.unsqueeze(1)
+        batch = self._stored_rows(index)
         if batch.dtype != torch.uint8:
             # Out of place: ``batch`` may share memory with the caller's array.
             batch = batch.float() * self.scale if self.scale != 1.0 else batch.float()
@@ -136,19 +134,21 @@ class Images(Sequence):
     def host_rows(self, start: int, stop: int) -> torch.Tensor:
         """Array rows as stored (uint8 or float32, unscaled), RGBA cut to RGB:
         what crosses to a GPU, where scaling and preprocessing happen."""
-        rows = self.data[start:stop]
-        if not rows.flags.writeable:
+        return self._stored_rows(slice(start, stop))[:, :3]
+
+    def _stored_rows(self, index) -> torch.Tensor:
+        """``(n, C, H, W)`` rows as stored, sharing the array's memory."""
+        rows = self.data[index]
+        if not rows.flags.writeable:  # read-only memmaps: torch wants writable memory
             rows = rows.copy()
+        # NHWC input stays a channels-last view (no copy): torchvision's uint8
+        # resize is fastest on that layout.
         batch = torch.from_numpy(rows)
-        if batch.ndim == 3:
-            batch = batch.unsqueeze(1)
-        return batch[:, :3]
+        return batch.unsqueeze(1) if batch.ndim == 3 else batch  # (n, H, W) grey
 
     def _load(self, index: int, preprocessing: Preprocessing) -> torch.Tensor:
-        if self.kind == "paths":  # JPEGs decode straight to >= the resize size
-            image = decode_file(self.data[index], draft=preprocessing.resize_size)
-        else:
-            image = self[index]
+        # JPEGs decode straight to >= the resize size
+        image = self.image(index, draft=preprocessing.resize_size)
         return preprocessing(image.unsqueeze(0))[0]
 
     def batches(

@@ -7,8 +7,13 @@ from __future__ import annotations
 import os
 from numbers import Integral
 
+import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+)
 from torch import nn
 from torchvision.models import WeightsEnum
 
@@ -26,3 +31,12 @@ INFERENCE = {
     "progress": ["boolean"],
     "decoder": [StrOptions({"auto", "cpu", "gpu"})],
 }
+
+
+def reject_bool(value, name: str, caller: str) -> None:
+    """What ``Interval(Integral, ...)`` lets through: ``True`` is not a count."""
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {caller} must be an int in the range "
+            f"[1, inf), not a bool. Got {value!r} instead."
+        )

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import _device_transforms as transforms
-from ._decode import decode_encoded, pil_to_tensor, read_encoded
+from ._decode import decode_encoded, read_encoded
 from ._gpu_decode import decode_batch, gpu_decoder
 from ._images import Images, Preprocessing
 
@@ -115,15 +115,12 @@ def device_batches(
     draft = preprocessing.resize_size
 
     def load_item(i: int):
-        if images.kind == "paths":
+        if images.kind == "paths" and decode_on_gpu:
             encoded = read_encoded(images.data[i])
-            if decode_on_gpu and encoded.gpu_mode is not None:
+            if encoded.gpu_mode is not None:
                 return encoded
             return pinned(decode_encoded(encoded, draft))
-        if images.kind == "pil":
-            name = f"PIL image at index {i}"
-            return pinned(pil_to_tensor(images.data[i], name=name))
-        return pinned(images[i])
+        return pinned(images.image(i, draft))
 
     def load_rows(start: int, stop: int) -> torch.Tensor:
         return pinned(images.host_rows(start, stop))

@@ -19,6 +19,8 @@ from sklearn.utils._param_validation import (
     validate_params,
 )
 
+from ._params import reject_bool
+
 __all__ = ["top_k_scorer", "top_k_scorers"]
 
 
@@ -102,16 +104,6 @@ def _scores(estimator, X, n_classes: int) -> np.ndarray:
     return scores
 
 
-def _check_not_bool(k, caller: str) -> int:
-    """What ``Interval(Integral, ...)`` lets through: ``True`` is not a ``k``."""
-    if isinstance(k, (bool, np.bool_)):
-        raise InvalidParameterError(
-            f"The 'k' parameter of {caller} must be an int in the range [1, inf), "
-            f"not a bool. Got {k!r} instead."
-        )
-    return int(k)
-
-
 @validate_params(
     {"k": [Interval(Integral, 1, None, closed="left")]},
     prefer_skip_nested_validation=True,
@@ -155,7 +147,8 @@ def top_k_scorer(k=5):
     >>> top_k_scorer(2)(clf, X, y)
     1.0
     """
-    return _TopKScorer(_check_not_bool(k, "top_k_scorer"))
+    reject_bool(k, "k", "top_k_scorer")
+    return _TopKScorer(int(k))
 
 
 @validate_params(

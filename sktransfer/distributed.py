@@ -53,7 +53,6 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.utils._param_validation import (
     Interval,
-    InvalidParameterError,
     StrOptions,
     validate_params,
 )
@@ -66,6 +65,7 @@ from ._dask_worker import (
     _TorchThreads,
 )
 from ._extractor import CNNFeatureExtractor
+from ._params import reject_bool
 from .exceptions import InvalidImageError
 
 __all__ = ["clear_worker_cache", "parallel_backend", "transform"]
@@ -184,8 +184,8 @@ def transform(
     >>> extractor = CNNFeatureExtractor("resnet18")  # doctest: +SKIP
     >>> X = transform(extractor, paths, client=client, progress=True)  # doctest: +SKIP
     """
-    _reject_bool(partition_size, "partition_size", "transform")
-    _reject_bool(torch_threads, "torch_threads", "transform")
+    reject_bool(partition_size, "partition_size", "transform")
+    reject_bool(torch_threads, "torch_threads", "transform")
     client = _get_client(client)
     job = _make_job(extractor)
     if progress is None:
@@ -259,7 +259,7 @@ def parallel_backend(
     >>> with parallel_backend(client):  # doctest: +SKIP
     ...     search.fit(paths, y)
     """
-    _reject_bool(torch_threads, "torch_threads", "parallel_backend")
+    reject_bool(torch_threads, "torch_threads", "parallel_backend")
     client = _get_client(client)
     name = None
     if torch_threads is not None:
@@ -300,15 +300,6 @@ def _get_client(client):
             "client = Client(LocalCluster()) for this machine or "
             "Client('tcp://scheduler:8786') for a cluster."
         ) from None
-
-
-def _reject_bool(value, name: str, caller: str) -> None:
-    """What ``Interval(Integral, ...)`` lets through: ``True`` is not a count."""
-    if isinstance(value, (bool, np.bool_)):
-        raise InvalidParameterError(
-            f"The {name!r} parameter of {caller} must be a positive int, not a "
-            f"bool. Got {value!r} instead."
-        )
 
 
 def _make_job(extractor: CNNFeatureExtractor) -> _Job:
