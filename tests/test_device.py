@@ -16,6 +16,7 @@ from sktransfer import (
     CNNFeatureExtractor,
     FineTuneClassifier,
     ImageDecodeError,
+    ImageNetClassifier,
 )
 from sktransfer import (
     _device_transforms as transforms,
@@ -203,8 +204,6 @@ def test_exif_rotated_photos_embed_like_upright_ones(tmp_path):
     not. The same for ImageNetClassifier."""
     from skimage import data
 
-    from sktransfer import ImageNetClassifier
-
     upright, sideways, untagged = _sideways(data.chelsea(), tmp_path)
     paths = [upright, sideways, untagged]
     extractor = CNNFeatureExtractor("efficientnet_lite0", device="cpu").fit(paths)
@@ -320,8 +319,21 @@ def test_decoder_gpu_without_cuda_is_a_clear_error(images):
         CNNFeatureExtractor("resnet18", weights=None, device="cpu", decoder="gpu").fit(
             images
         )
+    with pytest.raises(ValueError, match="decoder='gpu'.*not on a CUDA device"):
+        ImageNetClassifier("resnet18", weights=None, device="cpu", decoder="gpu").fit(
+            images
+        )
+    for estimator in (CNNFeatureExtractor, ImageNetClassifier):
+        with pytest.raises(ValueError, match="'decoder' parameter of .* must be"):
+            estimator("resnet18", weights=None, decoder="nvjpeg").fit(images)
     extractor = CNNFeatureExtractor("resnet18", weights=None, decoder="cpu")
     assert extractor.fit(images).transform(images).shape == (len(images), 512)
+
+
+def test_finetune_precision_is_validated(images, labels):
+    clf = FineTuneClassifier("resnet18", weights=None, precision="half")
+    with pytest.raises(ValueError, match="'precision' parameter of .* must be"):
+        clf.fit(images, labels)
 
 
 # ------------------------------------------------------- augmentation
