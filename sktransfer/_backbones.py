@@ -118,11 +118,6 @@ def on_cpu(backbone: Backbone | None) -> Backbone | None:
 _built: LRU[Backbone] = LRU(max_items=1)
 
 
-def forget_builds() -> None:
-    """Drop the shared build (the family table changed)."""
-    _built.clear()
-
-
 def cached_backbone(model, weights="DEFAULT") -> Backbone:
     """:func:`build_backbone` for inference, reusing the last build of the same
     (model, weights).
@@ -141,18 +136,21 @@ def cached_backbone(model, weights="DEFAULT") -> Backbone:
 
 
 def _build_key(model, weights) -> tuple | None:
+    """What identifies a build: model, weights (file identity, TORCH_HOME) and
+    the family table's version (a new entry may build the name differently)."""
     if not isinstance(model, str):
         return None
+    key: tuple = (model, _families.version())
     if _weights.is_weights_path(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
             return None  # let build_backbone raise its error
-        return (model, *_weights.file_identity(path))
+        return (*key, *_weights.file_identity(path))
     if weights is not None and not isinstance(weights, str):
         weights = str(weights)  # an enum member
     if weights == "DEFAULT" or (weights and model in _torchvision_names()):
-        return (model, weights, torch.hub.get_dir())  # TORCH_HOME may change
-    return (model, weights)
+        return (*key, weights, torch.hub.get_dir())  # TORCH_HOME may change
+    return (*key, weights)
 
 
 def build_backbone(model, weights="DEFAULT", *, aux_logits: bool = False) -> Backbone:

@@ -10,6 +10,10 @@ normalisation, preprocessing). Two stores:
 * :class:`DiskCache` (``cache="/some/dir"``): one ``.npy`` file per row, written
   atomically (temporary file + ``os.replace``), so threads, processes and later
   runs share it safely; no size bound (delete the folder to clear it).
+
+Both take the shape and dtype a row must have: a row read back that has
+another shape or dtype, or a non-finite value (a file from another version, a
+damaged disk), counts as missing and is computed again.
 """
 
 from __future__ import annotations
@@ -83,8 +87,10 @@ class MemoryCache:
         self.max_bytes = max_bytes
         self._rows: LRU[np.ndarray] = LRU(max_size=max_bytes, size=_nbytes)
 
-    def get(self, space: str, keys: list[str]) -> list[np.ndarray | None]:
-        return [self._rows.get((space, key)) for key in keys]
+    def get(
+        self, space: str, keys: list[str], shape: tuple, dtype=np.float32
+    ) -> list[np.ndarray | None]:
+        return [_checked(self._rows.get((space, key)), shape, dtype) for key in keys]
 
     def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:
         for key, row in zip(keys, rows, strict=True):
@@ -103,6 +109,14 @@ def _nbytes(row: np.ndarray) -> int:
     return row.nbytes
 
 
+def _checked(row: np.ndarray | None, shape: tuple, dtype) -> np.ndarray | None:
+    """``row`` when it has the expected shape and dtype and is finite, else
+    ``None`` (to be computed again)."""
+    if row is None or row.shape != tuple(shape) or row.dtype != np.dtype(dtype):
+        return None
+    return row if np.isfinite(row).all() else None
+
+
 class DiskCache:
     """Embedding rows as ``<root>/<namespace>/<key[:2]>/<key>.npy`` files."""
 
@@ -112,13 +126,16 @@ class DiskCache:
     def _path(self, space: str, key: str) -> Path:
         return self.root / space / key[:2] / f"{key}.npy"
 
-    def get(self, space: str, keys: list[str]) -> list[np.ndarray | None]:
+    def get(
+        self, space: str, keys: list[str], shape: tuple, dtype=np.float32
+    ) -> list[np.ndarray | None]:
         rows = []
         for key in keys:
             try:
-                rows.append(np.load(self._path(space, key), allow_pickle=False))
+                row = np.load(self._path(space, key), allow_pickle=False)
             except (FileNotFoundError, ValueError, OSError):  # absent or half-written
-                rows.append(None)
+                row = None
+            rows.append(_checked(row, shape, dtype))
         return rows
 
     def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:

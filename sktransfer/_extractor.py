@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from . import _cache, _params
+from . import _cache, _families, _params
 from ._backbones import cached_backbone, on_cpu
 from ._devices import autocast, autocast_dtype, resolve_device
 from ._gpu_decode import check_decoder
@@ -22,13 +22,8 @@ from ._inference import stream
 from ._lru import LRU
 from ._tap import find_layer, forward_tap, pool
 
-# (model, weights, layer, pooling) -> embedding width
+# (model, weights, layer, pooling, family table version) -> embedding width
 _WIDTHS: LRU[int] = LRU(max_items=256)
-
-
-def forget_widths() -> None:
-    """Drop the remembered widths (the family table changed)."""
-    _WIDTHS.clear()
 
 
 class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -171,7 +166,13 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         """Embedding width, from one forward of a blank image (memoised by name;
         not for module instances, whose ids Python reuses)."""
         backbone = self.backbone_
-        key = (backbone.name, backbone.weights_id, self.layer, self.pooling)
+        key = (
+            backbone.name,
+            backbone.weights_id,
+            self.layer,
+            self.pooling,
+            _families.version(),
+        )
         if isinstance(self.model, nn.Module):
             key = None
         if key is not None and key in _WIDTHS:
@@ -203,7 +204,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             return self._embed_all(images)
         space = self._cache_namespace()
         keys = _cache.image_keys(images)
-        rows = store.get(space, keys)
+        rows = store.get(space, keys, shape=(self.n_features_out_,))
         missing = [i for i, row in enumerate(rows) if row is None]
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         for i, row in enumerate(rows):

@@ -234,33 +234,37 @@ FAMILIES: list[Family] = [
     Family("other", lambda m: True, g.children_groups),
 ]
 _lock = threading.Lock()
+_version = 0
+
+
+def version() -> int:
+    """How many times the table changed: caches of what was built from it
+    (shared builds, embedding widths) put it in their keys, so that entries
+    made under an older table are never served, without the table knowing
+    who caches what."""
+    return _version
 
 
 def register_family(family: Family) -> None:
     """Add ``family`` to the table, ahead of the existing entries.
 
-    Builds and embedding widths made before are forgotten: they may have
-    come from another entry.
+    Builds and embedding widths made before are no longer reused: they may
+    have come from another entry (see :func:`version`).
     """
+    global _version
     with _lock:
         if family in FAMILIES:
             raise ValueError(f"Family {family.name!r} is registered already.")
         FAMILIES.insert(0, family)
-    _forget_builds()
+        _version += 1
 
 
 def unregister_family(family: Family) -> None:
-    """Remove ``family`` from the table (and what was built with it)."""
+    """Remove ``family`` from the table (and stop reusing what it built)."""
+    global _version
     with _lock:
         FAMILIES.remove(family)
-    _forget_builds()
-
-
-def _forget_builds() -> None:
-    from . import _backbones, _extractor
-
-    _backbones.forget_builds()
-    _extractor.forget_widths()
+        _version += 1
 
 
 def family_of(module: nn.Module) -> Family:

@@ -135,7 +135,8 @@ def test_memory_cache_is_bounded():
     store.put("ns", ["a", "b", "c", "d"], np.zeros((4, 4), np.float32))
     assert store.nbytes <= 3 * 16
     assert (
-        store.get("ns", ["a", "d"])[0] is None and store.get("ns", ["d"])[0] is not None
+        store.get("ns", ["a", "d"], (4,))[0] is None
+        and store.get("ns", ["d"], (4,))[0] is not None
     )
 
 
@@ -144,4 +145,30 @@ def test_disk_cache_ignores_half_written_files(tmp_path):
     store.put("ns", ["abcd"], np.ones((1, 3), np.float32))
     path = tmp_path / "ns" / "ab" / "abcd.npy"
     path.write_bytes(path.read_bytes()[:10])
-    assert store.get("ns", ["abcd"]) == [None]
+    assert store.get("ns", ["abcd"], (3,)) == [None]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda width: np.ones(width - 1, np.float32),  # another layer or version
+        lambda width: np.full(width, np.nan, np.float32),  # never served as features
+        lambda width: np.ones(width, np.float64),
+        lambda width: np.ones((2, width), np.float32),
+    ],
+    ids=["shape", "nan", "dtype", "2d"],
+)
+def test_disk_rows_of_the_wrong_shape_dtype_or_not_finite_are_recomputed(
+    images, tmp_path, embedded, damage
+):
+    store = tmp_path / "emb"
+    extractor = make(cache=store).fit(images)
+    first = extractor.transform(images[:2])
+    files = sorted(store.rglob("*.npy"))
+    assert len(files) == 2
+    np.save(files[0], damage(first.shape[1]))
+    again = extractor.transform(images[:2])  # no broadcast error, no NaN served
+    # a batch of 1 against one of 2: equal up to float rounding
+    np.testing.assert_allclose(again, first, atol=1e-5 * np.abs(first).max())
+    assert embedded == [2, 1]  # the damaged row alone was computed again
+    assert np.isfinite(np.load(files[0])).all()  # and written back whole

@@ -3,6 +3,8 @@ added from this file alone."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -218,3 +220,26 @@ def test_toynet_unknown_without_its_family(images):
     # nothing built with the family outlives it
     with pytest.raises(ValueError, match="Unknown backbone 'toynet'"):
         CNNFeatureExtractor("toynet", weights=None, device="cpu").fit(images)
+
+
+def test_builds_and_widths_follow_a_changed_table(images):
+    """A name re-registered by another entry is built and measured afresh:
+    caches key on the table's version, the table knows none of them."""
+    extract = CNNFeatureExtractor("toynet", weights=None, device="cpu")
+    register_family(TOY)
+    try:
+        assert extract.fit(images).n_features_out_ == 16  # the input of "out"
+    finally:
+        unregister_family(TOY)
+    other = dataclasses.replace(TOY, build=lambda name: _wider(ToyNet()))
+    register_family(other)
+    try:
+        assert extract.fit(images).n_features_out_ == 32  # built by the new entry
+    finally:
+        unregister_family(other)
+
+
+def _wider(net: ToyNet) -> ToyNet:
+    net.two = nn.Sequential(nn.Conv2d(8, 32, 3), nn.ReLU())
+    net.out = nn.Linear(32, 10)
+    return net
