@@ -56,11 +56,12 @@ models = {
         CNNFeatureExtractor("efficientnet_lite0", cache="memory"),
         LogisticRegression(max_iter=2000),
     ),
+    # defaults: new head only, on the image and its mirror image computed once
     "fine-tune: new head only": FineTuneClassifier(
-        "efficientnet_lite0", frozen_layers="all", augment=False, random_state=0
+        "efficientnet_lite0", random_state=0
     ),
     "fine-tune: head + last group": FineTuneClassifier(
-        "efficientnet_lite0", frozen_layers=7, augment=False, random_state=0
+        "efficientnet_lite0", frozen_layers=7, random_state=0
     ),
 }
 scores = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -23,7 +24,12 @@ from ._devices import resolve_device
 from ._families import layer_groups
 from ._finetune_net import FineTuneNet, forked_rng, seed_from
 from ._freeze import BN_POLICIES, resolve_frozen_layers
+from ._head import head_epochs_for
 from ._images import check_images
+from ._schedule import SCHEDULES
+from ._weighting import training_weights
+
+_AUTO_EPOCHS_TUNE = 5  # pretrained groups train too (after the head alone)
 
 
 class FineTuneClassifier(FineTuneNet):
@@ -52,13 +58,18 @@ class FineTuneClassifier(FineTuneNet):
         How many layer groups, counted from the input, stay frozen: ``"all"``
         trains only the new head, ``0`` fine-tunes everything. An int lies in
         ``0..len(layer_groups(model))``.
-    augment : bool or callable, default=True
-        ``True``: random-resized-crop (25-100 % of the area) and horizontal
-        flip of each training image; ``False``: none; a callable takes one
-        ``(3, H, W)`` uint8 (or float in [0, 1]) tensor and returns an image,
-        which then gets the backbone's usual preprocessing (on CUDA, the
-        tensor is on the device). On CUDA the default augmentation runs as
-        batched device operations with per-image random parameters.
+    augment : bool, "flip", "random" or callable, default=True
+        ``"flip"``: each training image and its mirror image are two fixed
+        *views*; when groups are frozen, their outputs for both views are
+        computed once (see ``cache``) and every epoch trains on one view of
+        each image, at random. ``"random"``: a random-resized-crop (25-100 %
+        of the area) and flip of each image in every step, so the whole
+        network runs every step. ``True``: ``"flip"`` when frozen groups
+        can be computed once, else ``"random"``. ``False``: none. A callable
+        takes one ``(3, H, W)`` uint8 (or float in [0, 1]) tensor and returns
+        an image, which then gets the backbone's usual preprocessing (on
+        CUDA, the tensor is on the device). On CUDA the random augmentation
+        runs as batched device operations with per-image parameters.
         Validation and prediction are never augmented.
     bn : {"frozen", "eval", "train"}, default="frozen"
         BatchNorm policy. ``"frozen"``: frozen groups run in eval mode (fixed
@@ -66,21 +77,54 @@ class FineTuneClassifier(FineTuneNet):
         BatchNorm layer uses its running statistics (small batches).
         ``"train"``: BatchNorm layers of frozen groups update their running
         statistics too (their weights stay fixed).
-    backbone_lr_ratio : float, default=0.01
+    backbone_lr_ratio : float, default=0.1
         Learning rate of the trained backbone groups relative to ``lr`` (the
         head's): discriminative learning rates. The defaults train the new
-        head at 1e-2 and pretrained layers at 1e-4 (AdamW).
-    head_dropout : float, default=0.0
-        Dropout probability before the new head.
+        head at 1e-3 and pretrained layers at 1e-4 (AdamW).
+    head_dropout : float, default=0.5
+        Dropout probability before each layer of the new head.
     aux_loss_weight : float, default=0.3
         Networks with auxiliary classifiers (GoogLeNet, Inception v3: see the
         family table) built from their name: the loss is ``main +
         aux_loss_weight * aux`` (summed over auxiliary heads) while their
         branch's group trains; ``0`` drops the auxiliary heads. Prediction
         uses the main head only.
+    head_hidden : int or None, default=512
+        Units of the new head's hidden layer (``Linear`` + ReLU); ``None``
+        makes the head linear. The head standardises its input with the
+        training images' statistics first.
+    head_epochs : int or "auto", default="auto"
+        Epochs that a new head trains alone on the frozen network's
+        embeddings (computed once) before the unfrozen groups train with
+        it, so that the first gradients of an untrained head do not distort
+        pretrained layers. ``"auto"``: 30, or enough for 300 steps on small
+        sets. Unused when only the head trains (its training is the fit's
+        epochs then); ``0`` skips it.
+    tta : bool, default=True
+        Test-time augmentation: ``predict_proba`` (and validation) average
+        the class probabilities of the views that training used (the image
+        and its mirror image, with ``augment`` True or ``"flip"``).
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        ``"cosine"``: linear warm-up over the first 10 % of the steps, then
+        cosine decay to zero; every group's rate is scaled alike.
+    label_smoothing : float, default=0.1
+        Passed to the criterion when it takes it (``CrossEntropyLoss``).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss (and the probe), as in
+        scikit-learn: ``"balanced"`` weighs each class by ``n_samples /
+        (n_classes * count)``; a dict maps labels to weights (others 1).
+    cache : "memory", path or None, default="memory"
+        Where the frozen groups' outputs of each image and view are kept
+        across fits: ``"memory"``, an in-process LRU (2 GiB) shared by
+        clones, so that a grid search computes each image's frozen part
+        once per cut point instead of once per candidate, fold and epoch;
+        a folder, an on-disk store shared by processes (``n_jobs`` > 1) and
+        runs; ``None``, within one fit only. Keyed by image content,
+        network, weights, cut point, preprocessing and precision.
+        Predictions take the stored outputs too.
     cache_frozen : bool, default=True
-        With ``augment=False``, compute the frozen groups' output once per
-        fit and train only the rest of the network (identical results, much
+        Compute the frozen groups' outputs once (per fit, or from ``cache``)
+        and train only the rest of the network (identical results, much
         faster). ``False`` runs the whole network every step.
     image_size : int or None, default=None
         ``None`` uses the weights' own preprocessing (e.g. resize 256, crop
@@ -96,11 +140,13 @@ class FineTuneClassifier(FineTuneNet):
     random_state : int, RandomState or None, default=None
         Seeds head initialisation, shuffling, augmentation, dropout and the
         validation split: a fit is reproducible on CPU.
-    max_epochs : int, default=10
-        Passes over the training data.
-    lr : float, default=1e-2
-        Learning rate of the new head (a freshly initialised layer: small
-        image sets give it few steps, so it needs a fairly high rate).
+    max_epochs : int or "auto", default="auto"
+        Passes over the training data. ``"auto"``: when only the head trains,
+        on frozen outputs computed once (epochs cost little then), 30 or
+        enough for 300 steps on small sets; else 5 (the head has trained
+        alone first: see ``head_epochs``).
+    lr : float, default=1e-3
+        Peak learning rate of the new head (see ``lr_schedule``).
     batch_size : int, default=32
         Images per step (training and prediction).
     optimizer : torch optimizer class, default=torch.optim.AdamW
@@ -144,7 +190,8 @@ class FineTuneClassifier(FineTuneNet):
     aux_heads_ : tuple of str
         Auxiliary heads trained with the main one (GoogLeNet / Inception v3).
     prefix_cached_ : bool
-        Whether the last fit computed the frozen groups' output once.
+        Whether the last fit trained on the frozen groups' outputs, computed
+        once (or taken from ``cache``).
     n_channels_in_ : int or None
         Channel count of the array input seen in ``fit``.
 
@@ -166,11 +213,25 @@ class FineTuneClassifier(FineTuneNet):
     _own_constraints: dict = {
         **_params.BACKBONE,
         **_params.PRECISION,
-        "augment": ["boolean", callable],
         "bn": [StrOptions(set(BN_POLICIES))],
         "backbone_lr_ratio": [Interval(Real, 0, None, closed="neither")],
         "head_dropout": [Interval(Real, 0, 1, closed="left")],
         "aux_loss_weight": [Interval(Real, 0, None, closed="left")],
+        "augment": ["boolean", StrOptions({"flip", "random"}), callable],
+        "head_hidden": [Interval(Integral, 1, None, closed="left"), None],
+        "head_epochs": [
+            Interval(Integral, 0, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
+        "tta": ["boolean"],
+        "max_epochs": [
+            Interval(Integral, 0, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
+        "lr_schedule": [StrOptions(set(SCHEDULES))],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "cache": [StrOptions({"memory"}), str, os.PathLike, None],
         "cache_frozen": ["boolean"],
         "image_size": [Interval(Integral, 16, None, closed="left"), None],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
@@ -186,16 +247,23 @@ class FineTuneClassifier(FineTuneNet):
         frozen_layers="all",
         augment=True,
         bn="frozen",
-        backbone_lr_ratio=0.01,
-        head_dropout=0.0,
+        backbone_lr_ratio=0.1,
+        head_dropout=0.5,
         aux_loss_weight=0.3,
+        head_hidden=512,
+        head_epochs="auto",
+        tta=True,
+        lr_schedule="cosine",
+        label_smoothing=0.1,
+        class_weight=None,
+        cache="memory",
         cache_frozen=True,
         image_size=None,
         validation_fraction=0.1,
         early_stopping=None,
         random_state=None,
-        max_epochs=10,
-        lr=1e-2,
+        max_epochs="auto",
+        lr=1e-3,
         batch_size=32,
         optimizer=torch.optim.AdamW,
         criterion=torch.nn.CrossEntropyLoss,
@@ -216,6 +284,13 @@ class FineTuneClassifier(FineTuneNet):
         self.backbone_lr_ratio = backbone_lr_ratio
         self.head_dropout = head_dropout
         self.aux_loss_weight = aux_loss_weight
+        self.head_hidden = head_hidden
+        self.head_epochs = head_epochs
+        self.tta = tta
+        self.lr_schedule = lr_schedule
+        self.label_smoothing = label_smoothing
+        self.class_weight = class_weight
+        self.cache = cache
         self.cache_frozen = cache_frozen
         self.image_size = image_size
         self.validation_fraction = validation_fraction
@@ -248,7 +323,7 @@ class FineTuneClassifier(FineTuneNet):
         return [name for name in super()._get_param_names() if name != "module"]
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, **fit_params):
+    def fit(self, X, y, sample_weight=None, **fit_params):
         """Fine-tune on images ``X`` with labels ``y``.
 
         Parameters
@@ -258,6 +333,9 @@ class FineTuneClassifier(FineTuneNet):
             ``(n, H, W)``, file paths or PIL images.
         y : array-like of shape (n_samples,)
             Labels of any type (at least two classes).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the images in the loss and the probe (multiplied by
+            ``class_weight``'s).
         **fit_params : dict
             Passed to skorch (``train_split``, the module's ``forward``).
 
@@ -265,9 +343,9 @@ class FineTuneClassifier(FineTuneNet):
         -------
         self : FineTuneClassifier
         """
-        return self._fit(X, y, fit_params, partial=False)
+        return self._fit(X, y, fit_params, partial=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
+    def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
         """Train ``max_epochs`` more epochs without re-initialising (see ``fit``).
 
         Parameters
@@ -278,6 +356,8 @@ class FineTuneClassifier(FineTuneNet):
             Labels among ``classes_`` (the first call fixes them).
         classes : None
             Ignored; pass ``classes=`` to the constructor instead.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the images (see ``fit``).
         **fit_params : dict
             Passed to skorch.
 
@@ -285,9 +365,9 @@ class FineTuneClassifier(FineTuneNet):
         -------
         self : FineTuneClassifier
         """
-        return self._fit(X, y, fit_params, partial=True)
+        return self._fit(X, y, fit_params, partial=True, sample_weight=sample_weight)
 
-    def _fit(self, X, y, fit_params, *, partial: bool):
+    def _fit(self, X, y, fit_params, *, partial: bool, sample_weight=None):
         self._check_params()
         reinit = not self.initialized_ or not (partial or self.warm_start)
         if is_dataset(X):
@@ -303,16 +383,33 @@ class FineTuneClassifier(FineTuneNet):
             self.classes_inferred_ = classes
             self.class_index_ = {label: i for i, label in enumerate(classes.tolist())}
         y_index = self._encode(y)
+        weights = training_weights(
+            y, y_index, self.classes_, self.class_weight, sample_weight
+        )
         self.seed_ = seed_from(self.random_state)
+        self.__dict__["_fit_weights"] = weights
         with self._resolved_device(), forked_rng(self.seed_, self.device):
             if reinit:
                 self.initialize()
                 self.n_channels_in_ = images.n_channels
+            self.max_epochs_ = self._epochs(len(images))
             try:
-                NeuralNet.partial_fit(self, images, y_index, **fit_params)
+                NeuralNet.partial_fit(
+                    self, images, y_index, epochs=self.max_epochs_, **fit_params
+                )
             finally:  # also when the fit fails: no frozen outputs kept
                 self.release_prefix()
+                self.__dict__.pop("_fit_weights", None)
         return self
+
+    def _epochs(self, n: int) -> int:
+        """``max_epochs``, with ``"auto"`` resolved for ``n`` images (see the
+        parameter)."""
+        if self.max_epochs != "auto":
+            return int(self.max_epochs)
+        if self._head_only():
+            return head_epochs_for(n, self._batch_size(n))
+        return _AUTO_EPOCHS_TUNE
 
     def _check_params(self) -> None:
         params = {name: getattr(self, name) for name in self._own_constraints}

@@ -21,40 +21,62 @@ from . import _device_transforms as transforms
 from ._images import Images, Preprocessing
 from ._pipeline import Prefetcher, pinned
 
-FEATURES_KEY = "frozen_features"
 AUGMENT_SCALE = (0.25, 1.0)  # random-resized-crop area range (ImageNet's is 0.08-1)
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Validated images and their class indices (``-1`` when predicting).
+FEATURES_KEY = "frozen_features"  # a batch of frozen-prefix outputs, (b, views, ...)
+IMAGES_KEY = "images"  # a batch of images, when it travels with sample weights
+WEIGHTS_KEY = "sample_weight"
+
+
+class _Weighted:
+    """Class indices (``-1`` when predicting) and optional sample weights;
+    items are ``(x, target)``, or ``(x, target, weight)`` with weights."""
+
+    def __init__(self, y_index: np.ndarray | None, weights: np.ndarray | None):
+        self.y_index = y_index
+        self.weights = weights
+
+    def _target(self, i: int) -> int:
+        return -1 if self.y_index is None else int(self.y_index[i])
+
+    def _item(self, x, i: int) -> tuple:
+        if self.weights is None:
+            return x, self._target(i)
+        return x, self._target(i), float(self.weights[i])
+
+
+class ImageDataset(_Weighted, torch.utils.data.Dataset):
+    """Validated images, their class indices and optional sample weights.
 
     ``draft``: JPEG files decode in the DCT domain to at least this size.
     """
 
     def __init__(
-        self, images: Images, y_index: np.ndarray | None, draft: int | None = None
+        self,
+        images: Images,
+        y_index: np.ndarray | None,
+        draft: int | None = None,
+        weights: np.ndarray | None = None,
     ):
+        super().__init__(y_index, weights)
         self.images = images
-        self.y_index = y_index
         self.draft = draft
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _target(self, i: int) -> int:
-        return -1 if self.y_index is None else int(self.y_index[i])
-
     def __getitem__(self, i: int):
-        return self.images.image(i, self.draft), self._target(i)
+        return self._item(self.images.image(i, self.draft), i)
 
     def __getitems__(self, indices: list[int]) -> Fetched:
         """A whole batch at once (``DataLoader`` asks for it): array rows in one
         copy, files decoded in a thread pool."""
         indices = [int(i) for i in indices]
-        targets = [self._target(i) for i in indices]
         if self.images.kind == "array":
             stacked = self.images.rows(np.asarray(indices))
-            return Fetched(list(zip(stacked, targets, strict=True)), stacked)
+            items = [self._item(x, i) for x, i in zip(stacked, indices, strict=True)]
+            return Fetched(items, stacked)
 
         def load(i: int) -> torch.Tensor:
             return self.images.image(i, self.draft)
@@ -63,14 +85,15 @@ class ImageDataset(torch.utils.data.Dataset):
             images = list(_pool().map(load, indices))
         else:
             images = [load(i) for i in indices]
-        return Fetched(list(zip(images, targets, strict=True)))
+        return Fetched([self._item(x, i) for x, i in zip(images, indices, strict=True)])
 
 
 class Fetched(list):
-    """A fetched batch: ``(image, target)`` pairs, as any collate function
-    expects, plus the stacked images when they came as one array slice."""
+    """A fetched batch: ``(x, target[, weight])`` items, as any collate
+    function expects, plus the stacked inputs when they came as one gather
+    (array rows, or ``{FEATURES_KEY: rows}``)."""
 
-    def __init__(self, items: list, stacked: torch.Tensor | None = None):
+    def __init__(self, items: list, stacked: torch.Tensor | dict | None = None):
         super().__init__(items)
         self.stacked = stacked
 
@@ -87,32 +110,55 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-class FeatureDataset(torch.utils.data.Dataset):
-    """Precomputed frozen-prefix outputs (tensor or memory-mapped array)."""
+class FeatureDataset(_Weighted, torch.utils.data.Dataset):
+    """Frozen-prefix outputs ``(n, views, ...)`` (tensor or memory-mapped array):
+    an item is one image's outputs under every view."""
 
-    def __init__(self, features, y_index: np.ndarray | None):
+    def __init__(
+        self,
+        features,
+        y_index: np.ndarray | None,
+        weights: np.ndarray | None = None,
+    ):
+        super().__init__(y_index, weights)
         self.features = features
-        self.y_index = y_index
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, i: int):
-        row = self.features[i]
-        if not isinstance(row, torch.Tensor):
-            row = torch.from_numpy(np.array(row))
-        target = -1 if self.y_index is None else int(self.y_index[i])
-        return {FEATURES_KEY: row}, target
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> Fetched:
+        """A batch at once: one gather of the rows (``DataLoader`` asks for it)."""
+        rows = self.features[np.asarray(indices, dtype=np.int64)]
+        if not isinstance(rows, torch.Tensor):  # a memory-mapped file's rows
+            rows = torch.from_numpy(np.ascontiguousarray(rows))
+        items = [
+            self._item({FEATURES_KEY: row}, i)
+            for row, i in zip(rows, indices, strict=True)
+        ]
+        return Fetched(items, {FEATURES_KEY: rows})
 
 
-class PrefixFeatures:
-    """Marks precomputed prefix outputs passed through skorch's fit loop."""
+class StoredPrefixDataset(torch.utils.data.Dataset):
+    """Images to predict, fetched as frozen-prefix outputs batch by batch:
+    ``outputs(images)`` takes them from the ``cache`` store or computes them
+    (memory holds a batch, whatever the number of images)."""
 
-    def __init__(self, features):
-        self.features = features
+    def __init__(self, images: Images, outputs: Callable):
+        self.images = images
+        self.outputs = outputs
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        frozen = self.outputs(self.images.subset([int(i) for i in indices]))
+        return [({FEATURES_KEY: row}, -1) for row in frozen.features]
 
 
 class ImageBatch:
@@ -126,28 +172,47 @@ class ImageBatch:
 
 
 class Collate:
-    """Stack images (or keep an :class:`ImageBatch`), class indices -> labels."""
+    """Stack images (or keep an :class:`ImageBatch`) or prefix outputs; class
+    indices -> labels; sample weights, when given, travel beside the inputs
+    (``{IMAGES_KEY or FEATURES_KEY: ..., WEIGHTS_KEY: (b,) tensor}``)."""
 
     def __init__(self, classes: np.ndarray):
         self.classes = classes
 
     def __call__(self, items):
-        xs, targets = zip(*items, strict=True)
+        columns = list(zip(*items, strict=True))
+        xs, targets = columns[0], columns[1]
         first = xs[0]
         if getattr(items, "stacked", None) is not None:
             x = items.stacked
         elif isinstance(first, Mapping):  # frozen-prefix outputs
-            x = {
-                key: _channels_last(torch.stack([item[key] for item in xs]))
-                for key in first
-            }
+            x = {key: torch.stack([item[key] for item in xs]) for key in first}
         elif all(item.shape == first.shape for item in xs):
             x = torch.stack(xs)
         else:
             x = ImageBatch(list(xs))
+        if len(columns) == 3:
+            weights = torch.tensor(columns[2], dtype=torch.float32)
+            x = (
+                {**x, WEIGHTS_KEY: weights}
+                if isinstance(x, dict)
+                else {
+                    IMAGES_KEY: x,
+                    WEIGHTS_KEY: weights,
+                }
+            )
         index = np.asarray(targets, dtype=np.int64)
         labels = self.classes[np.clip(index, 0, len(self.classes) - 1)]
         return x, labels
+
+
+def unpack(x) -> tuple[object, torch.Tensor | None]:
+    """A collated batch -> (images or ``{FEATURES_KEY: ...}``, sample weights)."""
+    if not isinstance(x, Mapping) or WEIGHTS_KEY not in x:
+        return x, None
+    if IMAGES_KEY in x:
+        return x[IMAGES_KEY], x[WEIGHTS_KEY]
+    return {FEATURES_KEY: x[FEATURES_KEY]}, x[WEIGHTS_KEY]
 
 
 def default_augmentation(preprocessing: Preprocessing) -> Callable:
@@ -163,6 +228,11 @@ def default_augmentation(preprocessing: Preprocessing) -> Callable:
             v2.RandomHorizontalFlip(),
         ]
     )
+
+
+def flip_augmentation() -> Callable:
+    """A horizontal flip of half the training images, at random."""
+    return v2.RandomHorizontalFlip()
 
 
 def prepare_batch(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import warnings
 from numbers import Integral
@@ -23,9 +24,11 @@ from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from . import _frozen
 from ._backbones import build_backbone
+from ._cache import module_digest
 from ._devices import autocast
 from ._families import drop_aux, family_of, replace_head, trained_aux
 from ._finetune_data import (
@@ -34,17 +37,22 @@ from ._finetune_data import (
     DeviceLoader,
     FeatureDataset,
     ImageDataset,
-    PrefixFeatures,
+    StoredPrefixDataset,
     default_augmentation,
+    flip_augmentation,
     prepare_batch,
     prepare_on_device,
+    unpack,
 )
 from ._finetune_device import DeviceMixin
 from ._freeze import apply_train_modes, freeze, resolve_frozen_layers
 from ._groups import is_under
+from ._head import head_epochs_for, new_head, standardizer, train_head
 from ._images import Images, check_images
 from ._pipeline import preprocessed_batches
-from ._prefix import ComputedPrefix, NotSplittableError, plan_split
+from ._prefix import NotSplittableError, PrefixSplit, plan_split
+from ._schedule import LRSchedule
+from ._tap import forward_tap
 
 _DEFAULT_PATIENCE = 5
 
@@ -72,7 +80,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         aux = trained_aux(backbone.aux_heads, groups, n_frozen)
         if backbone.aux_heads and not aux:
             drop_aux(module)  # frozen branches would train for nothing
-        replace_head(module, backbone.head, len(classes), self.head_dropout)
+        _install_head(module, backbone.head, len(classes), self)
         for head in aux:
             replace_head(module, head.head, len(classes))
         if aux and family.aux_note and self.weights is not None:
@@ -93,9 +101,22 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         self.preprocessing_ = _sized(backbone.preprocessing, self.image_size)
         self.backbone_name_ = backbone.name
         self.weights_id_ = backbone.weights_id
+        if isinstance(self.model, torch.nn.Module):  # ids are reused: hash tensors
+            self.weights_id_ = "module:" + module_digest(self.model)
         if self._device().type == "cuda":  # the layout of its input batches
             module.to(memory_format=torch.channels_last)
         self.module_ = module
+        self.__dict__.pop("_split", None)  # of the previous network
+        self.__dict__["_fresh_head"] = True  # trained alone first (get_split_datasets)
+        return self
+
+    def initialize_criterion(self):
+        """skorch's criterion; ``label_smoothing`` goes to criteria that take it
+        (``CrossEntropyLoss``) unless ``criterion__label_smoothing`` is set."""
+        kwargs = self.get_params_for("criterion")
+        if self.label_smoothing and _takes(self.criterion, "label_smoothing"):
+            kwargs.setdefault("label_smoothing", self.label_smoothing)
+        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
         return self
 
     def initialize_optimizer(self, triggered_directly=None):
@@ -135,6 +156,8 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
     @property
     def _default_callbacks(self):
         callbacks = list(super()._default_callbacks)
+        schedule = LRSchedule(getattr(self, "lr_schedule", "cosine"))
+        callbacks.insert(-1, ("lr_schedule", schedule))  # before print_log
         patience = self._patience()
         if patience is not None:
             early = EarlyStopping(
@@ -160,25 +183,48 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             apply_train_modes(self.module_, self.frozen_modules_, self.bn)
 
     def get_dataset(self, X, y=None):
-        """Images (validated like every sktransfer input) or precomputed features."""
+        """Images (validated like every sktransfer input); when predicting with
+        a ``cache``, the frozen prefix's outputs, from the store where it has
+        them (the rest of the network runs on those)."""
         if is_dataset(X):
             return X
-        if isinstance(X, PrefixFeatures):
-            return FeatureDataset(X.features, y)
         if not isinstance(X, Images):
             X = check_images(X, n_channels=getattr(self, "n_channels_in_", None))
+        split = self._stored_split() if y is None else None
+        if split is not None:
+            views = self._eval_views()
+            return StoredPrefixDataset(
+                X, lambda images: self._prefix_outputs(split, images, views)
+            )
+        return ImageDataset(X, y, draft=self._draft())
+
+    def _draft(self) -> int:
         # JPEGs decode in the DCT domain to at least the resize size; random
         # crops keep twice that, so a crop of a quarter of the area stays sharp.
         draft = self.preprocessing_.resize_size
-        return ImageDataset(X, y, draft=2 * draft if self.augment is True else draft)
+        return 2 * draft if self._online_augmentation() is not None else draft
 
     def get_split_datasets(self, X, y=None, **fit_params):
-        """skorch's split, or a stratified ``validation_fraction`` (early
-        stopping); of the frozen prefix's outputs when they can be computed
-        once (:meth:`_with_frozen_prefix`)."""
-        X = self._with_frozen_prefix(X)
-        if self.train_split is not None or self._patience() is None:
-            return super().get_split_datasets(X, y, **fit_params)
+        """The training data (frozen prefix outputs when they can be computed
+        once: :meth:`_frozen_outputs`), split by ``train_split`` or, for early
+        stopping, a stratified ``validation_fraction``; then a new head is
+        fitted to the training part's embeddings (:meth:`_start_head`)."""
+        weights = self.__dict__.get("_fit_weights")
+        frozen = self._frozen_outputs(X)
+        if frozen is not None:
+            dataset = FeatureDataset(frozen.features, y, weights)
+        else:
+            dataset = ImageDataset(X, y, draft=self._draft(), weights=weights)
+        train, valid = self._split_dataset(dataset, y, **fit_params)
+        if self.__dict__.pop("_fresh_head", False):
+            self._start_head(train, X)
+        return train, valid
+
+    def _split_dataset(self, dataset, y, **fit_params):
+        if self.train_split is not None:
+            return self.train_split(dataset, y, **fit_params)
+        if self._patience() is None:
+            return dataset, None
         if self.validation_fraction is None:
             raise ValueError(
                 f"early_stopping={self.early_stopping!r} needs held-out data, but "
@@ -195,7 +241,6 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
                 "class) on each side. Change validation_fraction, add images, or "
                 "disable early_stopping."
             )
-        dataset = self.get_dataset(X, y)
         split = ValidSplit(
             self.validation_fraction, stratified=True, random_state=self.seed_
         )
@@ -218,28 +263,66 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             return DeviceLoader(loader, device)
         return loader
 
-    def _with_frozen_prefix(self, X):
-        """``X``, or the frozen groups' outputs for ``X``, computed once for
-        this fit: with ``augment=False`` the frozen prefix sees the same
-        images every epoch, so only the rest of the network needs to run."""
+    # -------------------------------------------------- frozen prefix, views
+    def _views(self) -> tuple[str, ...]:
+        """The fixed views of each image computed through the frozen prefix."""
+        return ("center", "flip") if self.augment in (True, "flip") else ("center",)
+
+    def _eval_views(self) -> tuple[str, ...]:
+        """The views whose predictions are averaged (``tta``)."""
+        return self._views() if self.tta else ("center",)
+
+    def _frozen_outputs(self, X):
+        """The frozen groups' outputs for every image and view of ``X``, or
+        ``None`` when the whole network must run every step (nothing frozen,
+        random augmentation, ``cache_frozen=False``, an untraceable network).
+
+        The frozen groups see the same views in every epoch: their outputs
+        are computed once (or taken from the ``cache`` store, where an earlier
+        fit or prediction left them) and only the rest of the network trains.
+        """
         self.release_prefix()  # a previous fit's, if it was cut short
         self.prefix_cached_ = False
         split = self._plan_prefix(X)
         if split is None:
-            return X
-        self._set_training(True)  # the frozen groups' training-time mode
-        device = self._device()
-        batches = preprocessed_batches(X, self.preprocessing_, self.batch_size, device)
-        dtype = self._autocast_dtype(device)
+            return None
         try:
-            with contextlib.closing(batches):
-                prefix = ComputedPrefix(split, batches, len(X), device, dtype)
+            frozen = self._prefix_outputs(split, X, self._views(), training=True)
         except NotSplittableError:
-            return X
-        self.__dict__["_frozen_outputs"] = prefix
+            self.__dict__["_split"] = None
+            return None
+        self.__dict__["_frozen_outputs"] = frozen
         self.prefix_cached_ = True
-        self.prefix_split_ = split
-        return PrefixFeatures(prefix.features)
+        return frozen
+
+    def _prefix_outputs(self, split, images, views, training=False):
+        """:class:`~sktransfer._frozen.FrozenOutputs` of ``images``."""
+        self._set_training(training)  # frozen groups run in eval mode either way
+        device = self._device()
+        dtype = self._autocast_dtype(device)
+        store = _frozen.resolve_store(self.cache)
+        space = ""
+        if store is not None:
+            space = _frozen.namespace(
+                model=self.backbone_name_,
+                weights=self.weights_id_,
+                hub=torch.hub.get_dir(),
+                cut=(self.n_frozen_groups_, split.boundary),
+                preprocessing=self.preprocessing_,
+                autocast=str(dtype),
+                pipeline=device.type,
+            )
+        return _frozen.FrozenOutputs(
+            split,
+            images,
+            self.preprocessing_,
+            views,
+            batch_size=self._batch_size(len(images)),
+            device=device,
+            dtype=dtype,
+            store=store,
+            space=space,
+        )
 
     def on_train_end(self, net, **kwargs):
         """skorch's hook at the end of ``fit``: see :meth:`release_prefix`."""
@@ -247,61 +330,203 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         self.release_prefix()
 
     def release_prefix(self) -> None:
-        """Free the frozen prefix's outputs (and any temporary file)."""
-        prefix = self.__dict__.pop("_frozen_outputs", None)
-        if prefix is not None:
-            prefix.release()
-        self.prefix_split_ = None
+        """Free the frozen prefix's outputs of the last fit (and any temporary
+        file); the ``cache`` store keeps its copies."""
+        frozen = self.__dict__.pop("_frozen_outputs", None)
+        if frozen is not None:
+            frozen.release()
 
-    def _plan_prefix(self, X):
-        eligible = (
+    def _prefix_eligible(self) -> bool:
+        return (
             self.cache_frozen
-            and self.augment is False
-            and isinstance(X, Images)
+            and self.augment in (False, True, "flip")
             and self.n_frozen_groups_ > 0
             and self.bn != "train"
             and not self.compile
         )
-        if not eligible:
+
+    def _plan_prefix(self, X) -> PrefixSplit | None:
+        if not (isinstance(X, Images) and self._prefix_eligible()):
             return None
-        return plan_split(self.module_, self.layer_groups_, self.frozen_modules_)
+        return self._split_plan()
+
+    def _split_plan(self) -> PrefixSplit | None:
+        """The network split after its frozen groups (planned once per network)."""
+        if "_split" not in self.__dict__:
+            self.__dict__["_split"] = plan_split(
+                self.module_,
+                self.layer_groups_,
+                self.frozen_modules_,
+                heads=(self.head_, *self.aux_heads_),
+            )
+        return self.__dict__["_split"]
+
+    def _stored_split(self) -> PrefixSplit | None:
+        """The split that predictions run through, when a ``cache`` may hold
+        the prefix outputs of the images (a grid search's test folds were
+        another candidate's training images)."""
+        if self.cache is None or not getattr(self, "initialized_", False):
+            return None
+        if not self._prefix_eligible():
+            return None
+        return self._split_plan()
+
+    # ------------------------------------------------------------ new head
+    def _batch_size(self, n: int) -> int:
+        """``batch_size``, where skorch's ``-1`` means all ``n`` at once."""
+        return n if self.batch_size == -1 else self.batch_size
+
+    def _head_epochs(self, n: int) -> int:
+        """``head_epochs``, ``"auto"`` resolved for ``n`` training images."""
+        if self.head_epochs != "auto":
+            return int(self.head_epochs)
+        return head_epochs_for(n, self._batch_size(n))
+
+    def _head_only(self) -> bool:
+        """Whether the fit trains only the head, on frozen outputs computed once."""
+        return (
+            self.n_frozen_groups_ == len(self.layer_groups_)
+            and self._prefix_eligible()
+            and self._split_plan() is not None
+        )
+
+    def _start_head(self, dataset, X) -> None:
+        """Fit the new head's standardisation to the training part's
+        embeddings (every view) and, unless the fit's epochs train only the
+        head on them anyway, train the head alone on them for
+        ``head_epochs`` (:mod:`sktransfer._head`)."""
+        head = self.module_.get_submodule(self.head_)
+        scaler = standardizer(head)
+        base, indices = _base_of(dataset)
+        if scaler is None or not isinstance(base, (FeatureDataset, ImageDataset)):
+            return
+        features = self._embeddings(head, base, indices, X)
+        weights = None
+        if base.weights is not None:
+            weights = torch.as_tensor(base.weights[indices], dtype=torch.float32)
+        scaler.fit(features.flatten(0, 1))
+        if self.head_epochs == 0 or self._head_only():
+            return
+        device = self._device()
+        kwargs = {
+            key: value
+            for key, value in self.get_params_for_optimizer("optimizer", [])[1].items()
+            if key != "param_groups"
+        }
+        train_head(
+            head,
+            features.to(device),
+            torch.as_tensor(base.y_index[indices]).to(device),
+            None if weights is None else weights.to(device),
+            make_optimizer=lambda params: self.optimizer(params, **kwargs),
+            criterion=self.criterion_,
+            epochs=self._head_epochs(len(indices)),
+            batch_size=self._batch_size(len(indices)),
+            schedule=self.lr_schedule,
+        )
+
+    def _embeddings(self, head, base, indices, X) -> torch.Tensor:
+        """The inputs of ``head`` (eval mode) for ``indices`` under every view,
+        ``(m, views, d)``: from the frozen outputs through the rest of the
+        network, or from the images through all of it."""
+        self._set_training(False)
+        device = self._device()
+        dtype = self._autocast_dtype(device)
+        per_view: list[list[torch.Tensor]] = []
+        size = self._batch_size(len(indices))
+
+        def tap(network, batch):
+            with autocast(device, dtype):
+                found = forward_tap(network, batch, head, take_input=True)
+            return found.float().flatten(1).cpu()
+
+        with torch.inference_mode():
+            if isinstance(base, FeatureDataset):
+                tail = self.__dict__["_split"].tail(False)
+                for view in range(base.features.shape[1]):
+                    per_view.append([])
+                    for start in range(0, len(indices), size):
+                        rows = base.features[indices[start : start + size]]
+                        batch = torch.as_tensor(np.asarray(rows[:, view]))
+                        per_view[-1].append(tap(tail, _channels_last(batch.to(device))))
+            else:
+                images = X.subset(indices)
+                for view in self._views():
+                    per_view.append([])
+                    for batch in preprocessed_batches(
+                        images, self.preprocessing_, size, device
+                    ):
+                        batch = _frozen.VIEWS[view](batch.to(device))
+                        per_view[-1].append(tap(self.module_, _channels_last(batch)))
+        return torch.stack([torch.cat(view) for view in per_view], dim=1)
+
+    # ------------------------------------------------------------- forward
+    def _online_augmentation(self):
+        """What augments training images as they load (no prefix outputs)."""
+        if self.augment is False:
+            return None
+        if self.augment is True:
+            return "random"
+        return self.augment  # "flip", "random" or a callable
 
     def infer(self, x, **fit_params):
         """One forward pass: preprocessing (augmented in training), then the
         network under autocast; outputs come back as float32.
 
-        On CUDA, images arrive as uint8 and are preprocessed and augmented on
-        the device (:func:`prepare_on_device`); on the CPU, in the caller's
-        thread as before (uint8 resizing is fastest there).
+        Precomputed frozen outputs run through the rest of the network only,
+        one view of each image at random in training. In evaluation, with
+        ``tta``, the class probabilities of the views are averaged (the output
+        is their logarithm: its softmax is the average); otherwise the first
+        view (the image as preprocessed) is used. On CUDA, images arrive as
+        uint8 and are preprocessed and augmented on the device
+        (:func:`prepare_on_device`); on the CPU, in the caller's thread.
         """
         training = self.module_.training
         device = self._device()
+        x, _ = unpack(x)
         if isinstance(x, dict) and FEATURES_KEY in x:
-            split = getattr(self, "prefix_split_", None)
+            split = self.__dict__.get("_split")
             if split is None:
-                raise RuntimeError(
-                    "Precomputed features reached the network outside fit."
-                )
-            network, batch = split.tail(training), x[FEATURES_KEY].to(device)
+                raise RuntimeError("Precomputed features reached an unsplit network.")
+            network = split.tail(training)
+            features = x[FEATURES_KEY].to(device)
+            if training:
+                batches = [_one_view(features)]  # the only random draw here
+            else:
+                n_views = len(self._eval_views())
+                batches = [_channels_last(features[:, v]) for v in range(n_views)]
             fit_params = {}  # the tail is a traced graph: tensors only
         else:
-            network, batch = self.module_, self._prepared(x, training, device)
+            network = self.module_
+            batch = self._prepared(x, training, device)
+            batches = [batch]
+            if not training and len(self._eval_views()) > 1:
+                batches = [_frozen.VIEWS[v](batch) for v in self._eval_views()]
         with autocast(device, self._autocast_dtype(device)):
-            out = network(batch, **fit_params)
-        return _as_float(out)
+            outputs = [_as_float(network(batch, **fit_params)) for batch in batches]
+        if len(outputs) == 1:
+            return outputs[0]
+        return _mean_probabilities(outputs)
 
     def _prepared(self, x, training: bool, device: torch.device) -> torch.Tensor:
-        augment = training and self.augment is not False
+        augment = self._online_augmentation() if training else None
         if device.type == "cuda":
-            batch = prepare_on_device(
-                x, self.preprocessing_, self.augment if augment else False, device
+            on_device = {None: False, "random": True, "flip": flip_augmentation()}
+            return prepare_on_device(
+                x,
+                self.preprocessing_,
+                on_device.get(augment, augment),
+                device,
             )
-            return batch
-        custom = self.augment if augment else None
-        if custom is True:
-            custom = default_augmentation(self.preprocessing_)
+        if augment == "random":
+            augment = default_augmentation(self.preprocessing_)
+        elif augment == "flip":
+            augment = flip_augmentation()
         batch = prepare_batch(
-            x, self.preprocessing_, custom, builtin=self.augment is True
+            x,
+            self.preprocessing_,
+            augment,
+            builtin=self._online_augmentation() == "random",
         )
         return batch.to(device)
 
@@ -320,12 +545,35 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         else:
             target = torch.from_numpy(self._encode(np.asarray(y_true)))
         target = target.to(main.device)
-        loss = self.criterion_(main, target)
+        _, weights = unpack(X)
+        if weights is not None:
+            weights = weights.to(main.device)
+        loss = self._weighted_loss(main, target, weights)
         if aux and training:
             loss = loss + self.aux_loss_weight * sum(
-                self.criterion_(a, target) for a in aux
+                self._weighted_loss(a, target, weights) for a in aux
             )
         return loss
+
+    def _weighted_loss(self, logits, target, weights):
+        """The criterion's loss; with sample weights (normalised to mean 1 over
+        the training set), the mean of the per-sample losses times weights."""
+        if weights is None:
+            return self.criterion_(logits, target)
+        criterion = self.criterion_
+        reduction = getattr(criterion, "reduction", None)
+        if reduction is None:
+            raise TypeError(
+                f"sample_weight and class_weight need a criterion with a "
+                f"'reduction' option (per-sample losses); "
+                f"{type(criterion).__name__} has none."
+            )
+        criterion.reduction = "none"
+        try:
+            losses = criterion(logits, target)
+        finally:
+            criterion.reduction = reduction
+        return (losses * weights).mean()
 
     def train_step_single(self, batch, **fit_params):
         """skorch's step; ``y_pred`` is the main head's output. With float16
@@ -337,6 +585,58 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         scaler = self._grad_scaler()
         (loss if scaler is None else scaler.scale(loss)).backward()
         return {"loss": loss, "y_pred": self._outputs(y_pred)[0]}
+
+
+def _install_head(module: torch.nn.Module, name: str, n_classes: int, net) -> None:
+    """The new main head at ``name``: :func:`~sktransfer._head.new_head` in
+    place of a ``Linear`` classifier, else (SqueezeNet's convolution) a new
+    layer of the same kind."""
+    parent, _, attr = name.rpartition(".")
+    owner = module.get_submodule(parent) if parent else module
+    old = getattr(owner, attr)
+    if not isinstance(old, torch.nn.Linear):
+        replace_head(module, name, n_classes, net.head_dropout)
+        return
+    head = new_head(old.in_features, n_classes, net.head_hidden, net.head_dropout)
+    setattr(owner, attr, head)
+
+
+def _one_view(features: torch.Tensor) -> torch.Tensor:
+    """``(b, views, ...)`` -> ``(b, ...)``: a random view of each image (torch's
+    generator, seeded by ``random_state``; drawn only when there are several,
+    so that a single view consumes random numbers as images do)."""
+    if features.shape[1] == 1:
+        return _channels_last(features[:, 0])
+    pick = torch.randint(features.shape[1], (len(features),))
+    features = features[torch.arange(len(features)), pick.to(features.device)]
+    return _channels_last(features)
+
+
+def _mean_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The log of the views' mean softmax: logits whose softmax is the mean."""
+    log_probs = torch.stack([torch.log_softmax(out, dim=1) for out in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    if batch.ndim != 4:
+        return batch
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def _base_of(dataset) -> tuple[object, np.ndarray]:
+    """A dataset, or a ``Subset`` of one (skorch's splits), and its indices."""
+    if isinstance(dataset, Subset):
+        return dataset.dataset, np.asarray(dataset.indices)
+    return dataset, np.arange(len(dataset))
+
+
+def _takes(component, name: str) -> bool:
+    """Whether ``component`` (a class) accepts the keyword ``name``."""
+    try:
+        return name in inspect.signature(component).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _as_float(out):

@@ -139,7 +139,9 @@ class Images(Sequence):
     def _stored_rows(self, index) -> torch.Tensor:
         """``(n, C, H, W)`` rows as stored, sharing the array's memory."""
         rows = self.data[index]
-        if not rows.flags.writeable:  # read-only memmaps: torch wants writable memory
+        # read-only memmaps and mirrored views (negative strides, e.g.
+        # X[:, :, ::-1]): torch takes neither, so they are copied
+        if not rows.flags.writeable or any(step < 0 for step in rows.strides):
             rows = rows.copy()
         # NHWC input stays a channels-last view (no copy): torchvision's uint8
         # resize is fastest on that layout.

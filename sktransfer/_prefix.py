@@ -13,22 +13,13 @@ runs the whole network as usual.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import fx, nn
 from torch.nn.modules.dropout import _DropoutNd
 
-from ._devices import autocast
 from ._groups import is_under
-
-# Prefix outputs larger than this go to a temporary file (memory-mapped).
-MEMORY_LIMIT_BYTES = 2 * 1024**3
 
 _RANDOM_FUNCTIONS = {
     torch.rand,
@@ -72,6 +63,8 @@ class PrefixSplit:
     tail_train: fx.GraphModule
     tail_eval: fx.GraphModule
     boundary: str
+    # the prefix's output shape of one image, by input size (a probe forward)
+    shapes: dict = field(default_factory=dict, compare=False, repr=False)
 
     def tail(self, training: bool) -> fx.GraphModule:
         return self.tail_train if training else self.tail_eval
@@ -188,11 +181,19 @@ def _prefix_graph(gm: fx.GraphModule, boundary: fx.Node) -> fx.GraphModule:
 
 
 def plan_split(
-    module: nn.Module, groups: list[list[str]], frozen: list[str]
+    module: nn.Module,
+    groups: list[list[str]],
+    frozen: list[str],
+    heads: tuple[str, ...] = (),
 ) -> PrefixSplit | None:
-    """Split ``module`` after its frozen prefix, or ``None`` when it cannot be."""
+    """Split ``module`` after its frozen prefix, or ``None`` when it cannot be.
+
+    Layer groups and ``heads`` stay whole modules in the traced graphs (a
+    hook on one of them fires when the tail runs it).
+    """
     names = dict(module.named_modules())
     leaves = {entry for group in groups for entry in group if entry in names}
+    leaves |= {head for head in heads if head in names}
     try:
         train_gm = _trace(module, leaves, training=True)
         eval_gm = _trace(module, leaves, training=False)
@@ -212,58 +213,3 @@ def plan_split(
     return PrefixSplit(
         _prefix_graph(train_gm, boundary), tail_train, tail_eval, boundary.name
     )
-
-
-class ComputedPrefix:
-    """The prefix's outputs for every image, computed once per fit.
-
-    Run over all batches (under autocast to ``dtype``, as training runs the
-    network) into an ``(n, ...)`` float32 store: a CPU tensor, or a
-    memory-mapped temporary file when it would exceed
-    :data:`MEMORY_LIMIT_BYTES`. :meth:`release` frees it and removes the file
-    (so does garbage collection, should a fit end in an error).
-    """
-
-    def __init__(
-        self,
-        split: PrefixSplit,
-        batches,
-        n: int,
-        device: torch.device,
-        dtype: torch.dtype | None = None,
-    ):
-        self.features = None
-        self._remove = weakref.finalize(self, lambda: None)
-        start = 0
-        with torch.inference_mode():
-            for batch in batches:
-                with autocast(device, dtype):
-                    out = split.prefix(batch.to(device, non_blocking=True))
-                if not isinstance(out, torch.Tensor) or out.shape[0] != len(batch):
-                    self.release()
-                    raise NotSplittableError
-                out = out.float().cpu()
-                if self.features is None:
-                    self.features = self._allocate((n, *out.shape[1:]))
-                if isinstance(self.features, torch.Tensor):
-                    self.features[start : start + len(out)] = out
-                else:
-                    self.features[start : start + len(out)] = out.numpy()
-                start += len(out)
-
-    def _allocate(self, shape: tuple):
-        if 4 * int(np.prod(shape)) <= MEMORY_LIMIT_BYTES:
-            return torch.empty(shape, dtype=torch.float32)
-        fd, path = tempfile.mkstemp(prefix="sktransfer-prefix-", suffix=".npy")
-        os.close(fd)
-        self._remove = weakref.finalize(self, _remove_file, path)
-        return np.lib.format.open_memmap(path, "w+", np.float32, shape)
-
-    def release(self) -> None:
-        self.features = None
-        self._remove()
-
-
-def _remove_file(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(path)

@@ -30,6 +30,17 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def empty_frozen_store():
+    """Each test starts without frozen-prefix outputs stored by another
+    (FineTuneClassifier's default ``cache="memory"`` is process-wide)."""
+    from sktransfer import _frozen
+
+    _frozen.memory_store().clear()
+    yield
+    _frozen.memory_store().clear()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -6,8 +6,9 @@ sktransfer's estimators take *images*; most of scikit-learn's checks feed 2-D
 run as strict xfails: one that starts passing fails the suite so the list stays
 true. This is the one list of expected failures (CNNFeatureExtractor,
 FineTuneClassifier, ImageNetClassifier). The image-specific equivalents
-(pickling, clone, pipelines, batch and order invariance, dtypes) are tested on
-images in test_extractor.py, test_finetune.py and test_imagenet.py.
+(pickling, clone, pipelines, batch and order invariance, dtypes, sample and
+class weights) are tested on images in test_extractor.py, test_finetune.py,
+test_finetune_recipe.py and test_imagenet.py.
 """
 
 from __future__ import annotations
@@ -59,8 +60,16 @@ _TABULAR_CLASSIFIER_CHECKS = [
 # FineTuneClassifier only: ImageNetClassifier has no partial_fit and its fit takes
 # no sample weights, so these checks pass for it.
 _TABULAR_FINETUNE_CHECKS = [
+    "check_all_zero_sample_weights_error",
+    "check_class_weight_classifiers",
     "check_classifiers_one_label_sample_weights",
     "check_estimators_partial_fit_n_features",
+    "check_sample_weight_equivalence_on_dense_data",
+    "check_sample_weights_list",
+    "check_sample_weights_not_an_array",
+    "check_sample_weights_not_overwritten",
+    "check_sample_weights_pandas_series",
+    "check_sample_weights_shape",
 ]
 # Inherited from skorch.NeuralNet, which FineTuneClassifier subclasses on purpose
 # (to keep every skorch parameter and callback working): skorch documents these

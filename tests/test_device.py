@@ -224,7 +224,12 @@ def test_exif_rotated_photos_embed_like_upright_ones(tmp_path):
 def test_finetune_takes_photos_upright(tmp_path):
     upright, sideways, untagged = _sideways(_photo((48, 64)), tmp_path)
     clf = FineTuneClassifier(
-        "resnet18", weights=None, max_epochs=1, device="cpu", random_state=0
+        "resnet18",
+        weights=None,
+        max_epochs=1,
+        device="cpu",
+        random_state=0,
+        cache=None,  # predictions decode the images (no stored prefix outputs)
     ).fit([upright, sideways], ["a", "b"])
     dataset = clf.get_dataset([upright, sideways, untagged])
     first, second, third = (dataset[i][0] for i in range(3))

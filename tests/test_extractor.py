@@ -315,3 +315,12 @@ def test_transform_is_thread_safe(fitted, images):
         results = list(pool.map(lambda _: fitted.transform(images), range(8)))
     for result in results:
         np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mirrored_array_views_are_taken(images):
+    """Negative strides (``X[:, :, ::-1]``) are copied, not refused by torch."""
+    extractor = CNNFeatureExtractor("resnet18", weights=None, device="cpu").fit(images)
+    mirrored = images[:, :, ::-1]
+    np.testing.assert_array_equal(
+        extractor.transform(mirrored), extractor.transform(mirrored.copy())
+    )

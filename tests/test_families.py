@@ -195,7 +195,7 @@ def test_a_family_added_from_a_test_file(toy_family, images, labels):
 
     clf = fine_tune(1)
     module = clf.module_
-    assert module.out.out_features == 2 and module.side[2].out_features == 2
+    assert module.out[-1].out_features == 2 and module.side[2].out_features == 2
     assert clf.aux_heads_ == ("side.2",)
     assert not any(p.requires_grad for p in module.stem.parameters())
     assert all(p.requires_grad for p in module.one.parameters())

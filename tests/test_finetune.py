@@ -50,6 +50,12 @@ def _under(name: str, entries) -> bool:
     return any(name == e or name.startswith(e + ".") for e in entries)
 
 
+def _last_linear(clf) -> torch.nn.Linear:
+    """The new head's output layer."""
+    head = clf.module_.get_submodule(clf.head_)
+    return head[-1] if isinstance(head, torch.nn.Sequential) else head
+
+
 # ------------------------------------------------------------- basic contract
 def test_string_labels_classes_predict_proba(fitted):
     clf, X, y = fitted
@@ -160,7 +166,7 @@ def test_all_frozen_trains_only_the_head(images, labels):
             assert torch.equal(after[name], value), name
     trainable = [n for n, p in clf.module_.named_parameters() if p.requires_grad]
     assert trainable and all(_under(n, [clf.head_]) for n in trainable)
-    assert clf.module_.get_submodule(clf.head_).out_features == 2
+    assert _last_linear(clf).out_features == 2
 
 
 class _RecordModes(Callback):
@@ -223,7 +229,7 @@ def test_frozen_prefix_computed_once_matches_uncached(images, labels):
     a, b = _state(cached.module_), _state(plain.module_)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
-    assert not torch.equal(a["fc.weight"], start.state_["fc.weight"])  # trained
+    assert not torch.equal(a["fc.5.weight"], start.state_["fc.5.weight"])  # trained
     assert not torch.equal(
         a["layer4.1.conv2.weight"], start.state_["layer4.1.conv2.weight"]
     )
@@ -232,7 +238,7 @@ def test_frozen_prefix_computed_once_matches_uncached(images, labels):
 def test_large_prefix_goes_to_a_temporary_file(images, labels, monkeypatch, tmp_path):
     params = dict(frozen_layers=2, augment=False, device="cpu")  # bit-identical runs
     in_memory = _state(tiny(**params).fit(images, labels).module_)
-    monkeypatch.setattr("sktransfer._prefix.MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr("sktransfer._frozen.MEMORY_LIMIT_BYTES", 0)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     seen = []
 
@@ -248,14 +254,18 @@ def test_large_prefix_goes_to_a_temporary_file(images, labels, monkeypatch, tmp_
     assert all(torch.equal(in_memory[name], on_disk[name]) for name in in_memory)
 
 
-def test_prefix_cache_only_without_augmentation(images, labels):
+def test_prefix_computed_once_unless_random_augmentation(images, labels):
     def cached(**params):
         return tiny(max_epochs=0, **params).fit(images, labels).prefix_cached_
 
-    assert not cached(frozen_layers="all")
+    assert cached(frozen_layers="all")  # augment=True: fixed views
+    assert cached(frozen_layers=2, augment="flip")
     assert cached(frozen_layers="all", augment=False)
+    assert not cached(frozen_layers="all", augment="random")
+    assert not cached(frozen_layers=2, augment=lambda image: image)
     assert not cached(frozen_layers=0, augment=False)
     assert not cached(frozen_layers=2, augment=False, bn="train")
+    assert not cached(frozen_layers=2, cache_frozen=False)
 
 
 # ------------------------------------------------------------- augmentation
@@ -275,17 +285,27 @@ def test_custom_augmentation_only_on_training_batches(images, labels):
 def test_default_augmentation_changes_training_only(images, labels):
     inputs = []
     # device="cpu": the network's inputs are compared with CPU tensors
-    clf = tiny(augment=True, train_split=ValidSplit(2, stratified=True), device="cpu")
+    clf = tiny(
+        augment="random",
+        tta=False,
+        head_epochs=0,
+        train_split=ValidSplit(2, stratified=True),
+        device="cpu",
+    )
     clf.initialize_module = _hooked(clf.initialize_module, clf, inputs)
     clf.fit(images, labels)
     expected = clf.preprocessing_(torch.from_numpy(images).permute(0, 3, 1, 2))
     train = [x for x, training in inputs if training]
     evaluated = [x for x, training in inputs if not training]
-    assert len(train) == 1 and len(evaluated) == 1  # 4 training, 4 validation
+    # 4 training images; 4 validation images, after the 4 training images
+    # once more unaugmented (the head's standardisation statistics)
+    assert len(train) == 1 and len(evaluated) == 2
     assert train[0].shape == (4, 3, 64, 64)  # image_size=64
     assert not any(torch.allclose(row, ref) for row in train[0] for ref in expected)
     assert all(
-        any(torch.allclose(row, ref) for ref in expected) for row in evaluated[0]
+        any(torch.allclose(row, ref) for ref in expected)
+        for batch in evaluated
+        for row in batch
     )
     inputs.clear()
     clf.predict_proba(images)
@@ -332,6 +352,8 @@ def test_aux_heads_train_and_main_head_predicts(model, heads, tmp_path):
         max_epochs=1,
         batch_size=2,
         random_state=0,
+        tta=False,
+        cache_frozen=False,  # the whole network runs in training
         device="cpu",  # the recorded outputs are read with .numpy()
     )
     clf.initialize_module = _hooked(clf.initialize_module, clf, outputs, output=True)
@@ -343,8 +365,9 @@ def test_aux_heads_train_and_main_head_predicts(model, heads, tmp_path):
     assert clf.aux_heads_ == heads
     for head in heads:
         assert clf.module_.get_submodule(head).out_features == 2
-    ((train_out, training),) = outputs
-    assert training and isinstance(train_out, tuple)
+    train_outputs = [out for out, training in outputs if training]
+    (train_out,) = train_outputs
+    assert isinstance(train_out, tuple)
     assert [o.shape for o in train_out] == [(2, 2)] * (1 + len(heads))
     proba = clf.predict_proba(X)
     (eval_out, training) = outputs[-1]
@@ -368,7 +391,12 @@ def test_aux_heads_dropped_when_their_branch_is_frozen(images, labels):
 
 def test_aux_loss_weight_is_applied(images, labels):
     clf = FineTuneClassifier(
-        "googlenet", weights=None, frozen_layers=2, aux_loss_weight=0.5, device="cpu"
+        "googlenet",
+        weights=None,
+        frozen_layers=2,
+        aux_loss_weight=0.5,
+        label_smoothing=0.0,
+        device="cpu",
     )
     main, aux = torch.randn(4, 2), torch.randn(4, 2)
     clf.classes_inferred_ = np.array(["cat", "dog"])
@@ -405,8 +433,8 @@ def test_stratified_validation_and_early_stopping_restores_best(images, labels):
         early_stopping=2,
         validation_fraction=0.25,
         max_epochs=8,
-        lr=0.3,
-        optimizer=torch.optim.SGD,
+        lr=1e-3,
+        head_epochs=0,
         callbacks=[Snap()],
         device="cpu",  # bit-identical restored weights
     ).fit(images, labels)
@@ -591,7 +619,7 @@ def test_head_replaced_and_groups_frozen_for_every_family(model, images, labels)
         model, weights=None, frozen_layers=1, max_epochs=1, batch_size=8,
         image_size=64, random_state=0,
     ).fit(images[:4], labels[2:6])  # fmt: skip
-    head = clf.module_.get_submodule(clf.head_)
+    head = _last_linear(clf)
     assert getattr(head, "out_features", getattr(head, "out_channels", None)) == 2
     first = clf.layer_groups_[0]
     for name, param in clf.module_.named_parameters():

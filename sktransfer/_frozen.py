@@ -1,0 +1,198 @@
+"""Outputs of a network's frozen prefix, computed once for every view of every image.
+
+The frozen groups of a fine-tuned network see the same input in every epoch,
+so their output is computed once per image and *view* (the image as
+preprocessed, its mirror image), and the rest of the network trains on those
+outputs: an epoch picks one view of each image at random, which is the
+augmentation. Views are fixed functions of the preprocessed image, not random
+draws, so they are the same in every fit whatever its seed.
+
+Across fits (``GridSearchCV`` candidates and folds, refits, predictions), the
+outputs are kept in a store (:mod:`sktransfer._cache`: a bounded in-process LRU
+or a folder) under the image's content hash, in a namespace keyed by the
+network, its weights, the cut point, the preprocessing, the precision and the
+device pipeline; each image then goes through the frozen prefix once per cut
+point and view, however many fits use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import _cache
+from ._devices import autocast
+from ._images import Images, Preprocessing
+from ._pipeline import preprocessed_batches
+from ._prefix import NotSplittableError, PrefixSplit
+
+# A fit's outputs larger than this go to a temporary file (memory-mapped).
+MEMORY_LIMIT_BYTES = 2 * 1024**3
+# The in-process store behind cache="memory" (its own bound: prefix outputs of
+# early cut points are large and must not evict the embedding cache's rows).
+DEFAULT_MEMORY_BYTES = 2 * 1024**3
+
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "center": lambda batch: batch,
+    "flip": lambda batch: batch.flip(-1),
+}
+
+_memory = _cache.MemoryCache(DEFAULT_MEMORY_BYTES)
+
+
+def memory_store() -> _cache.MemoryCache:
+    """The process-wide store behind ``cache="memory"`` of FineTuneClassifier."""
+    return _memory
+
+
+def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
+    """``None`` / ``"memory"`` / a folder -> a store of prefix outputs."""
+    if cache == "memory":
+        return _memory
+    return _cache.resolve(cache)
+
+
+class FrozenOutputs:
+    """The prefix's outputs of ``n`` images under ``views``: ``(n, k, ...)`` float32.
+
+    Computed under autocast to ``dtype`` (as training runs the network),
+    batch by batch, each image decoded and preprocessed once for all its
+    views; with a ``store``, rows found there are taken and the others put
+    there. Kept in a CPU tensor, or in a memory-mapped temporary file beyond
+    :data:`MEMORY_LIMIT_BYTES`; :meth:`release` frees it and removes the file
+    (so does garbage collection, should a fit end in an error).
+    """
+
+    def __init__(
+        self,
+        split: PrefixSplit,
+        images: Images,
+        preprocessing: Preprocessing,
+        views: Sequence[str],
+        *,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        store=None,
+        space: str = "",
+    ):
+        self.views = tuple(views)
+        self.features = None
+        self._remove = weakref.finalize(self, lambda: None)
+        self.n_computed = 0
+        shape = output_shape(split, preprocessing, device, dtype)
+        n = len(images)
+        self.features = self._allocate((n, len(self.views), *shape))
+        keys = _cache.image_keys(images) if store is not None else None
+        missing = list(range(n))
+        if store is not None:
+            missing = self._take_stored(store, space, keys, shape)
+        if missing:
+            todo = images if len(missing) == n else images.subset(missing)
+            self._compute(
+                split, todo, missing, preprocessing, batch_size, device, dtype
+            )
+            if store is not None:
+                self._put_stored(store, space, keys, missing)
+        self.n_computed = len(missing)
+
+    # -------------------------------------------------------------- the store
+    def _row_keys(self, key: str) -> list[str]:
+        return [f"{key}-{view}" for view in self.views]
+
+    def _take_stored(self, store, space, keys, shape) -> list[int]:
+        row_keys = [k for key in keys for k in self._row_keys(key)]
+        rows = store.get(space, row_keys, shape)
+        missing = []
+        width = len(self.views)
+        for i in range(len(keys)):
+            found = rows[i * width : (i + 1) * width]
+            if any(row is None for row in found):
+                missing.append(i)
+            else:
+                self._write(i, np.stack(found))
+        return missing
+
+    def _put_stored(self, store, space, keys, indices: list[int]) -> None:
+        for i in indices:
+            row = self.features[i]
+            row = row.numpy() if isinstance(row, torch.Tensor) else np.asarray(row)
+            store.put(space, self._row_keys(keys[i]), row)
+
+    # ------------------------------------------------------------ computing
+    def _compute(
+        self, split, images, indices, preprocessing, batch_size, device, dtype
+    ):
+        batches = preprocessed_batches(images, preprocessing, batch_size, device)
+        start = 0
+        with contextlib.closing(batches), torch.inference_mode():
+            for batch in batches:
+                batch = batch.to(device, non_blocking=True)
+                per_view = [
+                    run_prefix(split, VIEWS[view](batch), device, dtype)
+                    for view in self.views
+                ]
+                block = torch.stack(per_view, dim=1)
+                for offset, row in enumerate(block):
+                    self._write(indices[start + offset], row)
+                start += len(batch)
+
+    def _write(self, index: int, row) -> None:
+        if isinstance(self.features, torch.Tensor):
+            self.features[index] = torch.as_tensor(row)
+        else:
+            self.features[index] = np.asarray(row)
+
+    def _allocate(self, shape: tuple):
+        if 4 * int(np.prod(shape)) <= MEMORY_LIMIT_BYTES:
+            return torch.empty(shape, dtype=torch.float32)
+        fd, path = tempfile.mkstemp(prefix="sktransfer-prefix-", suffix=".npy")
+        os.close(fd)
+        self._remove = weakref.finalize(self, _remove_file, path)
+        return np.lib.format.open_memmap(path, "w+", np.float32, shape)
+
+    def release(self) -> None:
+        self.features = None
+        self._remove()
+
+
+def run_prefix(
+    split: PrefixSplit,
+    batch: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """The prefix's float32 CPU output for a preprocessed ``batch``."""
+    with autocast(device, dtype):
+        out = split.prefix(batch.contiguous(memory_format=torch.channels_last))
+    if not isinstance(out, torch.Tensor) or out.shape[0] != len(batch):
+        raise NotSplittableError
+    return out.float().cpu()
+
+
+def output_shape(split, preprocessing, device, dtype) -> tuple[int, ...]:
+    """The shape of one image's prefix output (one blank image, once per size)."""
+    crop = preprocessing.crop_size
+    if crop not in split.shapes:
+        with torch.inference_mode():
+            blank = torch.zeros(1, 3, crop, crop, device=device)
+            split.shapes[crop] = tuple(
+                run_prefix(split, blank, device, dtype).shape[1:]
+            )
+    return split.shapes[crop]
+
+
+def namespace(**identity) -> str:
+    """The store namespace of one cut point's outputs (see the module docstring)."""
+    return _cache.namespace(kind="frozen-prefix", **identity)
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
