@@ -15,7 +15,7 @@ from torch import nn
 
 from . import _cache, _params
 from ._backbones import cached_backbone, on_cpu
-from ._devices import autocast, autocast_dtype, resolve_device
+from ._devices import autocast, autocast_dtype, resolve_device, warm_up
 from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
@@ -159,12 +159,19 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         self : CNNFeatureExtractor
         """
+        device = resolve_device(self.device)
+        warm_up(device)  # CUDA, cuDNN and nvJPEG start while the network builds
         images = check_images(X)
-        check_decoder(self.decoder, resolve_device(self.device))
+        if device.type != "cuda":  # on CUDA the probe waits for the warm-up
+            check_decoder(self.decoder, device)
         self.backbone_ = cached_backbone(self.model, self.weights)
         self._tap()  # an unknown layer fails here, not at transform time
         self.n_channels_in_ = images.n_channels
         self.n_features_out_ = self._width()
+        # On the device now: transform finds it there, and forward hooks put
+        # on backbone_.module after fit stay on the module that runs.
+        self._prepare(device)
+        check_decoder(self.decoder, device)
         return self
 
     def _width(self) -> int:
