@@ -28,9 +28,6 @@ from ._decode import decode_encoded, read_encoded
 from ._gpu_decode import decode_batch, gpu_decoder
 from ._images import Images, Preprocessing
 
-# cuDNN autotuning (cudnn.benchmark) costs seconds per new input shape and
-# pays back only over many batches: jobs of fewer batches use the heuristics.
-AUTOTUNE_MIN_BATCHES = 16
 _DONE = object()
 
 
@@ -237,17 +234,6 @@ class ResultRing:
         return self.out
 
 
-@contextlib.contextmanager
-def autotune(enabled: bool):
-    """cuDNN autotuning for this block only (the flag is process-wide)."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before or enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
 def run_on_device(
     images: Images,
     preprocessing: Preprocessing,
@@ -264,13 +250,18 @@ def run_on_device(
 
     Meant for CUDA; runs on the CPU too (no streams, no pinning), which is how
     the tests check it against the CPU path.
+
+    ``torch.backends.cudnn.benchmark`` is left as the caller set it: the flag
+    is process-wide (toggling it per job races with other threads' jobs), and
+    an autotuned algorithm can differ from the heuristic one in the last bits,
+    so an image's embedding would depend on the size of the job it came in.
+    Every batch has one shape, so a process that turns autotuning on pays for
+    it once per model and batch size.
     """
     ring = ResultRing(out, batch_size, device)
     start = 0
-    n_batches = -(-len(images) // batch_size)
     cuda = device.type == "cuda"
-    tune = autotune(cuda and n_batches >= AUTOTUNE_MIN_BATCHES)
-    with tune, torch.cuda.device(device) if cuda else contextlib.nullcontext():
+    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
         batches = device_batches(
             images,
             preprocessing,

@@ -448,3 +448,25 @@ def pickle_round_trip(estimator):
     import pickle
 
     return pickle.loads(pickle.dumps(estimator))
+
+
+@pytest.mark.parametrize("benchmark", [False, True])
+def test_device_pipeline_leaves_the_cudnn_flag_as_set(images, benchmark):
+    """The flag is process-wide: a job that toggled it would race with jobs
+    in other threads, and the same image would get other algorithms in jobs
+    of other sizes."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        extractor = CNNFeatureExtractor("resnet18", weights=None, device="cpu")
+        extractor.fit(images)
+        seen = []
+        extractor.backbone_.module.conv1.register_forward_hook(
+            lambda *_: seen.append(torch.backends.cudnn.benchmark)
+        )
+        _device_path(extractor, np.concatenate([images] * 5), batch_size=2)
+        assert set(seen) == {benchmark} and len(seen) == 20
+        assert torch.backends.cudnn.benchmark == benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
+
