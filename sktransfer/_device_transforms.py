@@ -24,6 +24,13 @@ from ._images import Preprocessing, to_rgb
 # Float working memory of one resize call: full-size photos (nvJPEG decodes
 # at full size) are resized a few at a time, not a whole batch at once.
 _CHUNK_BYTES = 1 << 30
+# CUDA's antialiased resize keeps every output pixel's filter weights in a
+# block's 48 KiB of shared memory: it fails ("Too much shared memory
+# required") above a shrink factor of about 47 for bicubic, 94 for bilinear.
+# Larger shrinks (photos with sides near 10,000 px) first average k x k
+# blocks, so that the resize shrinks by at most this much: within half a
+# uint8 level of the one-step resize (tests/test_device.py).
+MAX_RESIZE_FACTOR = 24
 
 
 def preprocess(
@@ -61,13 +68,27 @@ def _chunks(indices: list[int], shape: tuple) -> list[list[int]]:
 def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """``(N, C, H, W)`` -> float ``(N, 3, crop, crop)`` on the 0-255 or 0-1 scale."""
     batch = to_rgb(batch).float()
+    size = _resized_size(*batch.shape[-2:], preprocessing.resize_size)
+    factor = min(batch.shape[-2:]) / preprocessing.resize_size
+    if factor > MAX_RESIZE_FACTOR:
+        batch = torch.nn.functional.avg_pool2d(
+            batch, math.ceil(factor / MAX_RESIZE_FACTOR)
+        )
     batch = F.resize(
         batch,
-        [preprocessing.resize_size],
+        list(size),
         interpolation=InterpolationMode(preprocessing.interpolation),
         antialias=True,
     )
     return F.center_crop(batch, [preprocessing.crop_size, preprocessing.crop_size])
+
+
+def _resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """The size torchvision's ``resize(image, [shorter])`` gives, from the
+    image's own size (not from a block-averaged one, a pixel off)."""
+    if height <= width:
+        return shorter, int(shorter * width / height)
+    return int(shorter * height / width), shorter
 
 
 @functools.lru_cache(maxsize=32)

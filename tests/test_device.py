@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from sktransfer import (
@@ -470,3 +471,28 @@ def test_device_pipeline_leaves_the_cudnn_flag_as_set(images, benchmark):
     finally:
         torch.backends.cudnn.benchmark = before
 
+
+def _one_step(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Resize in one antialiased step, crop and normalise (float, unrounded)."""
+    mode = InterpolationMode(prep.interpolation)
+    resized = F.resize(batch.float(), [prep.resize_size], interpolation=mode)
+    cropped = F.center_crop(resized.clamp(0, 255) / 255, [prep.crop_size] * 2)
+    return F.normalize(cropped, list(prep.mean), list(prep.std))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_large_shrinks_average_blocks_first(interpolation):
+    """CUDA's antialiased resize fails above a shrink factor of ~47 (bicubic):
+    larger ones average blocks first, within half a uint8 level of one step."""
+    photo = torch.from_numpy(_photo((300, 420)).copy()).permute(2, 0, 1)[None]
+    noise = torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))
+    noisy = (photo + 20 * noise).clamp(0, 255).round().to(torch.uint8)
+    large = Preprocessing(9, 8, IMAGENET.mean, IMAGENET.std, interpolation)
+    assert 300 / 9 > transforms.MAX_RESIZE_FACTOR
+    half_level = 0.5 / 255 / min(IMAGENET.std)
+    ours = transforms.preprocess(noisy, large)
+    torch.testing.assert_close(ours, _one_step(noisy, large), atol=half_level, rtol=0)
+    # below the limit, the one-step resize itself
+    small = Preprocessing(40, 32, IMAGENET.mean, IMAGENET.std, interpolation)
+    ours = transforms.preprocess(noisy, small)
+    torch.testing.assert_close(ours, _one_step(noisy, small), atol=1e-5, rtol=0)
