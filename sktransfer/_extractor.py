@@ -61,8 +61,10 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     n_jobs : int, default=None
-        Threads that decode and resize image files while the network runs;
-        ``None`` means ``min(4, os.cpu_count())``.
+        Threads that read, decode and resize image files while the network
+        runs; ``None`` means ``min(4, os.cpu_count())`` on the CPU (the
+        network needs the cores too) and up to 16 on CUDA (the files the GPU
+        decoder does not take are decoded in these threads).
     progress : bool, default=False
         Show a tqdm progress bar while embedding.
     cache : None, "memory" or path, default=None

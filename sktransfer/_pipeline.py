@@ -15,6 +15,7 @@ one shape. Memory holds a few batches whatever the number of images.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections import deque
@@ -29,6 +30,7 @@ from ._gpu_decode import decode_batch, gpu_decoder
 from ._images import Images, Preprocessing
 
 _DONE = object()
+GPU_READERS = 16  # reading threads by default (n_jobs=None) when the device is CUDA
 
 
 class Prefetcher:
@@ -122,7 +124,11 @@ def device_batches(
     def load_rows(start: int, stop: int) -> torch.Tensor:
         return pinned(images.host_rows(start, stop))
 
-    host = images.read_ahead(load_item, load_rows, batch_size, n_jobs)
+    # Sized for a GPU, which outruns any CPU decoder: the threads mostly read
+    # bytes, but decode with Pillow what nvJPEG does not take (progressive
+    # JPEGs are common), and the network needs no CPU cores.
+    workers = n_jobs or min(GPU_READERS, os.cpu_count() or 1)
+    host = images.read_ahead(load_item, load_rows, batch_size, workers, ahead=3)
     cuda = device.type == "cuda"
     stream = torch.cuda.Stream(device) if cuda else None
 
