@@ -115,9 +115,11 @@ def _normalize(
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def _small_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A few parameters to the device without waiting for it."""
-    if device.type == "cuda":
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small tensor (parameters, labels) to ``device`` without waiting for
+    it: from pageable memory, a copy to CUDA blocks until the GPU has done
+    all the work queued before it."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
 
@@ -209,7 +211,7 @@ def augment(
                 canvas[row, :, : image.shape[-2], : image.shape[-1]] = image
         parts.append(crop_resize(canvas, boxes[chunk], preprocessing.crop_size))
     out = torch.cat(parts)
-    flips = _small_to(flips, device).view(-1, 1, 1, 1)
+    flips = to_device(flips, device).view(-1, 1, 1, 1)
     out = torch.where(flips, out.flip(-1), out)
     return _normalize(out, dtype, preprocessing)
 
@@ -220,7 +222,7 @@ def crop_resize(batch: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     top, left, h, w = boxes.double().unbind(1)
     index = torch.arange(len(boxes), dtype=torch.float64)
     rois = torch.stack([index, left, top, left + w, top + h], dim=1)
-    rois = _small_to(rois.to(batch.dtype), batch.device)
+    rois = to_device(rois.to(batch.dtype), batch.device)
     return roi_align(
         batch.contiguous(), rois, (size, size), sampling_ratio=-1, aligned=True
     )

@@ -26,6 +26,7 @@ from skorch.utils import is_dataset
 from torch.utils.data import DataLoader
 
 from ._backbones import build_backbone
+from ._device_transforms import to_device
 from ._devices import autocast
 from ._families import drop_aux, family_of, replace_head, trained_aux
 from ._finetune_data import (
@@ -170,7 +171,8 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         # JPEGs decode in the DCT domain to at least the resize size; random
         # crops keep twice that, so a crop of a quarter of the area stays sharp.
         draft = self.preprocessing_.resize_size
-        return ImageDataset(X, y, draft=2 * draft if self.augment is True else draft)
+        draft = 2 * draft if self.augment is True else draft
+        return ImageDataset(X, y, draft=draft, pin=self._device().type == "cuda")
 
     def get_split_datasets(self, X, y=None, **fit_params):
         """skorch's split, or a stratified ``validation_fraction`` (early
@@ -215,7 +217,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         loader = iterator(dataset, **kwargs)
         device = self._device()
         if loader_class and device.type == "cuda":
-            return DeviceLoader(loader, device)
+            return DeviceLoader(loader, device, next_epoch=training)
         return loader
 
     def _with_frozen_prefix(self, X):
@@ -319,7 +321,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             target = y_true.long()
         else:
             target = torch.from_numpy(self._encode(np.asarray(y_true)))
-        target = target.to(main.device)
+        target = to_device(target, main.device)  # no wait for the GPU
         loss = self.criterion_(main, target)
         if aux and training:
             loss = loss + self.aux_loss_weight * sum(

@@ -94,7 +94,13 @@ class Prefetcher:
                     return
                 yield item
         finally:
-            self._stop.set()
+            self.close()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread (it ends within 0.1 s of finishing its item);
+        ``wait``: until it has ended."""
+        self._stop.set()
+        if wait:
             self._thread.join()
 
 
