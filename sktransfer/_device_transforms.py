@@ -27,9 +27,10 @@ _CHUNK_BYTES = 1 << 30
 # CUDA's antialiased resize keeps every output pixel's filter weights in a
 # block's 48 KiB of shared memory: it fails ("Too much shared memory
 # required") above a shrink factor of about 47 for bicubic, 94 for bilinear.
-# Larger shrinks (photos with sides near 10,000 px) first average k x k
-# blocks, so that the resize shrinks by at most this much: within half a
-# uint8 level of the one-step resize (tests/test_device.py).
+# Larger shrinks (photos with sides near 10,000 px) go in equal antialiased
+# steps of at most this much: within one uint8 level of one step
+# (tests/test_device.py). Averaging k x k blocks first would be cheaper but
+# shifts the image where a side is not a multiple of k (up to 3 levels).
 MAX_RESIZE_FACTOR = 24
 
 
@@ -68,24 +69,22 @@ def _chunks(indices: list[int], shape: tuple) -> list[list[int]]:
 def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """``(N, C, H, W)`` -> float ``(N, 3, crop, crop)`` on the 0-255 or 0-1 scale."""
     batch = to_rgb(batch).float()
-    size = _resized_size(*batch.shape[-2:], preprocessing.resize_size)
-    factor = min(batch.shape[-2:]) / preprocessing.resize_size
+    height, width = batch.shape[-2:]
+    size = _resized_size(height, width, preprocessing.resize_size)
+    factor = min(height / size[0], width / size[1])
+    steps = 1
     if factor > MAX_RESIZE_FACTOR:
-        batch = torch.nn.functional.avg_pool2d(
-            batch, math.ceil(factor / MAX_RESIZE_FACTOR)
-        )
-    batch = F.resize(
-        batch,
-        list(size),
-        interpolation=InterpolationMode(preprocessing.interpolation),
-        antialias=True,
-    )
+        steps = math.ceil(math.log(factor) / math.log(MAX_RESIZE_FACTOR))
+    ratio = factor ** (1 / steps)
+    mode = InterpolationMode(preprocessing.interpolation)
+    for step in range(steps - 1, -1, -1):
+        target = [round(size[0] * ratio**step), round(size[1] * ratio**step)]
+        batch = F.resize(batch, target, interpolation=mode, antialias=True)
     return F.center_crop(batch, [preprocessing.crop_size, preprocessing.crop_size])
 
 
 def _resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
-    """The size torchvision's ``resize(image, [shorter])`` gives, from the
-    image's own size (not from a block-averaged one, a pixel off)."""
+    """The size torchvision's ``resize(image, [shorter])`` gives."""
     if height <= width:
         return shorter, int(shorter * width / height)
     return int(shorter * height / width), shorter

@@ -240,3 +240,25 @@ def test_fitted_on_cuda_loads_where_there_is_no_cuda(tmp_path, kind):
         assert _cosines(got, expected).min() >= 0.99
     else:
         _same_decisions(got, expected)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_photos_shrunk_beyond_cudas_resize_limit(interpolation):
+    """CUDA's antialiased resize refuses shrinks above ~47x (bicubic); the
+    device path averages blocks first and stays close to one CPU step."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    from sktransfer import _device_transforms as transforms
+    from sktransfer._images import Preprocessing
+
+    photo = np.asarray(Image.fromarray(_photos()[0]).resize((4000, 3200)))
+    batch = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    prep = Preprocessing(64, 56, mean, std, interpolation)  # a 50x shrink
+    ours = transforms.preprocess(batch.cuda(), prep).cpu()
+    mode = InterpolationMode(interpolation)
+    resized = F.resize(batch.float(), [64], interpolation=mode).clamp(0, 255) / 255
+    reference = F.normalize(F.center_crop(resized, [56, 56]), list(mean), list(std))
+    level = 1.01 / 255 / min(std)
+    torch.testing.assert_close(ours, reference, atol=level, rtol=0)

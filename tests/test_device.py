@@ -481,17 +481,20 @@ def _one_step(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_large_shrinks_average_blocks_first(interpolation):
+@pytest.mark.parametrize("size", [(300, 420), (331, 407)])
+def test_large_shrinks_go_in_steps(interpolation, size):
     """CUDA's antialiased resize fails above a shrink factor of ~47 (bicubic):
-    larger ones average blocks first, within half a uint8 level of one step."""
-    photo = torch.from_numpy(_photo((300, 420)).copy()).permute(2, 0, 1)[None]
+    larger ones go in equal steps, within one uint8 level of one step, sides
+    that no step divides included."""
+    photo = torch.from_numpy(_photo(size).copy()).permute(2, 0, 1)[None]
     noise = torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))
     noisy = (photo + 20 * noise).clamp(0, 255).round().to(torch.uint8)
-    large = Preprocessing(9, 8, IMAGENET.mean, IMAGENET.std, interpolation)
-    assert 300 / 9 > transforms.MAX_RESIZE_FACTOR
-    half_level = 0.5 / 255 / min(IMAGENET.std)
-    ours = transforms.preprocess(noisy, large)
-    torch.testing.assert_close(ours, _one_step(noisy, large), atol=half_level, rtol=0)
+    for shorter in (9, 5):  # shrinks of 33x to 83x: two steps
+        large = Preprocessing(shorter, 4, IMAGENET.mean, IMAGENET.std, interpolation)
+        assert min(size) / shorter > transforms.MAX_RESIZE_FACTOR
+        ours = transforms.preprocess(noisy, large)
+        reference = _one_step(noisy, large)
+        torch.testing.assert_close(ours, reference, atol=ONE_LEVEL, rtol=0)
     # below the limit, the one-step resize itself
     small = Preprocessing(40, 32, IMAGENET.mean, IMAGENET.std, interpolation)
     ours = transforms.preprocess(noisy, small)
