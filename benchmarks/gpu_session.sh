@@ -7,8 +7,10 @@
 #   suite  - the rest of the test suite (-m "not cuda"), on the CUDA machine
 # Usage: bash benchmarks/gpu_session.sh [--smoke] [bench] [cuda] [suite]
 #   (default: all three, within SESSION_SECONDS=470 s in all: each step gets
-#   at most its own cap and what is left; a step out of time is reported as
-#   such and the summary still comes)
+#   at most its own cap, BENCH_SECONDS=300, CUDA_SECONDS=150, SUITE_SECONDS=330,
+#   and what is left; a step out of time is reported as such and the summary
+#   still comes. The caps are estimates: no run on a GPU has timed the steps
+#   yet. SUITE_WORKERS=N runs the suite step with pytest-xdist, -n N.)
 #   --smoke: check this script on any machine, CPU included, in about a
 #   minute: no installs, bench_gpu.py --smoke on the extraction rows only, and
 #   pytest on tests/test_devices.py (cuda) and tests/test_jpeg.py (suite). Its
@@ -38,7 +40,7 @@ for arg in "$@"; do
     case "$arg" in
         --smoke) smoke=1 ;;
         bench | cuda | suite) steps+=("$arg") ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "gpu_session.sh: unknown argument '$arg' (--smoke, bench, cuda, suite)" >&2
            exit 2 ;;
     esac
@@ -88,18 +90,21 @@ for step in "${steps[@]}"; do
             else
                 bench=()
             fi
-            run_step bench_gpu 300 "$PY" benchmarks/bench_gpu.py "${bench[@]}" \
+            run_step bench_gpu "${BENCH_SECONDS:-300}" "$PY" benchmarks/bench_gpu.py "${bench[@]}" \
                 --summary "$OUT/bench_gpu.json" ;;
         cuda)
             where=(tests)
             [ "$smoke" -eq 1 ] && where=(tests/test_devices.py)
-            run_step pytest_cuda 150 "$PY" -m pytest "${pytest_args[@]}" -m cuda \
+            run_step pytest_cuda "${CUDA_SECONDS:-150}" "$PY" -m pytest "${pytest_args[@]}" -m cuda \
                 --junitxml="$OUT/pytest_cuda.xml" "${where[@]}" ;;
         suite)
             where=(tests sktransfer)
             [ "$smoke" -eq 1 ] && where=(tests/test_jpeg.py)
-            run_step pytest_suite 330 "$PY" -m pytest "${pytest_args[@]}" \
-                -m "not cuda" --junitxml="$OUT/pytest_suite.xml" "${where[@]}" ;;
+            workers=()
+            [ -n "${SUITE_WORKERS:-}" ] && workers=(-n "$SUITE_WORKERS")
+            run_step pytest_suite "${SUITE_SECONDS:-330}" "$PY" -m pytest \
+                "${pytest_args[@]}" "${workers[@]}" -m "not cuda" \
+                --junitxml="$OUT/pytest_suite.xml" "${where[@]}" ;;
     esac
 done
 
