@@ -4,8 +4,8 @@ One run on a CUDA machine, one table, every ratio measured in the same process
 (ResNet-50, ``weights=None``, batch 128, photo crops of 500x375, JPEG quality 90):
 
 * extraction. Baseline: a bare fp16-autocast channels-last forward under
-  ``torch.inference_mode()`` on preprocessed tensors already on the GPU
-  (cudnn.benchmark left as it was at start). Against it: the plain user recipe
+  ``torch.inference_mode()`` on preprocessed tensors already on the GPU.
+  Against it: the plain user recipe
   (Dataset + PIL + torchvision transforms, ``DataLoader`` with all cores,
   pinned memory, persistent workers, fp16 forward) on the JPEG files, and
   ``CNNFeatureExtractor`` with default parameters on uint8 NHWC arrays and on
@@ -21,13 +21,23 @@ One run on a CUDA machine, one table, every ratio measured in the same process
 
 Floors, printed against their ratios: JPEG paths (default decoder) >= 0.6x the
 bare forward and >= 3x the DataLoader recipe; uint8 arrays >= 0.8x the bare
-forward; FineTuneClassifier (both rows) >= 0.6x the bare training step.
+forward; FineTuneClassifier (both rows) >= 0.6x the bare training step; the
+cold start on CUDA >= 1.0x the cold start on the CPU. ``--summary FILE`` also
+writes them as JSON (one object per floor: check, measured, floor, passed;
+measured is null where the row failed) for ``benchmarks/gpu_session.sh``.
+
+Every row runs with one ``torch.backends.cudnn.benchmark`` setting, the one
+the process starts with (PyTorch's default: off, heuristics), or on for all
+with ``--cudnn-benchmark``: sktransfer never changes that process-wide flag,
+so baselines and sktransfer rows compare like with like. The cold starts run
+in fresh processes with PyTorch's default.
 
 ``--smoke`` runs every code path in a tiny configuration (ResNet-18, 64 images,
 batch 16; on the CPU when CUDA is absent) to check the script, not to measure.
 
     python benchmarks/bench_gpu.py [--n 2048] [--batch-size 128]
                                    [--only {extract,finetune,cold,all}] [--smoke]
+                                   [--cudnn-benchmark] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -68,6 +78,14 @@ FLOORS = {
     ("jpeg", "DataLoader"): 3.0,
     ("arrays", "bare fwd"): 0.8,
     ("finetune", "bare train"): 0.6,
+    ("cold", "cold cpu"): 1.0,
+}
+# Floor row key -> the section (--only) that measures it.
+SECTION_OF = {
+    "jpeg": "extract",
+    "arrays": "extract",
+    "finetune": "finetune",
+    "cold": "cold",
 }
 
 
@@ -87,6 +105,7 @@ class Row:
     name: str
     rate: float | None  # img/s; None: the measurement failed
     ratios: list | None  # [(baseline label, ratio, floor or None)]; None: baseline
+    key: str | None = None  # FLOORS' row key
 
 
 ROWS: list[Row] = []
@@ -125,14 +144,14 @@ def record(name: str, seconds, n: int, *against, key: str | None = None):
     except Exception:
         traceback.print_exc()
         print(f"  {name}: FAILED", flush=True)
-        ROWS.append(Row(name, None, []))
+        ROWS.append(Row(name, None, [], key))
         return None
     ratios = [
         (label, rate / base, FLOORS.get((key, label)))
         for label, base in against
         if base is not None
     ]
-    ROWS.append(Row(name, rate, ratios if against else None))
+    ROWS.append(Row(name, rate, ratios if against else None, key))
     shown = ", ".join(f"{ratio:.2f}x {label}" for label, ratio, _ in ratios)
     print(f"  {name}: {rate:,.1f} img/s" + (f" ({shown})" if shown else ""))
     sys.stdout.flush()
@@ -237,21 +256,17 @@ def time_extractor(cfg: Config, X, fit_on: np.ndarray, **params) -> float:
     return timed(lambda: extractor.transform(X), cfg.device, cfg.repeat)
 
 
-def bench_extract(cfg: Config, images: np.ndarray, paths: list, cudnn_start: bool):
+def bench_extract(cfg: Config, images: np.ndarray, paths: list):
     n = cfg.n
     print(
         f"\nExtraction: {cfg.model}, weights=None, batch {cfg.batch_size}, {n} images"
     )
-    # The baselines run with cudnn.benchmark as it was at start (the extractor
-    # turns it on for itself); they run first.
-    torch.backends.cudnn.benchmark = cudnn_start
     r_bare = record(
         "bare forward fp16 channels-last (GPU tensors)",
         lambda: time_bare_forward(cfg, images),
         n,
     )
     free()
-    torch.backends.cudnn.benchmark = cudnn_start
     r_recipe = record(
         f"DataLoader recipe, PIL + transforms, {os.cpu_count()} workers",
         lambda: time_recipe(cfg, paths),
@@ -347,13 +362,12 @@ def time_finetune_epoch(cfg: Config, images: np.ndarray, augment: bool) -> float
     return min(durations[1:])
 
 
-def bench_finetune(cfg: Config, images: np.ndarray, cudnn_start: bool):
+def bench_finetune(cfg: Config, images: np.ndarray):
     n, batch, size = cfg.n, cfg.batch_size, cfg.train_size
     print(
         f"\nFine-tuning: {cfg.model}, weights=None, 4 classes, batch {batch}, "
         f"{size}x{size} crops, {n} images, {EPOCHS} epochs"
     )
-    torch.backends.cudnn.benchmark = cudnn_start
     r_train = record(
         f"bare train step bf16 channels-last (batch {batch})",
         lambda: time_train_steps(cfg, images),
@@ -401,6 +415,7 @@ def bench_cold(cfg: Config, images: np.ndarray, folder: Path):
         lambda: time_cold(cfg.device, folder),
         count,
         ("cold cpu", cpu),
+        key="cold",
     )
 
 
@@ -455,6 +470,27 @@ def print_table() -> None:
     print(f"floors below target: {below}")
 
 
+def floor_results(sections: set) -> list[dict]:
+    """Every floor of the ``sections`` run, as measured: a row that failed
+    (or never ran) counts as not passed, with ``measured`` null."""
+    results = []
+    for (key, label), floor in FLOORS.items():
+        if SECTION_OF[key] not in sections:
+            continue
+        rows = [row for row in ROWS if row.key == key]
+        for row in rows or [Row(key, None, None, key)]:
+            ratio = next((r for lab, r, _ in row.ratios or [] if lab == label), None)
+            results.append(
+                dict(
+                    check=f"{row.name}: vs {label}",
+                    measured=None if ratio is None else round(ratio, 3),
+                    floor=floor,
+                    passed=ratio is not None and ratio >= floor,
+                )
+            )
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2048)
@@ -465,6 +501,12 @@ def main() -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny run of every code path (CPU ok)"
     )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="turn cuDNN autotuning on for every row (default: as torch starts)",
+    )
+    parser.add_argument("--summary", help="also write the floors as JSON to this file")
     parser.add_argument("--_cold", help=argparse.SUPPRESS)
     parser.add_argument("--_cold-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -480,8 +522,8 @@ def main() -> int:
         cfg = Config(
             device="cuda" if cuda else "cpu",
             model="resnet18",
-            n=64,
-            batch_size=16,
+            n=min(args.n, 64),
+            batch_size=min(16, args.n),
             train_size=32,
             repeat=1,
             cold_images=24,
@@ -496,14 +538,15 @@ def main() -> int:
             repeat=2,
             cold_images=COLD_IMAGES,
         )
-    cudnn_start = torch.backends.cudnn.benchmark
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    cudnn = torch.backends.cudnn.benchmark
 
     device = torch.cuda.get_device_name() if cuda else "CPU (no CUDA)"
     print(
         f"{device} | torch {torch.__version__} | torchvision {torchvision.__version__}"
         f" | {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
-        f" | cudnn.benchmark at start: {cudnn_start}"
-        + (" | SMOKE" if args.smoke else "")
+        f" | cudnn.benchmark (every row): {cudnn}" + (" | SMOKE" if args.smoke else "")
     )
     extractor_params = CNNFeatureExtractor().get_params()
     finetune_params = FineTuneClassifier().get_params()
@@ -515,24 +558,32 @@ def main() -> int:
 
     sections = {args.only} if args.only != "all" else {"extract", "finetune", "cold"}
     start = time.perf_counter()
+    try:
+        run_sections(cfg, sections)
+    finally:  # out of time (SIGINT) or broken: the table and floors so far
+        print(f"\ntotal {time.perf_counter() - start:.0f} s")
+        print_table()
+        if args.summary:
+            text = json.dumps(floor_results(sections), indent=1) + "\n"
+            Path(args.summary).write_text(text)
+    return 0
+
+
+def run_sections(cfg: Config, sections: set) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if sections & {"extract", "finetune"}:
             images = photos(cfg.n)
             print(f"{cfg.n} photos {images.shape[2]}x{images.shape[1]} uint8")
         if "extract" in sections:
             paths = write_jpegs(images, Path(tmp) / "jpegs")
-            bench_extract(cfg, images, paths, cudnn_start)
+            bench_extract(cfg, images, paths)
             free()
         if "finetune" in sections:
-            bench_finetune(cfg, images, cudnn_start)
+            bench_finetune(cfg, images)
             free()
         if "cold" in sections:
             cold = photos(cfg.cold_images, seed=1)
             bench_cold(cfg, cold, Path(tmp) / "cold")
-    torch.backends.cudnn.benchmark = cudnn_start
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
-    print_table()
-    return 0
 
 
 if __name__ == "__main__":

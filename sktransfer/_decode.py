@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ._jpeg import ORIENTATION_TAG, read_header
 from .exceptions import ImageDecodeError
-
-ORIENTATION_TAG = 0x0112  # EXIF
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -72,17 +71,14 @@ class Encoded:
 
 
 def read_encoded(path: str) -> Encoded:
-    """Read ``path`` and inspect its header (no pixels are decoded)."""
+    """Read ``path`` and inspect its JPEG header, if any (nothing is decoded,
+    and Pillow is not involved: :func:`sktransfer._jpeg.read_header`)."""
     name = str(path)
     data = _read_bytes(name)
-    gpu_mode, orientation = None, 1
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            orientation = exif_orientation(image)
-            gpu_mode = _gpu_mode(image, data)
-    except (OSError, ValueError, SyntaxError):
-        pass  # the CPU decoder reports the error and names the file
-    return Encoded(name, data, orientation, gpu_mode)
+    header = read_header(data)
+    if header is None:  # not a JPEG, or unreadable: Pillow reports it
+        return Encoded(name, data, 1, None)
+    return Encoded(name, data, header.orientation, header.gpu_mode)
 
 
 def _read_bytes(name: str) -> bytes:
@@ -93,23 +89,6 @@ def _read_bytes(name: str) -> bytes:
         raise FileNotFoundError(f"Image file {name!r} does not exist.") from exc
     except IsADirectoryError as exc:
         raise ImageDecodeError(f"{name!r} is a directory, not an image file.") from exc
-
-
-def _gpu_mode(image: Image.Image, data: bytes) -> str | None:
-    """``"RGB"``/``"GRAY"`` for a baseline JPEG nvJPEG decodes in batches.
-
-    Cameras' JPEGs often read as MPO (extra preview images after the first).
-    Progressive JPEGs would be Huffman-decoded on the host one by one, and a
-    file cut short (no end-of-image marker) might decode without an error:
-    Pillow takes both (draft decoding in threads; an error that names the file).
-    """
-    if image.format not in ("JPEG", "MPO") or image.mode not in ("RGB", "L"):
-        return None
-    if image.info.get("progressive") or image.info.get("progression"):
-        return None
-    if image.format == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        return None
-    return "RGB" if image.mode == "RGB" else "GRAY"
 
 
 def decode_file(path: str | os.PathLike, draft: int | None = None) -> torch.Tensor:

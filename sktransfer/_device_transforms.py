@@ -24,6 +24,14 @@ from ._images import Preprocessing, to_rgb
 # Float working memory of one resize call: full-size photos (nvJPEG decodes
 # at full size) are resized a few at a time, not a whole batch at once.
 _CHUNK_BYTES = 1 << 30
+# CUDA's antialiased resize keeps every output pixel's filter weights in a
+# block's 48 KiB of shared memory: it fails ("Too much shared memory
+# required") above a shrink factor of about 47 for bicubic, 94 for bilinear.
+# Larger shrinks (photos with sides near 10,000 px) go in equal antialiased
+# steps of at most this much: within one uint8 level of one step
+# (tests/test_device.py). Averaging k x k blocks first would be cheaper but
+# shifts the image where a side is not a multiple of k (up to 3 levels).
+MAX_RESIZE_FACTOR = 24
 
 
 def preprocess(
@@ -61,13 +69,25 @@ def _chunks(indices: list[int], shape: tuple) -> list[list[int]]:
 def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """``(N, C, H, W)`` -> float ``(N, 3, crop, crop)`` on the 0-255 or 0-1 scale."""
     batch = to_rgb(batch).float()
-    batch = F.resize(
-        batch,
-        [preprocessing.resize_size],
-        interpolation=InterpolationMode(preprocessing.interpolation),
-        antialias=True,
-    )
+    height, width = batch.shape[-2:]
+    size = _resized_size(height, width, preprocessing.resize_size)
+    factor = min(height / size[0], width / size[1])
+    steps = 1
+    if factor > MAX_RESIZE_FACTOR:
+        steps = math.ceil(math.log(factor) / math.log(MAX_RESIZE_FACTOR))
+    ratio = factor ** (1 / steps)
+    mode = InterpolationMode(preprocessing.interpolation)
+    for step in range(steps - 1, -1, -1):
+        target = [round(size[0] * ratio**step), round(size[1] * ratio**step)]
+        batch = F.resize(batch, target, interpolation=mode, antialias=True)
     return F.center_crop(batch, [preprocessing.crop_size, preprocessing.crop_size])
+
+
+def _resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """The size torchvision's ``resize(image, [shorter])`` gives."""
+    if height <= width:
+        return shorter, int(shorter * width / height)
+    return int(shorter * height / width), shorter
 
 
 @functools.lru_cache(maxsize=32)
@@ -94,9 +114,11 @@ def _normalize(
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def _small_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A few parameters to the device without waiting for it."""
-    if device.type == "cuda":
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small tensor (parameters, labels) to ``device`` without waiting for
+    it: from pageable memory, a copy to CUDA blocks until the GPU has done
+    all the work queued before it."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
 
@@ -188,7 +210,7 @@ def augment(
                 canvas[row, :, : image.shape[-2], : image.shape[-1]] = image
         parts.append(crop_resize(canvas, boxes[chunk], preprocessing.crop_size))
     out = torch.cat(parts)
-    flips = _small_to(flips, device).view(-1, 1, 1, 1)
+    flips = to_device(flips, device).view(-1, 1, 1, 1)
     out = torch.where(flips, out.flip(-1), out)
     return _normalize(out, dtype, preprocessing)
 
@@ -199,7 +221,7 @@ def crop_resize(batch: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     top, left, h, w = boxes.double().unbind(1)
     index = torch.arange(len(boxes), dtype=torch.float64)
     rois = torch.stack([index, left, top, left + w, top + h], dim=1)
-    rois = _small_to(rois.to(batch.dtype), batch.device)
+    rois = to_device(rois.to(batch.dtype), batch.device)
     return roi_align(
         batch.contiguous(), rois, (size, size), sampling_ratio=-1, aligned=True
     )

@@ -4,6 +4,7 @@ means on a device. Every estimator resolves them here."""
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -14,18 +15,37 @@ def is_auto(device) -> bool:
 
 
 def resolve_device(device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it.
+
+    A CUDA device always comes back with its index (``"cuda"`` -> ``cuda:0``
+    when device 0 is current): tensors report ``cuda:0``, and
+    ``torch.device("cuda") != torch.device("cuda:0")``, so an index-less device
+    would never match the network's parameters.
+    """
     if is_auto(device):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(
             f"Invalid device {device!r}: {exc}. Use 'auto', 'cpu' or 'cuda[:N]'."
         ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if resolved.type != "cuda":
+        return resolved
+    if not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'."
+        )
+    if resolved.index is None:
+        # Before CUDA starts (warm_up starts it in the background) the current
+        # device is 0; asking torch for it would start CUDA here and now.
+        index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
+        return torch.device("cuda", index)
+    count = torch.cuda.device_count()
+    if resolved.index >= count:
+        raise ValueError(
+            f"device={device!r} but this machine has {count} CUDA device(s), "
+            f"numbered 0 to {count - 1}; use 'cuda' (the current one) or 'cuda:N'."
         )
     return resolved
 
@@ -59,3 +79,47 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+_WARMED: set[str] = set()
+_WARM_LOCK = threading.Lock()
+
+
+def warm_up(device: torch.device) -> threading.Thread | None:
+    """Start CUDA, cuDNN and the GPU JPEG decoder on ``device`` in the background.
+
+    Each starts lazily and serially on first use (the CUDA context, loading
+    cuDNN and its handle, nvJPEG's probe: together seconds on a cold
+    process); ``fit`` calls this first, so that they start while the network
+    is built. Once per process and device; nothing happens off CUDA. Errors
+    are left for the first real use to report. Returns the thread started.
+    """
+    if device.type != "cuda":
+        return None
+    with _WARM_LOCK:
+        if str(device) in _WARMED:
+            return None
+        _WARMED.add(str(device))
+    thread = threading.Thread(
+        target=_warm, args=(device,), daemon=True, name="sktransfer-warm-up"
+    )
+    thread.start()
+    return thread
+
+
+def _warm(device: torch.device) -> None:
+    from ._gpu_decode import gpu_decoder
+
+    try:
+        with torch.cuda.device(device):
+            # a tiny half-precision channels-last convolution loads cuDNN
+            x = torch.zeros((1, 8, 8, 8), device=device, dtype=torch.float16)
+            weight = torch.zeros((8, 8, 3, 3), device=device, dtype=torch.float16)
+            torch.nn.functional.conv2d(
+                x.contiguous(memory_format=torch.channels_last),
+                weight.contiguous(memory_format=torch.channels_last),
+            )
+            torch.cuda.synchronize(device)
+        gpu_decoder(device)  # probed once per process and device, then cached
+    except Exception:  # the first real use reports it
+        return

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import _cache, _families, _params
 from ._backbones import cached_backbone, on_cpu
-from ._devices import autocast, autocast_dtype, resolve_device
+from ._devices import autocast, autocast_dtype, resolve_device, warm_up
 from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
@@ -56,8 +56,10 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     n_jobs : int, default=None
-        Threads that decode and resize image files while the network runs;
-        ``None`` means ``min(4, os.cpu_count())``.
+        Threads that read, decode and resize image files while the network
+        runs; ``None`` means ``min(4, os.cpu_count())`` on the CPU (the
+        network needs the cores too) and up to 16 on CUDA (the files the GPU
+        decoder does not take are decoded in these threads).
     progress : bool, default=False
         Show a tqdm progress bar while embedding.
     cache : None, "memory" or path, default=None
@@ -154,12 +156,19 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         self : CNNFeatureExtractor
         """
+        device = resolve_device(self.device)
+        warm_up(device)  # CUDA, cuDNN and nvJPEG start while the network builds
         images = check_images(X)
-        check_decoder(self.decoder, resolve_device(self.device))
+        if device.type != "cuda":  # on CUDA the probe waits for the warm-up
+            check_decoder(self.decoder, device)
         self.backbone_ = cached_backbone(self.model, self.weights)
         self._tap()  # an unknown layer fails here, not at transform time
         self.n_channels_in_ = images.n_channels
         self.n_features_out_ = self._width()
+        # On the device now: transform finds it there, and forward hooks put
+        # on backbone_.module after fit stay on the module that runs.
+        self._prepare(device)
+        check_decoder(self.decoder, device)
         return self
 
     def _width(self) -> int:

@@ -9,7 +9,9 @@ callbacks compare ``predict``'s labels with labels.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +20,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from . import _device_transforms as transforms
-from ._images import Images, Preprocessing
+from ._images import Images, Preprocessing, to_rgb
 from ._pipeline import Prefetcher, pinned
 
 AUGMENT_SCALE = (0.25, 1.0)  # random-resized-crop area range (ImageNet's is 0.08-1)
@@ -50,6 +52,8 @@ class ImageDataset(_Weighted, torch.utils.data.Dataset):
     """Validated images, their class indices and optional sample weights.
 
     ``draft``: JPEG files decode in the DCT domain to at least this size.
+    ``pin``: batches of uint8 array rows are gathered straight into
+    page-locked memory (they are bound for a CUDA device).
     """
 
     def __init__(
@@ -58,10 +62,12 @@ class ImageDataset(_Weighted, torch.utils.data.Dataset):
         y_index: np.ndarray | None,
         draft: int | None = None,
         weights: np.ndarray | None = None,
+        pin: bool = False,
     ):
         super().__init__(y_index, weights)
         self.images = images
         self.draft = draft
+        self.pin = pin
 
     def __len__(self) -> int:
         return len(self.images)
@@ -74,7 +80,11 @@ class ImageDataset(_Weighted, torch.utils.data.Dataset):
         copy, files decoded in a thread pool."""
         indices = [int(i) for i in indices]
         if self.images.kind == "array":
-            stacked = self.images.rows(np.asarray(indices))
+            stacked = None
+            if self.images.data.dtype == np.uint8:
+                stacked = gather_rows(self.images, indices, pin=self.pin)
+            if stacked is None:
+                stacked = self.images.rows(np.asarray(indices))
             items = [self._item(x, i) for x, i in zip(stacked, indices, strict=True)]
             return Fetched(items, stacked)
 
@@ -98,14 +108,46 @@ class Fetched(list):
         self.stacked = stacked
 
 
+def gather_rows(images: Images, indices: list[int], pin: bool) -> torch.Tensor:
+    """uint8 rows of an array as ``Images.rows`` gives them, copied once.
+
+    Numpy's fancy indexing then pinning copied each batch twice, on the
+    loading thread; here the rows go straight into their (page-locked, with
+    ``pin`` where CUDA is) batch, in the memory layout of the array (an NHWC
+    array's rows stay one block each), in the thread pool (numpy releases
+    the GIL while it copies). RGBA loses alpha in the copy.
+    """
+    data = images.data  # (n, C, H, W), possibly a view of NHWC, or (n, H, W)
+    grey = data.ndim == 3
+    channels = 1 if grey else min(data.shape[1], 3)
+    nhwc = not grey and data.strides[1] < data.strides[-1]
+    out = torch.empty(
+        (len(indices), channels, *data.shape[-2:]),
+        dtype=torch.uint8,
+        memory_format=torch.channels_last if nhwc else torch.contiguous_format,
+        pin_memory=pin and torch.cuda.is_available(),
+    )
+    target = out.numpy()[:, 0] if grey else out.numpy()
+    source = data if grey else data[:, :channels]
+
+    def copy(rows: np.ndarray) -> None:
+        for row in rows:
+            target[row] = source[indices[row]]
+
+    parts = np.array_split(np.arange(len(indices)), _POOL_WORKERS)
+    list(_pool().map(copy, [part for part in parts if len(part)]))
+    return to_rgb(out)
+
+
 _POOL: ThreadPoolExecutor | None = None
+_POOL_WORKERS = min(8, os.cpu_count() or 1)
 
 
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(
-            max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="sktransfer"
+            max_workers=_POOL_WORKERS, thread_name_prefix="sktransfer"
         )
     return _POOL
 
@@ -284,33 +326,90 @@ def prepare_on_device(
 class DeviceLoader:
     """Iterate a ``DataLoader`` two batches ahead in a thread, copying each
     batch's tensors to a CUDA device on a side stream from pinned memory, so
-    that loading the next batches overlaps the training step of this one."""
+    that loading the next batches overlaps the training step of this one.
 
-    def __init__(self, loader, device: torch.device):
+    skorch iterates one loader every epoch. With ``next_epoch`` (training),
+    the next epoch's first batches start loading as soon as this epoch's are
+    all used, while validation and callbacks run: no epoch starts by waiting
+    for its first batch. Each epoch's order is drawn from the sampler in the
+    iterating thread, before the loading thread starts (:func:`epoch_batches`):
+    with a ``random_state`` a fit draws its random numbers (shuffling here,
+    augmentation in the training step) in the same order every time.
+    Runs on the CPU too (no streams, no pinning), which is how tests check it.
+    """
+
+    def __init__(self, loader, device: torch.device, *, next_epoch: bool = False):
         self.loader = loader
         self.device = torch.device(device)
+        self.next_epoch = next_epoch
+        self._ahead: Prefetcher | None = None
+        self._stop_ahead: weakref.finalize | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
-        stream = torch.cuda.Stream(self.device)
-        consumer = torch.cuda.current_stream(self.device)
+        cuda = self.device.type == "cuda"
+        prefetcher, self._ahead = self._ahead or self._start(), None
+        if self._stop_ahead is not None:
+            self._stop_ahead.detach()  # it is this epoch's now
+        consumer = torch.cuda.current_stream(self.device) if cuda else None
+        with contextlib.closing(prefetcher):
+            for x, y, ready in prefetcher:
+                if cuda:
+                    consumer.wait_event(ready)
+                    _map_tensors(lambda t: t.record_stream(consumer), x)
+                yield x, y
+        if self.next_epoch:
+            self._ahead = self._start()
+            # An epoch loaded ahead that never comes (the fit ended) stops
+            # when this loader goes (the thread holds no reference to it).
+            self._stop_ahead = weakref.finalize(self, self._ahead.close, False)
 
-        def copied():
-            for x, y in self.loader:
-                with torch.cuda.stream(stream):
-                    x = _map_tensors(
-                        lambda t: pinned(t).to(self.device, non_blocking=True), x
-                    )
-                    ready = torch.cuda.Event()
-                    ready.record(stream)
-                yield x, y, ready
+    def _start(self) -> Prefetcher:
+        batches = epoch_batches(self.loader)
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        return Prefetcher(_copied(batches, self.device, stream))
 
-        for x, y, ready in Prefetcher(copied()):
-            consumer.wait_event(ready)
-            _map_tensors(lambda t: t.record_stream(consumer), x)
-            yield x, y
+
+def epoch_batches(loader) -> Iterator:
+    """One epoch of ``loader``'s batches, its order drawn now, in the caller's
+    thread; loading and collating happen where the result is iterated.
+
+    For a map-style dataset loaded in-process (``num_workers=0``, batches
+    from a ``batch_sampler``), what ``DataLoader`` would do; otherwise the
+    loader's own iterator (created here; its workers start now).
+    """
+    dataset = loader.dataset
+    if (
+        loader.num_workers
+        or loader.batch_sampler is None
+        or isinstance(dataset, torch.utils.data.IterableDataset)
+    ):
+        return iter(loader)
+    plan = list(loader.batch_sampler)
+    return _fetched(dataset, loader.collate_fn, plan)
+
+
+def _fetched(dataset, collate: Callable, plan: list) -> Iterator:
+    getitems = getattr(dataset, "__getitems__", None)
+    for indices in plan:
+        items = getitems(indices) if getitems else [dataset[i] for i in indices]
+        yield collate(items)
+
+
+def _copied(batches: Iterator, device: torch.device, stream) -> Iterator:
+    """``(x, y, ready)``: x's tensors copied to ``device`` on ``stream``
+    (``None``: the CPU), ``ready`` the event that marks the copy done."""
+    for x, y in batches:
+        if stream is None:
+            yield _map_tensors(lambda t: t.to(device), x), y, None
+            continue
+        with torch.cuda.stream(stream):
+            x = _map_tensors(lambda t: pinned(t).to(device, non_blocking=True), x)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        yield x, y, ready
 
 
 def _map_tensors(fn, x):

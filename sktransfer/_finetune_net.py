@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from . import _frozen
 from ._backbones import build_backbone
 from ._cache import module_digest
+from ._device_transforms import to_device
 from ._devices import autocast
 from ._families import drop_aux, family_of, replace_head, trained_aux
 from ._finetune_data import (
@@ -196,7 +197,11 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             return StoredPrefixDataset(
                 X, lambda images: self._prefix_outputs(split, images, views)
             )
-        return ImageDataset(X, y, draft=self._draft())
+        return ImageDataset(X, y, draft=self._draft(), pin=self._pin())
+
+    def _pin(self) -> bool:
+        """Array batches go straight to page-locked memory (bound for CUDA)."""
+        return self._device().type == "cuda"
 
     def _draft(self) -> int:
         # JPEGs decode in the DCT domain to at least the resize size; random
@@ -214,7 +219,9 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         if frozen is not None:
             dataset = FeatureDataset(frozen.features, y, weights)
         else:
-            dataset = ImageDataset(X, y, draft=self._draft(), weights=weights)
+            dataset = ImageDataset(
+                X, y, draft=self._draft(), weights=weights, pin=self._pin()
+            )
         train, valid = self._split_dataset(dataset, y, **fit_params)
         if self.__dict__.pop("_fresh_head", False):
             self._start_head(train, X)
@@ -260,7 +267,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         loader = iterator(dataset, **kwargs)
         device = self._device()
         if loader_class and device.type == "cuda":
-            return DeviceLoader(loader, device)
+            return DeviceLoader(loader, device, next_epoch=training)
         return loader
 
     # -------------------------------------------------- frozen prefix, views
@@ -544,10 +551,10 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             target = y_true.long()
         else:
             target = torch.from_numpy(self._encode(np.asarray(y_true)))
-        target = target.to(main.device)
+        target = to_device(target, main.device)  # no wait for the GPU
         _, weights = unpack(X)
         if weights is not None:
-            weights = weights.to(main.device)
+            weights = to_device(weights, main.device)
         loss = self._weighted_loss(main, target, weights)
         if aux and training:
             loss = loss + self.aux_loss_weight * sum(

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _params
 from ._backbones import build_backbone, on_cpu
-from ._devices import resolve_device
+from ._devices import resolve_device, warm_up
 from ._gpu_decode import check_decoder
 from ._images import check_images
 from ._inference import stream
@@ -46,8 +46,10 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     n_jobs : int, default=None
-        Threads that decode and resize image files while the network runs;
-        ``None`` means ``min(4, os.cpu_count())``.
+        Threads that read, decode and resize image files while the network
+        runs; ``None`` means ``min(4, os.cpu_count())`` on the CPU (the
+        network needs the cores too) and up to 16 on CUDA (the files the GPU
+        decoder does not take are decoded in these threads).
     progress : bool, default=False
         Show a tqdm progress bar while predicting.
     decoder : {"auto", "cpu", "gpu"}, default="auto"
@@ -131,8 +133,11 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : ImageNetClassifier
         """
+        device = resolve_device(self.device)
+        warm_up(device)  # CUDA, cuDNN and nvJPEG start while the network builds
         images = check_images(X)
-        check_decoder(self.decoder, resolve_device(self.device))
+        if device.type != "cuda":  # on CUDA the probe waits for the warm-up
+            check_decoder(self.decoder, device)
         backbone = build_backbone(self.model, self.weights)
         if not backbone.categories:
             raise ValueError(
@@ -144,6 +149,7 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
             )
         if y is not None:
             _check_labels(y, len(images), backbone.categories)
+        check_decoder(self.decoder, device)
         self.backbone_ = backbone
         self.classes_ = np.asarray(backbone.categories, dtype=object)
         self.n_channels_in_ = images.n_channels

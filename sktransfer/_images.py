@@ -176,8 +176,10 @@ class Images(Sequence):
         load_rows: Callable[[int, int], object],
         batch_size: int,
         n_jobs: int | None = None,
+        ahead: int = 2,
     ) -> Iterator:
-        """Yield each batch, loaded in a thread pool two batches ahead, in order.
+        """Yield each batch, loaded in a thread pool ``ahead`` batches ahead,
+        in order.
 
         An array's batch is ``load_rows(start, stop)``; other kinds give the
         list ``[load_item(i) for i in batch]``, one pool task per image.
@@ -192,8 +194,8 @@ class Images(Sequence):
             return [pool.submit(load_item, i) for i in range(start, stop)]
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending = deque(submit(pool, start) for start in starts[:2])
-            later = iter(starts[2:])
+            pending = deque(submit(pool, start) for start in starts[:ahead])
+            later = iter(starts[ahead:])
             try:
                 while pending:
                     futures = pending.popleft()

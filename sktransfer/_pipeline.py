@@ -15,6 +15,7 @@ one shape. Memory holds a few batches whatever the number of images.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections import deque
@@ -28,10 +29,8 @@ from ._decode import decode_encoded, read_encoded
 from ._gpu_decode import decode_batch, gpu_decoder
 from ._images import Images, Preprocessing
 
-# cuDNN autotuning (cudnn.benchmark) costs seconds per new input shape and
-# pays back only over many batches: jobs of fewer batches use the heuristics.
-AUTOTUNE_MIN_BATCHES = 16
 _DONE = object()
+GPU_READERS = 16  # reading threads by default (n_jobs=None) when the device is CUDA
 
 
 class Prefetcher:
@@ -95,7 +94,13 @@ class Prefetcher:
                     return
                 yield item
         finally:
-            self._stop.set()
+            self.close()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread (it ends within 0.1 s of finishing its item);
+        ``wait``: until it has ended."""
+        self._stop.set()
+        if wait:
             self._thread.join()
 
 
@@ -125,7 +130,11 @@ def device_batches(
     def load_rows(start: int, stop: int) -> torch.Tensor:
         return pinned(images.host_rows(start, stop))
 
-    host = images.read_ahead(load_item, load_rows, batch_size, n_jobs)
+    # Sized for a GPU, which outruns any CPU decoder: the threads mostly read
+    # bytes, but decode with Pillow what nvJPEG does not take (progressive
+    # JPEGs are common), and the network needs no CPU cores.
+    workers = n_jobs or min(GPU_READERS, os.cpu_count() or 1)
+    host = images.read_ahead(load_item, load_rows, batch_size, workers, ahead=3)
     cuda = device.type == "cuda"
     stream = torch.cuda.Stream(device) if cuda else None
 
@@ -237,17 +246,6 @@ class ResultRing:
         return self.out
 
 
-@contextlib.contextmanager
-def autotune(enabled: bool):
-    """cuDNN autotuning for this block only (the flag is process-wide)."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = before or enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
 def run_on_device(
     images: Images,
     preprocessing: Preprocessing,
@@ -264,13 +262,18 @@ def run_on_device(
 
     Meant for CUDA; runs on the CPU too (no streams, no pinning), which is how
     the tests check it against the CPU path.
+
+    ``torch.backends.cudnn.benchmark`` is left as the caller set it: the flag
+    is process-wide (toggling it per job races with other threads' jobs), and
+    an autotuned algorithm can differ from the heuristic one in the last bits,
+    so an image's embedding would depend on the size of the job it came in.
+    Every batch has one shape, so a process that turns autotuning on pays for
+    it once per model and batch size.
     """
     ring = ResultRing(out, batch_size, device)
     start = 0
-    n_batches = -(-len(images) // batch_size)
     cuda = device.type == "cuda"
-    tune = autotune(cuda and n_batches >= AUTOTUNE_MIN_BATCHES)
-    with tune, torch.cuda.device(device) if cuda else contextlib.nullcontext():
+    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
         batches = device_batches(
             images,
             preprocessing,

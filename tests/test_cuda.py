@@ -115,22 +115,28 @@ def test_gpu_decoder_falls_back_and_names_bad_files(tmp_path, photo_files):
         gpu.transform([*paths, str(broken)])
 
 
-def test_only_large_jobs_autotune_and_the_flag_is_left_as_found(photo_files):
+@pytest.mark.parametrize("benchmark", [False, True])
+def test_the_autotune_flag_is_the_callers_and_jobs_agree(photo_files, benchmark):
+    """cudnn.benchmark is left as set (it is process-wide), during and after a
+    job; an image gets the same embedding in a job of 15 or 16 batches."""
     before = torch.backends.cudnn.benchmark
-    extractor = CNNFeatureExtractor("resnet18", weights=None, batch_size=2)
-    extractor.fit(photo_files)
-    seen = []
-    extractor.transform(photo_files[:2])  # moves the network to the GPU
-    hook = extractor.backbone_.module.conv1.register_forward_hook(
-        lambda *_: seen.append(torch.backends.cudnn.benchmark)
-    )
-    extractor.transform(photo_files)  # 3 batches: heuristics only
-    small = list(seen)
-    extractor.transform(photo_files * 8)  # 20 batches: worth autotuning
-    hook.remove()
-    assert set(small) == {before}
-    assert seen[len(small) :] and all(seen[len(small) :])
-    assert torch.backends.cudnn.benchmark == before
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        extractor = CNNFeatureExtractor("resnet18", weights=None, batch_size=1)
+        extractor.fit(photo_files)
+        seen = []
+        hook = extractor.backbone_.module.conv1.register_forward_hook(
+            lambda *_: seen.append(torch.backends.cudnn.benchmark)
+        )
+        files = photo_files * 4  # 20 images, one per batch
+        small = extractor.transform(files[:15])
+        large = extractor.transform(files[:16])
+        hook.remove()
+        assert set(seen) == {benchmark}
+        assert torch.backends.cudnn.benchmark == benchmark
+        np.testing.assert_array_equal(small, large[:15])
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def test_grey_images_and_files_on_the_gpu(tmp_path, photo_files):
@@ -234,3 +240,25 @@ def test_fitted_on_cuda_loads_where_there_is_no_cuda(tmp_path, kind):
         assert _cosines(got, expected).min() >= 0.99
     else:
         _same_decisions(got, expected)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_photos_shrunk_beyond_cudas_resize_limit(interpolation):
+    """CUDA's antialiased resize refuses shrinks above ~47x (bicubic); the
+    device path averages blocks first and stays close to one CPU step."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    from sktransfer import _device_transforms as transforms
+    from sktransfer._images import Preprocessing
+
+    photo = np.asarray(Image.fromarray(_photos()[0]).resize((4000, 3200)))
+    batch = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    prep = Preprocessing(64, 56, mean, std, interpolation)  # a 50x shrink
+    ours = transforms.preprocess(batch.cuda(), prep).cpu()
+    mode = InterpolationMode(interpolation)
+    resized = F.resize(batch.float(), [64], interpolation=mode).clamp(0, 255) / 255
+    reference = F.normalize(F.center_crop(resized, [56, 56]), list(mean), list(std))
+    level = 1.01 / 255 / min(std)
+    torch.testing.assert_close(ours, reference, atol=level, rtol=0)

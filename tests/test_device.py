@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from sktransfer import (
@@ -453,3 +454,53 @@ def pickle_round_trip(estimator):
     import pickle
 
     return pickle.loads(pickle.dumps(estimator))
+
+
+@pytest.mark.parametrize("benchmark", [False, True])
+def test_device_pipeline_leaves_the_cudnn_flag_as_set(images, benchmark):
+    """The flag is process-wide: a job that toggled it would race with jobs
+    in other threads, and the same image would get other algorithms in jobs
+    of other sizes."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        extractor = CNNFeatureExtractor("resnet18", weights=None, device="cpu")
+        extractor.fit(images)
+        seen = []
+        extractor.backbone_.module.conv1.register_forward_hook(
+            lambda *_: seen.append(torch.backends.cudnn.benchmark)
+        )
+        _device_path(extractor, np.concatenate([images] * 5), batch_size=2)
+        assert set(seen) == {benchmark} and len(seen) == 20
+        assert torch.backends.cudnn.benchmark == benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _one_step(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Resize in one antialiased step, crop and normalise (float, unrounded)."""
+    mode = InterpolationMode(prep.interpolation)
+    resized = F.resize(batch.float(), [prep.resize_size], interpolation=mode)
+    cropped = F.center_crop(resized.clamp(0, 255) / 255, [prep.crop_size] * 2)
+    return F.normalize(cropped, list(prep.mean), list(prep.std))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(300, 420), (331, 407)])
+def test_large_shrinks_go_in_steps(interpolation, size):
+    """CUDA's antialiased resize fails above a shrink factor of ~47 (bicubic):
+    larger ones go in equal steps, within one uint8 level of one step, sides
+    that no step divides included."""
+    photo = torch.from_numpy(_photo(size).copy()).permute(2, 0, 1)[None]
+    noise = torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))
+    noisy = (photo + 20 * noise).clamp(0, 255).round().to(torch.uint8)
+    for shorter in (9, 5):  # shrinks of 33x to 83x: two steps
+        large = Preprocessing(shorter, 4, IMAGENET.mean, IMAGENET.std, interpolation)
+        assert min(size) / shorter > transforms.MAX_RESIZE_FACTOR
+        ours = transforms.preprocess(noisy, large)
+        reference = _one_step(noisy, large)
+        torch.testing.assert_close(ours, reference, atol=ONE_LEVEL, rtol=0)
+    # below the limit, the one-step resize itself
+    small = Preprocessing(40, 32, IMAGENET.mean, IMAGENET.std, interpolation)
+    ours = transforms.preprocess(noisy, small)
+    torch.testing.assert_close(ours, _one_step(noisy, small), atol=1e-5, rtol=0)

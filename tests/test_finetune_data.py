@@ -1,0 +1,124 @@
+"""FineTuneClassifier's data path on a device: batches gathered once, loaded an
+epoch ahead in a thread, labels that cross without a wait; checked on the CPU
+(the CUDA-only parts, streams and pinning, are what tests/test_cuda.py runs)."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from sktransfer._device_transforms import to_device
+from sktransfer._finetune_data import (
+    Collate,
+    DeviceLoader,
+    ImageDataset,
+    epoch_batches,
+    gather_rows,
+)
+from sktransfer._images import check_images
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW", "grey", "RGBA", "read-only"])
+def test_rows_are_gathered_once_as_images_rows_gives_them(layout, rng):
+    X = rng.integers(0, 256, (12, 20, 24, 4), dtype=np.uint8)
+    X = {
+        "NHWC": X[..., :3],
+        "NCHW": np.ascontiguousarray(X[..., :3].transpose(0, 3, 1, 2)),
+        "grey": X[..., 0],
+        "RGBA": X,
+        "read-only": np.require(X[..., :3], requirements="C"),
+    }[layout]
+    X.flags.writeable = layout != "read-only"
+    images = check_images(X)
+    indices = [7, 0, 3, 3, 11]
+    ours = gather_rows(images, indices, pin=True)  # no CUDA: not pinned
+    torch.testing.assert_close(ours, images.rows(np.asarray(indices)), rtol=0, atol=0)
+    if layout in ("NHWC", "RGBA", "read-only"):  # rows copy as blocks
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+    dataset = ImageDataset(images, np.arange(12) % 3, pin=True)
+    fetched = dataset.__getitems__(indices)
+    torch.testing.assert_close(fetched.stacked, ours, rtol=0, atol=0)
+    assert [target for _, target in fetched] == [1, 0, 0, 0, 2]
+
+
+def _loader(n: int = 10, batch_size: int = 4, **kwargs) -> DataLoader:
+    images = check_images(np.arange(n, dtype=np.uint8).repeat(12).reshape(n, 2, 2, 3))
+    dataset = ImageDataset(images, np.arange(n) % 2)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=Collate(np.array(["even", "odd"])),
+        **kwargs,
+    )
+
+
+def _ids(x: torch.Tensor) -> list[int]:
+    """Which images a batch holds (image i is filled with the value i)."""
+    return x[:, 0, 0, 0].tolist()
+
+
+def test_an_epoch_is_what_the_dataloader_gives():
+    loader = _loader(shuffle=True)
+    batches = list(epoch_batches(loader))
+    assert [len(x) for x, _ in batches] == [4, 4, 2]
+    ids = [i for x, _ in batches for i in _ids(x)]
+    assert sorted(ids) == list(range(10))
+    for x, labels in batches:  # labels follow their images
+        assert list(labels) == ["odd" if i % 2 else "even" for i in _ids(x)]
+    in_order = [i for x, _ in epoch_batches(_loader()) for i in _ids(x)]
+    assert in_order == list(range(10))
+    # not batched by a sampler: the loader's own iterator
+    unbatched = DataLoader(_loader().dataset, batch_size=None)
+    assert [target for _, target in epoch_batches(unbatched)] == [0, 1] * 5
+
+
+def _epochs(seed: int, epochs: int = 3) -> list:
+    """Batches seen and random numbers drawn between them, seeded."""
+    torch.manual_seed(seed)
+    loader = DeviceLoader(_loader(shuffle=True), CPU, next_epoch=True)
+    seen = []
+    for _ in range(epochs):
+        for x, labels in loader:
+            seen.append((_ids(x), list(labels), float(torch.rand(()))))
+        assert loader._ahead is not None  # the next epoch is loading
+    return seen
+
+
+def test_next_epoch_loads_ahead_and_a_seeded_fit_is_reproducible():
+    """The shuffle is drawn in the iterating thread: the random numbers the
+    training step draws (augmentation) come in the same order every run."""
+    first = _epochs(seed=0)
+    assert len(first) == 9
+    for epoch in range(3):
+        ids = [i for batch in first[3 * epoch : 3 * epoch + 3] for i in batch[0]]
+        assert sorted(ids) == list(range(10))
+    assert first == _epochs(seed=0)
+    assert first != _epochs(seed=1)
+
+
+def test_an_epoch_loaded_ahead_stops_with_its_loader():
+    loader = DeviceLoader(_loader(n=40, batch_size=2), CPU, next_epoch=True)
+    assert len(list(loader)) == 20
+    ahead = loader._ahead._thread
+    assert ahead.is_alive()  # blocked: 2 batches of the next epoch are queued
+    del loader
+    gc.collect()
+    ahead.join(timeout=5)
+    assert not ahead.is_alive()
+
+
+def test_a_validation_loader_does_not_load_ahead():
+    loader = DeviceLoader(_loader(), CPU)
+    assert len(list(loader)) == 3 and loader._ahead is None
+    assert len(list(loader)) == 3
+
+
+def test_small_tensors_cross_to_the_device():
+    labels = torch.tensor([2, 0, 1])
+    assert torch.equal(to_device(labels, CPU), labels)
