@@ -42,7 +42,8 @@ _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # Networks whose CPU forward is no faster under bfloat16 autocast even where
 # the CPU runs it natively (module class names; benchmarks/bench_precision.py
-# and docs/benchmarks.md): "auto" keeps float32 for them.
+# and docs/benchmarks.md): "auto" keeps float32 for them. None of the
+# families measured is one.
 CPU_FLOAT32_NETWORKS: frozenset[str] = frozenset()
 
 
@@ -88,11 +89,17 @@ def autocast_dtype(
 
     ``"auto"`` on the CPU is bfloat16 where the CPU runs it natively
     (:func:`cpu_bfloat16`), for inference and training alike, unless
-    ``network`` is one of :data:`CPU_FLOAT32_NETWORKS`; float32 elsewhere
-    (emulated bfloat16 is slower than float32). On CUDA, inference takes
-    float16 (three more mantissa bits than bfloat16: embeddings closer to
-    float32's, measured in docs/benchmarks.md); training takes bfloat16 where
-    the card supports it (no gradient scaling needed), else float16.
+    ``network`` is one of :data:`CPU_FLOAT32_NETWORKS`, or is training
+    grouped (depthwise) convolutions, whose bfloat16 backward pass is slower
+    than float32's on CPUs (MobileNet, EfficientNet with ``frozen_layers=0``:
+    docs/benchmarks.md); float32 elsewhere (emulated bfloat16 is slower than
+    float32). ``network.training`` tells training from inference on the CPU,
+    so one network predicts under bfloat16 while it trains under float32.
+
+    On CUDA, inference takes float16 (three more mantissa bits than bfloat16:
+    embeddings closer to float32's, measured in docs/benchmarks.md); training
+    takes bfloat16 where the card supports it (no gradient scaling needed),
+    else float16.
     """
     if precision == "float32":
         return None
@@ -101,7 +108,10 @@ def autocast_dtype(
     if device.type == "cpu":
         if not cpu_bfloat16():
             return None
-        if network is not None and type(network).__name__ in CPU_FLOAT32_NETWORKS:
+        if network is not None and (
+            type(network).__name__ in CPU_FLOAT32_NETWORKS
+            or (network.training and _trains_grouped_convolutions(network))
+        ):
             return None
         return torch.bfloat16
     if device.type != "cuda":
@@ -111,6 +121,13 @@ def autocast_dtype(
     if training and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
     return torch.float16
+
+
+def _trains_grouped_convolutions(network: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.Conv2d) and m.groups > 1 and m.weight.requires_grad
+        for m in network.modules()
+    )
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -79,6 +79,21 @@ def test_networks_where_bfloat16_does_not_pay_keep_float32(native, monkeypatch):
     assert autocast_dtype("bfloat16", CPU, network=resnet) is torch.bfloat16
 
 
+def test_training_grouped_convolutions_keeps_float32(native):
+    """Their bfloat16 backward is the slow one: training through depthwise
+    convolutions stays float32, predicting with them is bfloat16."""
+    mobilenet = build_backbone("mobilenet_v3_small", None).module
+    mobilenet.train()
+    assert autocast_dtype("auto", CPU, training=True, network=mobilenet) is None
+    assert autocast_dtype("bfloat16", CPU, network=mobilenet) is torch.bfloat16
+    mobilenet.eval()
+    assert autocast_dtype("auto", CPU, network=mobilenet) is torch.bfloat16
+    mobilenet.train().requires_grad_(False)  # only a new head trains
+    assert autocast_dtype("auto", CPU, training=True, network=mobilenet) is (
+        torch.bfloat16
+    )
+
+
 def _extract(images, **params):
     return (
         CNNFeatureExtractor("resnet18", weights=None, device="cpu", **params)
