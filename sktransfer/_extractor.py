@@ -77,7 +77,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         ``"auto"``: float16 with channels-last memory on CUDA; bfloat16 on a
         CPU that runs it natively (AVX512-BF16 or AMX-BF16: AMD Zen 4 and
         later, Intel Cooper Lake, Sapphire Rapids and later), where it is
-        1.25-2.5x faster (docs/benchmarks.md); float32 on other CPUs, where
+        1.25-2.9x faster (docs/benchmarks.md); float32 on other CPUs, where
         bfloat16 is emulated and slow. Measured cosine similarity to float32
         embeddings (EfficientNet-Lite0, real weights, real photos): float16
         >= 0.9999, bfloat16 >= 0.995. ``"float32"`` gives the same embeddings

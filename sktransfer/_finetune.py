@@ -121,7 +121,11 @@ class FineTuneClassifier(FineTuneNet):
         Autocast dtype of training and prediction. ``"auto"``: bfloat16 on
         CUDA cards that support it, else float16 with gradient scaling;
         bfloat16 on a CPU that runs it natively (AVX512-BF16 or AMX-BF16),
-        float32 on other CPUs. Weights and optimizer state stay float32;
+        except while grouped (depthwise) convolutions train, whose bfloat16
+        backward pass is slower there (MobileNet or EfficientNet trained
+        beyond the head: float32 steps, bfloat16 predictions); float32 on
+        other CPUs. Weights and optimizer
+        state stay float32;
         ``predict_proba`` returns float64. ``"float32"`` trains and predicts
         alike on every machine: choose it for results reproducible across
         machines.
