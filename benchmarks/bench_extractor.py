@@ -1,11 +1,15 @@
 """Extractor throughput vs a bare ``torch.inference_mode()`` forward.
 
-Both run the same model at the same batch size in the same process. The bare
-forward starts from ready, preprocessed channels-last tensors; the extractor starts from
-uint8 arrays or JPEG files (decoding and resizing included). Prints
-throughput ratios (extractor / bare; 1.0 = no overhead).
+Both run the same model at the same batch size and the same precision in the
+same process: the bare forward runs under the autocast dtype the extractor
+resolves ``--precision`` to (``"auto"``: bfloat16 on CPUs that run it
+natively, else float32). The bare forward starts from ready, preprocessed
+channels-last tensors; the extractor starts from uint8 arrays or JPEG files
+(decoding and resizing included). Prints throughput ratios (extractor / bare;
+1.0 = no overhead).
 
-    python benchmarks/bench_extractor.py [--model resnet18] [--n 256] [--batch-size 32]
+    python benchmarks/bench_extractor.py [--model resnet18] [--n 256]
+        [--batch-size 32] [--precision auto]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from _common import best_of, photos, write_jpegs
 
 from sktransfer import CNNFeatureExtractor
+from sktransfer._devices import autocast
 
 
 def main() -> None:
@@ -26,13 +31,20 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
 
     images = photos(args.n)
     extractor = CNNFeatureExtractor(
-        args.model, weights=None, batch_size=args.batch_size
+        args.model,
+        weights=None,
+        batch_size=args.batch_size,
+        device="cpu",
+        precision=args.precision,
     )
     extractor.fit(images[:1])
+    cpu = torch.device("cpu")
+    dtype = extractor._autocast_dtype(cpu)  # what the extractor runs under
     module = extractor.backbone_.module.eval()
     prep = extractor.backbone_.preprocessing
     ready = prep(torch.from_numpy(images).permute(0, 3, 1, 2))
@@ -40,7 +52,7 @@ def main() -> None:
     ready = ready.contiguous(memory_format=torch.channels_last)
 
     def bare() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(cpu, dtype):
             for start in range(0, len(ready), args.batch_size):
                 module(ready[start : start + args.batch_size])
 
@@ -61,7 +73,8 @@ def main() -> None:
 
     print(
         f"model={args.model} n={args.n} batch_size={args.batch_size} "
-        f"images={images.shape[1]}x{images.shape[2]} threads={torch.get_num_threads()}"
+        f"images={images.shape[1]}x{images.shape[2]} threads={torch.get_num_threads()} "
+        f"precision={args.precision} ({dtype or torch.float32})"
     )
     print(f"bare forward:           {args.n / t_bare:7.1f} img/s (1.00)")
     print(

@@ -4,9 +4,12 @@ means on a device. Every estimator resolves them here."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import threading
 
 import torch
+from torch import nn
 
 
 def is_auto(device) -> bool:
@@ -52,26 +55,100 @@ def resolve_device(device) -> torch.device:
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
+# CPU instruction sets that compute in bfloat16 natively: AVX512-BF16 (AMD Zen 4
+# on, Intel Cooper Lake) and AMX-BF16 (Intel Sapphire Rapids on). Elsewhere
+# oneDNN emulates bfloat16, slower than float32.
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# Networks whose CPU forward is no faster under bfloat16 autocast even where
+# the CPU runs it natively (module class names; benchmarks/bench_precision.py
+# and docs/benchmarks.md): "auto" keeps float32 for them. None of the
+# families measured is one.
+CPU_FLOAT32_NETWORKS: frozenset[str] = frozenset()
+
+
+@functools.cache
+def cpu_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 natively (probed once per process).
+
+    torch >= 2.8 reports the instruction sets (``torch.cpu.get_capabilities``);
+    older torch (the project admits 2.4) is asked through the kernel's CPU
+    flags on Linux; anywhere else the answer is ``False``: float32 is never
+    the slow choice. Without oneDNN the bfloat16 convolutions are not the
+    native ones either.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    probe = getattr(torch.cpu, "get_capabilities", None)
+    if probe is not None:
+        try:
+            capabilities = probe()
+        except Exception:  # a probe of the machine: failing means "not known"
+            capabilities = {}
+        return any(capabilities.get(flag) for flag in _NATIVE_BF16_FLAGS)
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+                flags = next(
+                    (line for line in info if line.startswith("flags")), ""
+                ).split()
+        except OSError:
+            return False
+        return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+    return False
+
 
 def autocast_dtype(
-    precision: str, device: torch.device, *, training: bool = False
+    precision: str,
+    device: torch.device,
+    *,
+    training: bool = False,
+    network: nn.Module | None = None,
 ) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; ``None``: float32.
 
-    ``"auto"`` is float32 on the CPU. On CUDA, inference takes float16 (three
-    more mantissa bits than bfloat16: embeddings closer to float32's, measured
-    in docs/benchmarks.md); training takes bfloat16 where the card supports
-    it (no gradient scaling needed), else float16.
+    ``"auto"`` on the CPU is bfloat16 where the CPU runs it natively
+    (:func:`cpu_bfloat16`), for inference and training alike, unless
+    ``network`` is one of :data:`CPU_FLOAT32_NETWORKS`, or is training
+    grouped (depthwise) convolutions, whose bfloat16 backward pass is slower
+    than float32's on CPUs (MobileNet, EfficientNet with ``frozen_layers=0``:
+    docs/benchmarks.md); float32 elsewhere (emulated bfloat16 is slower than
+    float32). ``training``: the precision of a fine-tuned network, for its
+    training steps and its predictions alike (one precision, so that the
+    frozen part's outputs serve both and predictions see what training saw).
+
+    On CUDA, inference takes float16 (three more mantissa bits than bfloat16:
+    embeddings closer to float32's, measured in docs/benchmarks.md); training
+    takes bfloat16 where the card supports it (no gradient scaling needed),
+    else float16.
     """
-    if precision == "float32" or (precision == "auto" and device.type != "cuda"):
+    if precision == "float32":
         return None
     if precision != "auto":
         return getattr(torch, precision)
+    if device.type == "cpu":
+        if not cpu_bfloat16():
+            return None
+        if network is not None and (
+            type(network).__name__ in CPU_FLOAT32_NETWORKS
+            or (training and _trains_grouped_convolutions(network))
+        ):
+            return None
+        return torch.bfloat16
+    if device.type != "cuda":
+        return None
     # native bfloat16 from Ampere (compute capability 8) on; older cards would
     # emulate it slowly, and take float16 with gradient scaling instead
     if training and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
     return torch.float16
+
+
+def _trains_grouped_convolutions(network: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.Conv2d) and m.groups > 1 and m.weight.requires_grad
+        for m in network.modules()
+    )
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

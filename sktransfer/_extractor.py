@@ -70,10 +70,16 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         estimator embeds each image once. A folder: an on-disk cache shared by
         processes and runs (one ``.npy`` per image, written atomically).
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Autocast dtype of the forward pass. ``"auto"``: float16 with
-        channels-last memory on CUDA, float32 on the CPU. Measured cosine
-        similarity to float32 embeddings (EfficientNet-Lite0, real weights):
-        float16 >= 0.9999, bfloat16 >= 0.98. Outputs are always float32.
+        Autocast dtype of the forward pass; outputs are always float32.
+        ``"auto"``: float16 with channels-last memory on CUDA; bfloat16 on a
+        CPU that runs it natively (AVX512-BF16 or AMX-BF16: AMD Zen 4 and
+        later, Intel Cooper Lake, Sapphire Rapids and later), where it is
+        1.25-2.9x faster (docs/benchmarks.md); float32 on other CPUs, where
+        bfloat16 is emulated and slow. Measured cosine similarity to float32
+        embeddings (EfficientNet-Lite0, real weights, real photos): float16
+        >= 0.9999, bfloat16 >= 0.995. ``"float32"`` gives the same embeddings
+        on every machine and for any batch size (to float32 rounding): choose
+        it for results reproducible across machines.
     decoder : {"auto", "cpu", "gpu"}, default="auto"
         Who decodes JPEG files. ``"auto"``: the GPU (nvJPEG, in batches) when
         the network runs on CUDA and a GPU decoder is available, else the CPU
@@ -255,7 +261,7 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             module.to(memory_format=torch.channels_last)
 
     def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        return autocast_dtype(self.precision, device)
+        return autocast_dtype(self.precision, device, network=self.backbone_.module)
 
     def _cache_namespace(self) -> str:
         backbone = self.backbone_
@@ -276,7 +282,8 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
             pooling=self.pooling,
             normalize=self.normalize,
             preprocessing=backbone.preprocessing,
-            # "auto" means float16 on CUDA and float32 on CPU: key the resolved one
+            # "auto" depends on the device, the CPU and the network: key the
+            # resolved dtype
             autocast=str(self._autocast_dtype(device)),
             **extra,
         )

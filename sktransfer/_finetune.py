@@ -166,8 +166,14 @@ class FineTuneClassifier(FineTuneNet):
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast dtype of training and prediction. ``"auto"``: bfloat16 on
         CUDA cards that support it, else float16 with gradient scaling;
-        float32 on the CPU. Weights and optimizer state stay float32;
-        ``predict_proba`` returns float64.
+        bfloat16 on a CPU that runs it natively (AVX512-BF16 or AMX-BF16),
+        except when grouped (depthwise) convolutions train, whose bfloat16
+        backward pass is slower there (MobileNet or EfficientNet trained
+        beyond the head: float32 steps and predictions); float32 on other
+        CPUs. Weights and optimizer state stay float32; ``predict_proba``
+        returns float64. ``"float32"`` trains and predicts
+        alike on every machine: choose it for results reproducible across
+        machines.
     verbose : int, default=0
         skorch's per-epoch table when positive.
     **kwargs

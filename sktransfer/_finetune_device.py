@@ -23,7 +23,12 @@ class DeviceMixin:
         return resolve_device(self.device)
 
     def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        return autocast_dtype(self.precision, device, training=True)
+        return autocast_dtype(
+            self.precision,
+            device,
+            training=True,
+            network=self.__dict__.get("module_"),
+        )
 
     def _grad_scaler(self):
         """A gradient scaler for float16 training (bfloat16 and float32 need none)."""

@@ -22,12 +22,14 @@ from sktransfer import CNNFeatureExtractor, InvalidImageError
 def fitted():
     """A fitted resnet18 extractor (random seeded weights) shared by the module.
 
-    On the CPU: its tests compare embeddings exactly or at atol=1e-5, which
-    float16 autocast on CUDA (device="auto") does not meet.
+    On the CPU in float32: its tests compare embeddings exactly or at
+    atol=1e-5, which float16 autocast on CUDA (device="auto") does not meet,
+    nor bfloat16 (precision="auto" on CPUs with native bfloat16), whose
+    rounding amplifies last-bit differences of the inputs.
     """
     X = np.zeros((1, 32, 32, 3), dtype=np.uint8)
     return CNNFeatureExtractor(
-        "resnet18", weights=None, batch_size=4, device="cpu"
+        "resnet18", weights=None, batch_size=4, device="cpu", precision="float32"
     ).fit(X)
 
 
@@ -53,8 +55,10 @@ def test_default_embedding_width(model, width, images):
 
 def test_default_embedding_is_the_input_of_the_classifier(images):
     """AlexNet's default embedding is fc7 after ReLU: what feeds classifier.6."""
-    # device="cpu": compared with a float32 forward of the module on the CPU
-    extractor = CNNFeatureExtractor("alexnet", weights=None, device="cpu").fit(images)
+    # compared with a float32 forward of the module on the CPU
+    extractor = CNNFeatureExtractor(
+        "alexnet", weights=None, device="cpu", precision="float32"
+    ).fit(images)
     Z = extractor.transform(images[:2])
     module = extractor.backbone_.module
     batch = torch.stack(
@@ -251,7 +255,7 @@ def test_column_transformer_with_a_path_column(fitted, jpeg_paths, column):
     Series for ``"path"``: both are read as paths, next to tabular columns."""
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"path": jpeg_paths, "x": np.arange(8.0) - 2.5})
-    extractor = CNNFeatureExtractor("resnet18", weights=None, device="cpu")
+    extractor = clone(fitted)  # float32: compared with fitted's at atol=1e-5
     columns = ColumnTransformer(
         [("img", extractor, column), ("num", "passthrough", ["x"])]
     )

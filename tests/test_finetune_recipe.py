@@ -240,12 +240,17 @@ def test_grid_search_computes_each_image_once_per_cut_point(images, labels, comp
 
 
 def test_store_keys_on_what_changes_the_outputs(images, labels, computed):
-    tiny(frozen_layers="all").fit(images, labels)
-    tiny(frozen_layers="all", lr=0.5, head_hidden=None).fit(images, labels)  # hit
+    def fit(**params):
+        tiny(**{"frozen_layers": "all", "precision": "float32", **params}).fit(
+            images, labels
+        )
+
+    fit()
+    fit(lr=0.5, head_hidden=None, max_epochs=2)  # the head's settings: a hit
     assert sum(n for n, _ in computed) == 8
-    tiny(frozen_layers="all", image_size=48).fit(images, labels)  # other input size
-    tiny(frozen_layers=3).fit(images, labels)  # other cut point
-    tiny(frozen_layers="all", precision="bfloat16").fit(images, labels)
+    fit(image_size=48)  # other input size
+    fit(frozen_layers=3)  # other cut point
+    fit(precision="bfloat16")  # other precision
     assert sum(n for n, _ in computed) == 4 * 8
 
 

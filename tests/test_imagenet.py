@@ -21,8 +21,11 @@ BUILDINGS = {"palace", "church", "monastery", "bell cote", "dome", "mosque", "ca
 
 @pytest.fixture(scope="module")
 def random_clf():
+    """On the CPU in float32: its tests compare probabilities at atol=1e-6."""
     images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
-    return ImageNetClassifier("resnet18", weights=None, device="cpu").fit(images)
+    return ImageNetClassifier(
+        "resnet18", weights=None, device="cpu", precision="float32"
+    ).fit(images)
 
 
 def test_fit_sets_classes_to_categories(random_clf):

@@ -18,11 +18,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def lite0():
-    """On the CPU: float32 embeddings are the reference of the autocast test, and
-    the classifier head is applied to them with CPU tensors."""
-    return CNNFeatureExtractor("efficientnet_lite0", device="cpu").fit(
-        np.zeros((1, 8, 8, 3), np.uint8)
-    )
+    """On the CPU in float32: its embeddings are the reference of the autocast
+    tests, and the classifier head is applied to them with CPU tensors."""
+    return CNNFeatureExtractor(
+        "efficientnet_lite0", device="cpu", precision="float32"
+    ).fit(np.zeros((1, 8, 8, 3), np.uint8))
 
 
 def test_cnn_features_beat_raw_pixels_on_real_textures(lite0):
@@ -65,3 +65,25 @@ def test_autocast_embeddings_agree_with_float32(lite0, precision, min_cosine):
         np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1)
     )
     assert cosine.min() >= min_cosine
+
+
+def _photos() -> list[np.ndarray]:
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    names = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
+    return [*load_sample_images().images, *(getattr(data, n)() for n in names)]
+
+
+def test_default_precision_agrees_with_float32_on_photos(lite0):
+    """Whatever "auto" resolves to on this CPU (bfloat16 where it is native):
+    per-photo cosine to float32 >= 0.995 (docs/benchmarks.md), float32 out."""
+    photos = _photos()
+    reference = lite0.transform(photos)
+    default = clone(lite0).set_params(precision="auto").fit(photos)
+    low = default.transform(photos)
+    assert low.dtype == np.float32
+    cosine = (reference * low).sum(1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1)
+    )
+    assert cosine.min() >= 0.995

@@ -46,8 +46,10 @@ def test_torchvision_cache_is_used_offline(torch_home, images):
     checkpoints.mkdir(parents=True)
     torch.save(reference.state_dict(), checkpoints / "resnet18-f37072fd.pth")
     for weights in ("DEFAULT", "IMAGENET1K_V1", ResNet18_Weights.IMAGENET1K_V1):
-        # device="cpu": compared at atol=1e-5 with a float32 forward on the CPU
-        extractor = CNNFeatureExtractor("resnet18", weights=weights, device="cpu")
+        # compared at atol=1e-5 with a float32 forward on the CPU
+        extractor = CNNFeatureExtractor(
+            "resnet18", weights=weights, device="cpu", precision="float32"
+        )
         extractor.fit(images)
         assert extractor.backbone_.weights_id == "ResNet18_Weights.IMAGENET1K_V1"
         np.testing.assert_allclose(
@@ -71,8 +73,9 @@ def test_local_pth_and_safetensors(tmp_path, images):
     torch.save({"state_dict": reference.state_dict()}, pth)  # checkpoint layout
     save_file(reference.state_dict(), st)
     # device="cpu": compared at atol=1e-5 with a float32 forward on the CPU
-    a = CNNFeatureExtractor("resnet18", weights=str(pth), device="cpu").fit(images)
-    b = CNNFeatureExtractor("resnet18", weights=st, device="cpu").fit(images)
+    exact = dict(device="cpu", precision="float32")  # vs a float32 forward
+    a = CNNFeatureExtractor("resnet18", weights=str(pth), **exact).fit(images)
+    b = CNNFeatureExtractor("resnet18", weights=st, **exact).fit(images)
     expected = _embed(reference, a, images)
     np.testing.assert_allclose(a.transform(images), expected, atol=1e-5)
     np.testing.assert_allclose(b.transform(images), expected, atol=1e-5)
