@@ -97,7 +97,7 @@ class FineTuneClassifier(FineTuneNet):
         Epochs that a new head trains alone on the frozen network's
         embeddings (computed once) before the unfrozen groups train with
         it, so that the first gradients of an untrained head do not distort
-        pretrained layers. ``"auto"``: 30, or enough for 300 steps on small
+        pretrained layers. ``"auto"``: 20, or enough for 300 steps on small
         sets. Unused when only the head trains (its training is the fit's
         epochs then); ``0`` skips it.
     tta : bool, default=True
@@ -142,7 +142,7 @@ class FineTuneClassifier(FineTuneNet):
         validation split: a fit is reproducible on CPU.
     max_epochs : int or "auto", default="auto"
         Passes over the training data. ``"auto"``: when only the head trains,
-        on frozen outputs computed once (epochs cost little then), 30 or
+        on frozen outputs computed once (epochs cost little then), 20 or
         enough for 300 steps on small sets; else 5 (the head has trained
         alone first: see ``head_epochs``).
     lr : float, default=1e-3
