@@ -53,6 +53,7 @@ def main() -> None:
             weights=None,
             frozen_layers="all",
             augment=False,
+            cache=None,  # the prefix once per fit: repeats must not share it
             random_state=0,
             device="cpu",
             **common,

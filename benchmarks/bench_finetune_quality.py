@@ -16,7 +16,7 @@ Nothing is cached between the rows (each starts from empty caches), so each
 time is what a first fit costs.
 
     python benchmarks/bench_finetune_quality.py ROOT [--model efficientnet_lite0]
-        [--test-size 0.25] [--device cpu] [--deeper frozen_layers=5,max_epochs=8]
+        [--test-size 0.25] [--device cpu] [--deeper frozen_layers=4,image_size=128]
         [--skip svc,deeper]
 """
 
@@ -42,7 +42,7 @@ from sktransfer import (
     load_image_folder,
 )
 
-DEEPER = "frozen_layers=5,max_epochs=8"
+DEEPER = "frozen_layers=4,image_size=128"
 
 
 def parse_params(text: str) -> dict:

@@ -109,13 +109,12 @@ def autocast_dtype(
 
     ``"auto"`` on the CPU is bfloat16 where the CPU runs it natively
     (:func:`cpu_bfloat16`), for inference and training alike, unless
-    ``network`` is one of :data:`CPU_FLOAT32_NETWORKS`, or is training
-    grouped (depthwise) convolutions, whose bfloat16 backward pass is slower
-    than float32's on CPUs (MobileNet, EfficientNet with ``frozen_layers=0``:
-    docs/benchmarks.md); float32 elsewhere (emulated bfloat16 is slower than
-    float32). ``training``: the precision of a fine-tuned network, for its
-    training steps and its predictions alike (one precision, so that the
-    frozen part's outputs serve both and predictions see what training saw).
+    ``network`` is one of :data:`CPU_FLOAT32_NETWORKS`; float32 elsewhere
+    (emulated bfloat16 is slower than float32). Trained grouped (depthwise)
+    convolutions, whose bfloat16 backward pass is slower than float32's on
+    CPUs, step in float32 inside it: see :func:`float32_grouped_convolutions`.
+    ``training``: the precision of a fine-tuned network, for its training
+    steps and its predictions alike (predictions see what training saw).
 
     On CUDA, inference takes float16 (three more mantissa bits than bfloat16:
     embeddings closer to float32's, measured in docs/benchmarks.md); training
@@ -129,10 +128,7 @@ def autocast_dtype(
     if device.type == "cpu":
         if not cpu_bfloat16():
             return None
-        if network is not None and (
-            type(network).__name__ in CPU_FLOAT32_NETWORKS
-            or (training and _trains_grouped_convolutions(network))
-        ):
+        if network is not None and type(network).__name__ in CPU_FLOAT32_NETWORKS:
             return None
         return torch.bfloat16
     if device.type != "cuda":
@@ -144,11 +140,49 @@ def autocast_dtype(
     return torch.float16
 
 
-def _trains_grouped_convolutions(network: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.Conv2d) and m.groups > 1 and m.weight.requires_grad
-        for m in network.modules()
-    )
+def float32_grouped_convolutions(network: nn.Module) -> None:
+    """Run the trainable grouped (depthwise) convolutions of ``network`` in
+    float32 under CPU autocast, the rest of it in the autocast dtype.
+
+    Their bfloat16 backward pass is slower than float32's on CPUs (EfficientNet-
+    Lite0's top groups: 1.4-1.6x slower per step), while the dense
+    convolutions around them gain most from bfloat16: with them in float32 a
+    training step of the top one to three groups ran 1.2-1.6x faster than in
+    float32 throughout (docs/benchmarks.md). Frozen ones, which only run
+    forward, are left alone; so is every convolution on other devices or
+    outside autocast. Idempotent.
+    """
+    for module in network.modules():
+        if not (
+            isinstance(module, nn.Conv2d)
+            and module.groups > 1
+            and module.weight.requires_grad
+        ):
+            continue
+        if _leave_cpu_autocast not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_leave_cpu_autocast)
+            module.register_forward_hook(_resume_cpu_autocast, always_call=True)
+
+
+_left = threading.local()  # per thread: the autocast states left, innermost last
+
+
+def _leave_cpu_autocast(module, args):
+    stack = _left.__dict__.setdefault("stack", [])
+    x = args[0]
+    if not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+        stack.append(None)
+        return None
+    state = torch.autocast("cpu", enabled=False)
+    state.__enter__()
+    stack.append(state)
+    return (x.float(), *args[1:])
+
+
+def _resume_cpu_autocast(module, args, output):
+    state = _left.stack.pop()
+    if state is not None:
+        state.__exit__(None, None, None)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -386,4 +386,11 @@ def layer_groups(model="resnet18") -> list[list[str]]:
     check_model(model)
     if isinstance(model, nn.Module):  # its head: its last classifier layer
         return groups_of(model, last_classifier(model))
-    return build_structure(model).groups
+    key = (model, _version)  # every fit asks: build the structure once
+    if key not in _named_groups:
+        _named_groups[key] = build_structure(model).groups
+    return [list(group) for group in _named_groups[key]]
+
+
+# layer groups of named networks, by (name, table version)
+_named_groups: dict[tuple[str, int], list[list[str]]] = {}

@@ -26,11 +26,11 @@ from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset
 from torch.utils.data import DataLoader, Subset
 
-from . import _frozen
+from . import _families, _frozen
 from ._backbones import build_backbone
 from ._cache import module_digest
 from ._device_transforms import to_device
-from ._devices import autocast
+from ._devices import autocast, float32_grouped_convolutions
 from ._families import drop_aux, family_of, replace_head, trained_aux
 from ._finetune_data import (
     FEATURES_KEY,
@@ -95,6 +95,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         self.frozen_modules_ = freeze(
             module, groups, n_frozen, heads, trained=tuple(a.branch for a in aux)
         )
+        float32_grouped_convolutions(module)  # their bfloat16 backward is slow
         self.layer_groups_ = groups
         self.n_frozen_groups_ = n_frozen
         self.head_ = backbone.head
@@ -108,6 +109,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             module.to(memory_format=torch.channels_last)
         self.module_ = module
         self.__dict__.pop("_split", None)  # of the previous network
+        self.__dict__.pop("_dtype_memo", None)
         self.__dict__["_fresh_head"] = True  # trained alone first (get_split_datasets)
         return self
 
@@ -391,14 +393,23 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
                 self.layer_groups_,
                 self.frozen_modules_,
                 heads=(self.head_, *self.aux_heads_),
+                structure=self._structure(),
             )
         return self.__dict__["_split"]
 
+    def _structure(self) -> tuple | None:
+        """What determines a named network's architecture (its traced graphs
+        are reused by the next instance); ``None`` for a module passed in."""
+        if not isinstance(self.model, str):
+            return None
+        return (self.backbone_name_, _families.version())
+
     def _stored_split(self) -> PrefixSplit | None:
-        """The split that predictions run through, when a ``cache`` may hold
-        the prefix outputs of the images (a grid search's test folds were
-        another candidate's training images)."""
-        if self.cache is None or not getattr(self, "initialized_", False):
+        """The split that predictions run through when the fit trained on
+        frozen outputs: their prefix outputs come from the ``cache`` store
+        where it holds them (a grid search's test folds were another
+        candidate's training images)."""
+        if not getattr(self, "initialized_", False):
             return None
         if not self._prefix_eligible():
             return None

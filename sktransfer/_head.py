@@ -25,7 +25,7 @@ from torch import nn
 from ._schedule import cosine_factor
 
 HEAD_EPOCHS = 20  # epochs of a head trained alone, at least ...
-HEAD_STEPS = 300  # ... and at least this many optimizer steps (small sets)
+HEAD_STEPS = 100  # ... and at least this many optimizer steps (small sets)
 
 
 class Standardize(nn.Module):
@@ -89,7 +89,7 @@ def head_epochs_for(n: int, batch_size: int) -> int:
     Examples
     --------
     >>> head_epochs_for(3000, 32), head_epochs_for(120, 32)
-    (20, 75)
+    (20, 25)
     """
     per_epoch = max(1, -(-n // batch_size))
     return max(HEAD_EPOCHS, -(-HEAD_STEPS // per_epoch))

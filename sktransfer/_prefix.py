@@ -9,6 +9,10 @@ tail graphs (that activation -> logits) for training and for evaluation. The
 graphs share the network's own modules, so training the tail trains the
 network. When no such single activation exists (or tracing fails), the caller
 runs the whole network as usual.
+
+Tracing costs a few tenths of a second, paid by every fit of a grid search:
+the graphs of a named network are kept (:data:`_plans`, keyed by its
+structure) and rebound to each new instance of it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import fx, nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from ._groups import is_under
+from ._lru import LRU
 
 _RANDOM_FUNCTIONS = {
     torch.rand,
@@ -180,17 +185,61 @@ def _prefix_graph(gm: fx.GraphModule, boundary: fx.Node) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
+# Graphs of the splits of named networks (prefix, tail_train, tail_eval,
+# boundary, shapes) or None, by structure: see plan_split's ``structure``.
+_plans: LRU[tuple | None] = LRU(max_items=16)
+
+
 def plan_split(
     module: nn.Module,
     groups: list[list[str]],
     frozen: list[str],
     heads: tuple[str, ...] = (),
+    structure: tuple | None = None,
 ) -> PrefixSplit | None:
     """Split ``module`` after its frozen prefix, or ``None`` when it cannot be.
 
     Layer groups and ``heads`` stay whole modules in the traced graphs (a
-    hook on one of them fires when the tail runs it).
+    hook on one of them fires when the tail runs it). ``structure``, a
+    hashable identity of the network's architecture (e.g. its model name and
+    the family table's version), lets another instance of the same
+    architecture reuse the traced graphs instead of tracing again.
     """
+    if structure is None:
+        return _plan(module, groups, frozen, heads)
+    key = (structure, tuple(map(tuple, groups)), tuple(frozen), tuple(heads))
+    plan = _plans.get_or_create(
+        key, lambda: _graphs_of(_plan(module, groups, frozen, heads))
+    )
+    if plan is None:
+        return None
+    *graphs, boundary, shapes = plan
+    prefix, tail_train, tail_eval = (_rebind(module, graph) for graph in graphs)
+    return PrefixSplit(prefix, tail_train, tail_eval, boundary, shapes)
+
+
+def _graphs_of(split: PrefixSplit | None) -> tuple | None:
+    """The split's graphs, detached from the traced instance (which they would
+    otherwise keep alive, weights and all)."""
+    if split is None:
+        return None
+    graphs = (split.prefix.graph, split.tail_train.graph, split.tail_eval.graph)
+    return (*map(_copy, graphs), split.boundary, split.shapes)
+
+
+def _rebind(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
+    """A graph module over ``module``'s own layers (a graph belongs to one
+    graph module: each gets a copy)."""
+    return fx.GraphModule(module, _copy(graph))
+
+
+def _copy(graph: fx.Graph) -> fx.Graph:
+    copy = fx.Graph()
+    copy.output(copy.graph_copy(graph, {}))
+    return copy
+
+
+def _plan(module, groups, frozen, heads) -> PrefixSplit | None:
     names = dict(module.named_modules())
     leaves = {entry for group in groups for entry in group if entry in names}
     leaves |= {head for head in heads if head in names}

@@ -163,15 +163,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--epochs",
-        type=_int_at_least(1),
-        default=10,
-        help="finetune: training epochs (default: 10)",
+        type=_epochs,
+        default="auto",
+        help="finetune: training epochs, or 'auto' (FineTuneClassifier's "
+        "max_epochs; default: auto)",
     )
     evaluate.add_argument(
         "--frozen-layers",
         type=_frozen_layers,
         default="all",
         help="finetune: layer groups kept frozen, 'all' or a number (default: all)",
+    )
+    evaluate.add_argument(
+        "--backbone-lr-ratio",
+        type=float,
+        default=1.0,
+        help="finetune: learning rate of unfrozen groups relative to the head's "
+        "(default: 1.0)",
+    )
+    evaluate.add_argument(
+        "--image-size",
+        type=_int_at_least(16),
+        default=None,
+        help="finetune: crop size in pixels (default: the weights' own)",
     )
     evaluate.add_argument(
         "--cv", type=_int_at_least(2), default=5, help="number of folds (default: 5)"
@@ -456,6 +470,8 @@ def _finetune(args):
         weights=_weights(args),
         frozen_layers=args.frozen_layers,
         max_epochs=args.epochs,
+        backbone_lr_ratio=args.backbone_lr_ratio,
+        image_size=args.image_size,
         batch_size=args.batch_size,
         device=args.device,
         random_state=args.seed,
@@ -466,15 +482,24 @@ def _finetune(args):
 _CLASSIFIERS = {"svm": _svm, "knn": _knn, "logreg": _logreg, "finetune": _finetune}
 
 
-def _frozen_layers(text: str):
-    if text == "all":
-        return "all"
-    try:
-        return _int_at_least(0)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'all' or an integer >= 0, got {text!r}"
-        ) from None
+def _word_or_int_at_least(word: str, low: int):
+    """``word`` itself, or an integer of at least ``low``."""
+
+    def parse(text: str):
+        if text == word:
+            return word
+        try:
+            return _int_at_least(low)(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected {word!r} or an integer >= {low}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+_epochs = _word_or_int_at_least("auto", 1)
+_frozen_layers = _word_or_int_at_least("all", 0)
 
 
 def _run_evaluate(args) -> int:

@@ -299,8 +299,9 @@ def test_evaluate_finetune(capsys, image_folder, tmp_path):
     plot = tmp_path / "cm.png"
     code, out, err = run(
         capsys, "evaluate", image_folder, "--cv", 2, "--classifier", "finetune",
-        "--epochs", 1, "--frozen-layers", 3, "--plot", plot,
-        "--model", "mobilenet_v3_small", "--weights", "none", "--device", "cpu", "-q",
+        "--epochs", 1, "--frozen-layers", 3, "--plot", plot, "--image-size", 48,
+        "--backbone-lr-ratio", 1.0, "--model", "mobilenet_v3_small",
+        "--weights", "none", "--device", "cpu", "-q",
     )  # fmt: skip
     assert code == 0, err
     assert (
@@ -313,6 +314,12 @@ def test_evaluate_finetune(capsys, image_folder, tmp_path):
 def test_evaluate_bad_frozen_layers(capsys, image_folder):
     code, _, err = run(capsys, "evaluate", image_folder, "--frozen-layers", "some")
     assert_one_line_error(code, err, "expected 'all' or an integer >= 0", status=2)
+
+
+@pytest.mark.parametrize("epochs", ["0", "some"])
+def test_evaluate_bad_epochs(capsys, image_folder, epochs):
+    code, _, err = run(capsys, "evaluate", image_folder, "--epochs", epochs)
+    assert_one_line_error(code, err, "expected 'auto' or an integer >= 1", status=2)
 
 
 def test_evaluate_missing_folder(capsys, tmp_path):

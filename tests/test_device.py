@@ -230,7 +230,7 @@ def test_finetune_takes_photos_upright(tmp_path):
         max_epochs=1,
         device="cpu",
         random_state=0,
-        cache=None,  # predictions decode the images (no stored prefix outputs)
+        cache_frozen=False,  # predictions decode the images (no prefix outputs)
     ).fit([upright, sideways], ["a", "b"])
     dataset = clf.get_dataset([upright, sideways, untagged])
     first, second, third = (dataset[i][0] for i in range(3))

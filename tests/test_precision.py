@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from torch import nn
 
 from sktransfer import (
     CNNFeatureExtractor,
@@ -22,7 +23,11 @@ from sktransfer import (
     _devices,
 )
 from sktransfer._backbones import build_backbone
-from sktransfer._devices import autocast_dtype, cpu_bfloat16
+from sktransfer._devices import (
+    autocast_dtype,
+    cpu_bfloat16,
+    float32_grouped_convolutions,
+)
 
 CPU = torch.device("cpu")
 
@@ -79,21 +84,43 @@ def test_networks_where_bfloat16_does_not_pay_keep_float32(native, monkeypatch):
     assert autocast_dtype("bfloat16", CPU, network=resnet) is torch.bfloat16
 
 
-def test_training_grouped_convolutions_keeps_float32(native):
-    """Their bfloat16 backward is the slow one: a network fine-tuned through
-    depthwise convolutions stays float32 (its predictions too: one precision
-    per fine-tuned network); the same network only predicting is bfloat16."""
-    mobilenet = build_backbone("mobilenet_v3_small", None).module
-    mobilenet.train()
-    assert autocast_dtype("auto", CPU, training=True, network=mobilenet) is None
-    assert autocast_dtype("bfloat16", CPU, network=mobilenet) is torch.bfloat16
-    mobilenet.eval()
-    assert autocast_dtype("auto", CPU, training=True, network=mobilenet) is None
-    assert autocast_dtype("auto", CPU, network=mobilenet) is torch.bfloat16
-    mobilenet.train().requires_grad_(False)  # only a new head trains
+def test_trained_grouped_convolutions_step_in_float32(native):
+    """Their bfloat16 backward is the slow one on CPUs: under CPU autocast the
+    grouped convolutions that train run in float32, every other convolution
+    (dense, or frozen) in bfloat16; the network's dtype stays bfloat16."""
+    mobilenet = build_backbone("mobilenet_v3_small", None).module.train()
     assert autocast_dtype("auto", CPU, training=True, network=mobilenet) is (
         torch.bfloat16
     )
+    mobilenet.features[:6].requires_grad_(False)
+    float32_grouped_convolutions(mobilenet)
+    float32_grouped_convolutions(mobilenet)  # idempotent
+    convolutions = [m for m in mobilenet.modules() if isinstance(m, nn.Conv2d)]
+    seen = {}
+    for conv in convolutions:
+        conv.register_forward_hook(lambda m, args, out: seen.__setitem__(m, out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mobilenet(torch.randn(2, 3, 64, 64)).float().sum().backward()
+        assert torch.is_autocast_enabled("cpu")  # left and resumed
+    kinds = set()
+    for conv in convolutions:
+        trained_grouped = conv.groups > 1 and conv.weight.requires_grad
+        kinds.add((conv.groups > 1, conv.weight.requires_grad))
+        assert seen[conv] == (torch.float32 if trained_grouped else torch.bfloat16)
+        assert len(conv._forward_pre_hooks) == trained_grouped
+    assert kinds == {(True, True), (True, False), (False, True), (False, False)}
+    mobilenet(torch.randn(2, 3, 64, 64))  # outside autocast: float32 throughout
+    assert set(seen.values()) == {torch.float32}
+
+
+def test_autocast_resumes_after_a_failing_grouped_convolution():
+    conv = nn.Conv2d(4, 4, 3, groups=4)
+    float32_grouped_convolutions(conv)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            conv(torch.randn(2, 5, 8, 8))  # 5 channels for 4
+        assert torch.is_autocast_enabled("cpu")
+        assert conv(torch.randn(2, 4, 8, 8)).dtype == torch.float32
 
 
 def _extract(images, **params):

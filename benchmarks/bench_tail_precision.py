@@ -1,0 +1,126 @@
+"""Training steps of a depthwise network's top groups on a CPU, by precision.
+
+``FineTuneClassifier`` trains the unfrozen groups on the frozen groups'
+stored outputs. On a CPU with native bfloat16, ``precision="auto"`` steps in
+bfloat16 autocast but runs the trained grouped (depthwise) convolutions in
+float32 (``_devices.float32_grouped_convolutions``), since their bfloat16
+backward pass is slow. This times one training step (forward, backward,
+AdamW) of the trained part at batch size ``--batch-size``, for each cut
+point, three ways, in alternating rounds in one process:
+
+* float32 throughout (the baseline of the ratios),
+* bfloat16 throughout (grouped convolutions included),
+* bfloat16 with float32 grouped convolutions (the default).
+
+Ratios above 1 are faster than float32. Weights are random (speed does not
+depend on them).
+
+    python benchmarks/bench_tail_precision.py [--model efficientnet_lite0]
+        [--frozen 7,6,5] [--batch-size 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from sktransfer import FineTuneClassifier, _devices
+
+
+def trained_part(model: str, frozen_layers: int, batch_size: int):
+    """The training tail of a fitted classifier, a batch of stored outputs
+    for it, and its trainable parameters."""
+    images = np.random.default_rng(0).integers(0, 255, (4, 224, 224, 3), np.uint8)
+    clf = FineTuneClassifier(
+        model,
+        weights=None,
+        frozen_layers=frozen_layers,
+        max_epochs=1,
+        head_epochs=0,
+        device="cpu",
+        random_state=0,
+    ).fit(images, np.arange(4) % 2)
+    split = clf._split_plan()
+    shape = split.shapes[clf.preprocessing_.crop_size]
+    features = torch.randn(batch_size, *shape)
+    features = features.contiguous(memory_format=torch.channels_last)
+    params = [p for p in clf.module_.parameters() if p.requires_grad]
+    return clf.module_, split.tail(True), features, params
+
+
+def without_float32_convolutions(module: torch.nn.Module):
+    """Take the float32 hooks off (returns a function that puts them back)."""
+    removed = []
+    for m in module.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for key, hook in list(hooks.items()):
+                if hook in (
+                    _devices._leave_cpu_autocast,
+                    _devices._resume_cpu_autocast,
+                ):
+                    removed.append((hooks, key, hook))
+                    del hooks[key]
+
+    def restore():
+        for hooks, key, hook in removed:
+            hooks[key] = hook
+
+    return restore
+
+
+def step_time(tail, features, optimizer, dtype, steps: int = 5) -> float:
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            out = tail(features)
+        loss = out.float().logsumexp(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--frozen", default="7,6,5")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads; "
+        "training step vs float32 (median of rounds, rounds in brackets)"
+    )
+    print(f"{'frozen_layers':>13s}  {'bfloat16 throughout':>24s}  {'default':>24s}")
+    for frozen in map(int, args.frozen.split(",")):
+        module, tail, features, params = trained_part(
+            args.model, frozen, args.batch_size
+        )
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        plain, default = [], []
+        for _ in range(args.rounds):
+            t32 = step_time(tail, features, optimizer, None)
+            restore = without_float32_convolutions(module)
+            t_plain = step_time(tail, features, optimizer, torch.bfloat16)
+            restore()
+            t_default = step_time(tail, features, optimizer, torch.bfloat16)
+            plain.append(t32 / t_plain)
+            default.append(t32 / t_default)
+
+        def cell(ratios):
+            rounds = ", ".join(f"{r:.2f}" for r in ratios)
+            return f"{statistics.median(ratios):.2f}x ({rounds})"
+
+        print(f"{frozen:>13d}  {cell(plain):>24s}  {cell(default):>24s}")
+
+
+if __name__ == "__main__":
+    main()
