@@ -398,11 +398,13 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         return self.__dict__["_split"]
 
     def _structure(self) -> tuple | None:
-        """What determines a named network's architecture (its traced graphs
-        are reused by the next instance); ``None`` for a module passed in."""
+        """What determines a named network's traced graphs (reused by the next
+        instance): its name, the family table's version, and its weights,
+        which choose builder options that forward branches on (Inception v3's
+        ``transform_input``); ``None`` for a module passed in."""
         if not isinstance(self.model, str):
             return None
-        return (self.backbone_name_, _families.version())
+        return (self.backbone_name_, self.weights_id_, _families.version())
 
     def _stored_split(self) -> PrefixSplit | None:
         """The split that predictions run through when the fit trained on

@@ -12,7 +12,13 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 
-from sktransfer import CNNFeatureExtractor, FineTuneClassifier, _devices, _frozen
+from sktransfer import (
+    CNNFeatureExtractor,
+    FineTuneClassifier,
+    _devices,
+    _frozen,
+    _prefix,
+)
 from sktransfer._backbones import weights_available
 from sktransfer._images import check_images
 from sktransfer._schedule import cosine_factor
@@ -241,6 +247,22 @@ def test_a_depthwise_network_fine_tunes_in_bfloat16(images, labels, monkeypatch)
     }
     assert hooked == {True}
     assert clf.predict_proba(images).shape == (len(images), len(clf.classes_))
+
+
+def test_split_traced_once_per_network_structure(images, labels, monkeypatch):
+    traced = []
+    plan = _prefix._plan
+    monkeypatch.setattr(_prefix, "_plan", lambda *args: traced.append(1) or plan(*args))
+    _prefix._plans.clear()
+    first = tiny(frozen_layers=3).fit(images, labels)
+    second = tiny(frozen_layers=3).fit(images, labels)  # graphs rebound, not traced
+    assert len(traced) == 1
+    assert second._split_plan().prefix is not first._split_plan().prefix
+    np.testing.assert_allclose(
+        first.predict_proba(images), second.predict_proba(images), atol=1e-6
+    )
+    tiny(frozen_layers=2).fit(images, labels)  # another cut point
+    assert len(traced) == 2
 
 
 def test_grid_search_computes_each_image_once_per_cut_point(images, labels, computed):
