@@ -144,10 +144,11 @@ def float32_grouped_convolutions(network: nn.Module) -> None:
     """Run the trainable grouped (depthwise) convolutions of ``network`` in
     float32 under CPU autocast, the rest of it in the autocast dtype.
 
-    Their bfloat16 backward pass is slower than float32's on CPUs (EfficientNet-
-    Lite0's top groups: 1.4-1.6x slower per step), while the dense
-    convolutions around them gain most from bfloat16: with them in float32 a
-    training step of the top one to three groups ran 1.2-1.6x faster than in
+    Their bfloat16 backward pass is slower than float32's on CPUs: bfloat16
+    throughout made a training step of EfficientNet-Lite0's top two or three
+    groups 1.15x slower than float32 (the whole network's 1.7x), while the
+    dense convolutions around them gain from bfloat16; with the grouped ones
+    in float32, steps of the top one to three groups ran 1.3-1.6x faster than
     float32 throughout (docs/benchmarks.md). Frozen ones, which only run
     forward, are left alone; so is every convolution on other devices or
     outside autocast. Idempotent.
