@@ -176,7 +176,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--backbone-lr-ratio",
-        type=float,
+        type=_positive_float,
         default=1.0,
         help="finetune: learning rate of unfrozen groups relative to the head's "
         "(default: 1.0)",
@@ -244,6 +244,16 @@ def _common(parser: argparse.ArgumentParser, model: bool = True) -> None:
         action="store_true",
         help="show tracebacks instead of one-line errors",
     )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _int_at_least(low: int):

@@ -86,6 +86,15 @@ def test_unknown_classifier(capsys, image_folder):
         (["predict", "x.jpg", "--top", "0"], "--top: must be at least 1"),
         (["embed", "x.jpg"], "the following arguments are required: -o/--output"),
         (["fit", "x"], "invalid choice: 'fit'"),
+        (["evaluate", "x", "--image-size", "8"], "--image-size: must be at least 16"),
+        (
+            ["evaluate", "x", "--backbone-lr-ratio", "0"],
+            "--backbone-lr-ratio: must be a positive number, got 0",
+        ),
+        (
+            ["evaluate", "x", "--backbone-lr-ratio", "fast"],
+            "--backbone-lr-ratio: expected a number, got 'fast'",
+        ),
     ],
 )
 def test_usage_errors(capsys, argv, match):
