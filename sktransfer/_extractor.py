@@ -174,7 +174,8 @@ class CNNFeatureExtractor(TransformerMixin, BaseEstimator):
         # On the device now: transform finds it there, and forward hooks put
         # on backbone_.module after fit stay on the module that runs.
         self._prepare(device)
-        check_decoder(self.decoder, device)
+        if device.type == "cuda":  # now that the warm-up has had its time
+            check_decoder(self.decoder, device)
         return self
 
     def _width(self) -> int:

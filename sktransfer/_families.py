@@ -24,6 +24,7 @@ from torch import nn
 
 from . import _groups as g
 from ._images import Preprocessing
+from ._lru import LRU
 
 
 @dataclass(frozen=True)
@@ -386,11 +387,11 @@ def layer_groups(model="resnet18") -> list[list[str]]:
     check_model(model)
     if isinstance(model, nn.Module):  # its head: its last classifier layer
         return groups_of(model, last_classifier(model))
-    key = (model, _version)  # every fit asks: build the structure once
-    if key not in _named_groups:
-        _named_groups[key] = build_structure(model).groups
-    return [list(group) for group in _named_groups[key]]
+    groups = _named_groups.get_or_create(  # every fit asks: build it once
+        (model, _version), lambda: build_structure(model).groups
+    )
+    return [list(group) for group in groups]
 
 
 # layer groups of named networks, by (name, table version)
-_named_groups: dict[tuple[str, int], list[list[str]]] = {}
+_named_groups: LRU[list[list[str]]] = LRU(max_items=32)

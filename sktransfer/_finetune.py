@@ -392,7 +392,7 @@ class FineTuneClassifier(FineTuneNet):
             self.class_index_ = {label: i for i, label in enumerate(classes.tolist())}
         y_index = self._encode(y)
         weights = training_weights(
-            y, y_index, self.classes_, self.class_weight, sample_weight
+            y_index, self.classes_, self.class_weight, sample_weight
         )
         self.seed_ = seed_from(self.random_state)
         self.__dict__["_fit_weights"] = weights

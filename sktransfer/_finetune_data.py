@@ -80,10 +80,9 @@ class ImageDataset(_Weighted, torch.utils.data.Dataset):
         copy, files decoded in a thread pool."""
         indices = [int(i) for i in indices]
         if self.images.kind == "array":
-            stacked = None
             if self.images.data.dtype == np.uint8:
                 stacked = gather_rows(self.images, indices, pin=self.pin)
-            if stacked is None:
+            else:
                 stacked = self.images.rows(np.asarray(indices))
             items = [self._item(x, i) for x, i in zip(stacked, indices, strict=True)]
             return Fetched(items, stacked)
@@ -300,7 +299,7 @@ def prepare_batch(
             else:
                 out.append(preprocessing(image[None])[0])
         batch = torch.stack(out)
-    return _channels_last(batch)
+    return channels_last(batch)
 
 
 def prepare_on_device(
@@ -423,7 +422,7 @@ def _map_tensors(fn, x):
     return x
 
 
-def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+def channels_last(batch: torch.Tensor) -> torch.Tensor:
     """Channels-last maps: faster training steps on CPU (measured by
     benchmarks/bench_layout.py), and the tensor-core layout on GPUs.
     Images and frozen-prefix outputs get the same layout, so the cached and

@@ -23,17 +23,10 @@ class DeviceMixin:
         return resolve_device(self.device)
 
     def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        """The network's autocast dtype (decided once per network and device:
-        the decision walks its modules, and every step asks)."""
-        module = self.__dict__.get("module_")
-        key = (self.precision, str(device), id(module))
-        memo = self.__dict__.get("_dtype_memo")
-        if memo is None or memo[0] != key:
-            dtype = autocast_dtype(
-                self.precision, device, training=True, network=module
-            )
-            memo = self.__dict__["_dtype_memo"] = (key, dtype)
-        return memo[1]
+        """The network's autocast dtype (training and predictions alike)."""
+        return autocast_dtype(
+            self.precision, device, training=True, network=self.__dict__.get("module_")
+        )
 
     def _grad_scaler(self):
         """A gradient scaler for float16 training (bfloat16 and float32 need none)."""
@@ -115,7 +108,6 @@ class DeviceMixin:
         state = super().__getstate__()
         state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
         state.pop("_modes", None)  # of this process's module (ids)
-        state.pop("_dtype_memo", None)
         state.pop("_frozen_outputs", None)  # alive only during a fit
         return state
 

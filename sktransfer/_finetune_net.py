@@ -39,6 +39,7 @@ from ._finetune_data import (
     FeatureDataset,
     ImageDataset,
     StoredPrefixDataset,
+    channels_last,
     default_augmentation,
     flip_augmentation,
     prepare_batch,
@@ -54,6 +55,7 @@ from ._pipeline import preprocessed_batches
 from ._prefix import NotSplittableError, PrefixSplit, plan_split
 from ._schedule import LRSchedule
 from ._tap import forward_tap
+from ._weighting import weighted_loss
 
 _DEFAULT_PATIENCE = 5
 
@@ -109,7 +111,6 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             module.to(memory_format=torch.channels_last)
         self.module_ = module
         self.__dict__.pop("_split", None)  # of the previous network
-        self.__dict__.pop("_dtype_memo", None)
         self.__dict__["_fresh_head"] = True  # trained alone first (get_split_datasets)
         return self
 
@@ -212,9 +213,10 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         self.__dict__["_modes"] = state
 
     def get_dataset(self, X, y=None):
-        """Images (validated like every sktransfer input); when predicting with
-        a ``cache``, the frozen prefix's outputs, from the store where it has
-        them (the rest of the network runs on those)."""
+        """Images (validated like every sktransfer input); when predicting
+        with a network that trained on frozen outputs, the frozen prefix's
+        outputs, from the ``cache`` store where it has them (the rest of the
+        network runs on those)."""
         if is_dataset(X):
             return X
         if not isinstance(X, Images):
@@ -478,7 +480,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         self._set_training(False)
         device = self._device()
         dtype = self._autocast_dtype(device)
-        per_view: list[list[torch.Tensor]] = []
+        per_batch: list[list[torch.Tensor]] = []  # one tensor a view, per batch
         size = self._batch_size(len(indices))
 
         def tap(network, batch):
@@ -487,24 +489,35 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             return found.float().flatten(1).cpu()
 
         with torch.inference_mode():
-            if isinstance(base, FeatureDataset):
+            if isinstance(base, FeatureDataset):  # each batch of rows read once
                 tail = self.__dict__["_split"].tail(False)
-                for view in range(base.features.shape[1]):
-                    per_view.append([])
-                    for start in range(0, len(indices), size):
-                        rows = base.features[indices[start : start + size]]
-                        batch = torch.as_tensor(np.asarray(rows[:, view]))
-                        per_view[-1].append(tap(tail, _channels_last(batch.to(device))))
-            else:
-                images = X.subset(indices)
-                for view in self._views():
-                    per_view.append([])
-                    for batch in preprocessed_batches(
-                        images, self.preprocessing_, size, device
-                    ):
-                        batch = _frozen.VIEWS[view](batch.to(device))
-                        per_view[-1].append(tap(self.module_, _channels_last(batch)))
-        return torch.stack([torch.cat(view) for view in per_view], dim=1)
+                for start in range(0, len(indices), size):
+                    rows = torch.as_tensor(
+                        np.asarray(base.features[indices[start : start + size]])
+                    ).to(device)
+                    per_batch.append(
+                        [
+                            tap(tail, channels_last(rows[:, view]))
+                            for view in range(rows.shape[1])
+                        ]
+                    )
+            else:  # each image decoded once for all its views
+                batches = preprocessed_batches(
+                    X.subset(indices), self.preprocessing_, size, device
+                )
+                with contextlib.closing(batches):
+                    for batch in batches:
+                        batch = batch.to(device)
+                        per_batch.append(
+                            [
+                                tap(
+                                    self.module_,
+                                    channels_last(_frozen.VIEWS[v](batch)),
+                                )
+                                for v in self._views()
+                            ]
+                        )
+        return torch.cat([torch.stack(views, dim=1) for views in per_batch])
 
     # ------------------------------------------------------------- forward
     def _online_augmentation(self):
@@ -540,7 +553,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
                 batches = [_one_view(features)]  # the only random draw here
             else:
                 n_views = len(self._eval_views())
-                batches = [_channels_last(features[:, v]) for v in range(n_views)]
+                batches = [channels_last(features[:, v]) for v in range(n_views)]
             fit_params = {}  # the tail is a traced graph: tensors only
         else:
             network = self.module_
@@ -556,23 +569,19 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
 
     def _prepared(self, x, training: bool, device: torch.device) -> torch.Tensor:
         augment = self._online_augmentation() if training else None
-        if device.type == "cuda":
-            on_device = {None: False, "random": True, "flip": flip_augmentation()}
-            return prepare_on_device(
-                x,
-                self.preprocessing_,
-                on_device.get(augment, augment),
-                device,
-            )
-        if augment == "random":
-            augment = default_augmentation(self.preprocessing_)
-        elif augment == "flip":
+        builtin = augment == "random"
+        if augment == "flip":
             augment = flip_augmentation()
+        if device.type == "cuda":  # True: the built-in crop and flip, on the device
+            on_device = True if builtin else (augment or False)
+            return prepare_on_device(x, self.preprocessing_, on_device, device)
+        if builtin:
+            augment = default_augmentation(self.preprocessing_)
         batch = prepare_batch(
             x,
             self.preprocessing_,
             augment,
-            builtin=self._online_augmentation() == "random",
+            builtin=builtin,
         )
         return batch.to(device)
 
@@ -594,32 +603,12 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         _, weights = unpack(X)
         if weights is not None:
             weights = to_device(weights, main.device)
-        loss = self._weighted_loss(main, target, weights)
+        loss = weighted_loss(self.criterion_, main, target, weights)
         if aux and training:
             loss = loss + self.aux_loss_weight * sum(
-                self._weighted_loss(a, target, weights) for a in aux
+                weighted_loss(self.criterion_, a, target, weights) for a in aux
             )
         return loss
-
-    def _weighted_loss(self, logits, target, weights):
-        """The criterion's loss; with sample weights (normalised to mean 1 over
-        the training set), the mean of the per-sample losses times weights."""
-        if weights is None:
-            return self.criterion_(logits, target)
-        criterion = self.criterion_
-        reduction = getattr(criterion, "reduction", None)
-        if reduction is None:
-            raise TypeError(
-                f"sample_weight and class_weight need a criterion with a "
-                f"'reduction' option (per-sample losses); "
-                f"{type(criterion).__name__} has none."
-            )
-        criterion.reduction = "none"
-        try:
-            losses = criterion(logits, target)
-        finally:
-            criterion.reduction = reduction
-        return (losses * weights).mean()
 
     def train_step_single(self, batch, **fit_params):
         """skorch's step; ``y_pred`` is the main head's output. With float16
@@ -652,22 +641,16 @@ def _one_view(features: torch.Tensor) -> torch.Tensor:
     generator, seeded by ``random_state``; drawn only when there are several,
     so that a single view consumes random numbers as images do)."""
     if features.shape[1] == 1:
-        return _channels_last(features[:, 0])
+        return channels_last(features[:, 0])
     pick = torch.randint(features.shape[1], (len(features),))
     features = features[torch.arange(len(features)), pick.to(features.device)]
-    return _channels_last(features)
+    return channels_last(features)
 
 
 def _mean_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
     """The log of the views' mean softmax: logits whose softmax is the mean."""
     log_probs = torch.stack([torch.log_softmax(out, dim=1) for out in logits])
     return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
-
-
-def _channels_last(batch: torch.Tensor) -> torch.Tensor:
-    if batch.ndim != 4:
-        return batch
-    return batch.contiguous(memory_format=torch.channels_last)
 
 
 def _base_of(dataset) -> tuple[object, np.ndarray]:

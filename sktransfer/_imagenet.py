@@ -165,7 +165,8 @@ class ImageNetClassifier(ClassifierMixin, BaseEstimator):
             )
         if y is not None:
             _check_labels(y, len(images), backbone.categories)
-        check_decoder(self.decoder, device)
+        if device.type == "cuda":  # now that the warm-up has had its time
+            check_decoder(self.decoder, device)
         self.backbone_ = backbone
         self.classes_ = np.asarray(backbone.categories, dtype=object)
         self.n_channels_in_ = images.n_channels

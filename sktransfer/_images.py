@@ -199,9 +199,9 @@ class Images(Sequence):
             try:
                 while pending:
                     futures = pending.popleft()
-                    ahead = next(later, None)
-                    if ahead is not None:
-                        pending.append(submit(pool, ahead))
+                    following = next(later, None)
+                    if following is not None:
+                        pending.append(submit(pool, following))
                     results = [future.result() for future in futures]
                     yield results[0] if self.kind == "array" else results
             finally:  # a stopped consumer or an error: drop queued work

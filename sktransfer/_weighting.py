@@ -6,10 +6,10 @@ import math
 from numbers import Real
 
 import numpy as np
+from sklearn.utils.class_weight import compute_sample_weight
 
 
 def training_weights(
-    y: np.ndarray,
     y_index: np.ndarray,
     classes: np.ndarray,
     class_weight,
@@ -18,25 +18,26 @@ def training_weights(
     """One weight per image (mean 1), or ``None`` when all weigh the same.
 
     ``class_weight``: ``None``, ``"balanced"`` (``n_samples / (n_classes *
-    count)`` over the classes present in ``y``) or a dict ``label -> weight``
+    count)`` over the classes present) or a dict ``label -> weight``
     (missing labels weigh 1); multiplied by ``sample_weight``. Normalised to
     mean 1, so that the loss keeps its scale and ``lr`` its meaning.
 
     Examples
     --------
     >>> import numpy as np
-    >>> y = np.array(["a", "a", "a", "b"])
-    >>> training_weights(y, np.array([0, 0, 0, 1]), np.array(["a", "b"]),
+    >>> training_weights(np.array([0, 0, 0, 1]), np.array(["a", "b"]),
     ...                  "balanced", None)
     array([0.66666667, 0.66666667, 0.66666667, 2.        ])
     """
     if class_weight is None and sample_weight is None:
         return None
-    weights = np.ones(len(y))
+    weights = np.ones(len(y_index))
     if sample_weight is not None:
-        weights = check_sample_weight(sample_weight, len(y))
-    if class_weight is not None:
-        weights = weights * _class_weights(class_weight, classes, y_index)[y_index]
+        weights = check_sample_weight(sample_weight, len(y_index))
+    if class_weight == "balanced":  # (checked with the parameters)
+        weights = weights * compute_sample_weight("balanced", y_index)
+    elif class_weight is not None:
+        weights = weights * _class_weights(class_weight, classes)[y_index]
     total = weights.sum()
     if not total > 0:
         raise ValueError(
@@ -44,6 +45,26 @@ def training_weights(
             "give some images a positive weight."
         )
     return weights * (len(weights) / total)
+
+
+def weighted_loss(criterion, logits, target, weights):
+    """``criterion``'s loss; with per-sample ``weights`` (mean 1 over the
+    training set), the mean of its per-sample losses times the weights."""
+    if weights is None:
+        return criterion(logits, target)
+    reduction = getattr(criterion, "reduction", None)
+    if reduction is None:
+        raise TypeError(
+            f"sample_weight and class_weight need a criterion with a "
+            f"'reduction' option (per-sample losses); "
+            f"{type(criterion).__name__} has none."
+        )
+    criterion.reduction = "none"
+    try:
+        losses = criterion(logits, target)
+    finally:
+        criterion.reduction = reduction
+    return (losses * weights).mean()
 
 
 def check_sample_weight(sample_weight, n: int) -> np.ndarray:
@@ -68,15 +89,9 @@ def check_sample_weight(sample_weight, n: int) -> np.ndarray:
     return weights
 
 
-def _class_weights(class_weight, classes: np.ndarray, y_index: np.ndarray):
-    """The weight of each class index."""
+def _class_weights(class_weight: dict, classes: np.ndarray) -> np.ndarray:
+    """The weight of each class index, from a dict ``label -> weight``."""
     n_classes = len(classes)
-    if isinstance(class_weight, str):  # "balanced" (checked with the parameters)
-        counts = np.bincount(y_index, minlength=n_classes).astype(np.float64)
-        present = counts > 0
-        out = np.ones(n_classes)
-        out[present] = len(y_index) / (present.sum() * counts[present])
-        return out
     known = {label: i for i, label in enumerate(classes.tolist())}
     unknown = [label for label in class_weight if label not in known]
     if unknown:

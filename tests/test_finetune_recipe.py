@@ -317,15 +317,14 @@ def test_no_store_with_cache_none(images, labels, computed):
 
 # ---------------------------------------------------------------- weights
 def test_training_weights():
-    y = np.array(["a", "a", "a", "b"])
     index = np.array([0, 0, 0, 1])
     classes = np.array(["a", "b"])
-    assert training_weights(y, index, classes, None, None) is None
+    assert training_weights(index, classes, None, None) is None
     np.testing.assert_allclose(
-        training_weights(y, index, classes, {"b": 3.0}, [1, 1, 2, 1]),
+        training_weights(index, classes, {"b": 3.0}, [1, 1, 2, 1]),
         np.array([1, 1, 2, 3]) * 4 / 7,
     )
-    balanced = training_weights(y, index, classes, "balanced", None)
+    balanced = training_weights(index, classes, "balanced", None)
     assert balanced[:3].sum() == pytest.approx(balanced[3])  # classes weigh alike
 
 
@@ -342,6 +341,24 @@ def test_weighted_loss_is_the_weighted_mean(images, labels):
     torch.testing.assert_close(
         clf.get_loss(logits, y, X=x), (per_sample * weights).mean()
     )
+
+
+class _NoReduction(torch.nn.Module):
+    """A criterion without a ``reduction`` option."""
+
+    def forward(self, logits, target):
+        return torch.nn.functional.cross_entropy(logits, target)
+
+
+def test_weights_need_a_criterion_with_reduction(images, labels):
+    clf = tiny(frozen_layers="all", criterion=_NoReduction)
+    with pytest.raises(TypeError, match="criterion with a 'reduction' option"):
+        clf.fit(images, labels, sample_weight=np.ones(len(labels)))
+
+
+def test_head_trains_first_under_any_criterion(images, labels):
+    clf = tiny(frozen_layers=3, criterion=_NoReduction).fit(images, labels)
+    assert clf.predict(images).shape == (len(images),)
 
 
 def test_equal_sample_weights_change_nothing(images, labels):
