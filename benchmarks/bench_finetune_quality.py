@@ -39,6 +39,7 @@ from sktransfer import (
     FineTuneClassifier,
     _cache,
     _frozen,
+    _head,
     load_image_folder,
 )
 
@@ -84,6 +85,7 @@ def main() -> None:
     def run(name: str, make) -> tuple[float, float]:
         _cache.memory_cache().clear()
         _frozen.memory_store().clear()
+        _head.trained_heads.clear()
         start = time.perf_counter()
         estimator = make().fit(paths[train], y[train])
         accuracy = float(np.mean(estimator.predict(paths[test]) == y[test]))

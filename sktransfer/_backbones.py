@@ -118,7 +118,7 @@ def on_cpu(backbone: Backbone | None) -> Backbone | None:
 _built: LRU[Backbone] = LRU(max_items=1)
 
 
-def cached_backbone(model, weights="DEFAULT") -> Backbone:
+def cached_backbone(model, weights="DEFAULT", *, aux_logits: bool = False) -> Backbone:
     """:func:`build_backbone` for inference, reusing the last build of the same
     (model, weights).
 
@@ -126,13 +126,30 @@ def cached_backbone(model, weights="DEFAULT") -> Backbone:
     read-only module instead of rebuilding, re-reading or copying it (layer
     taps are thread-safe, see :func:`~sktransfer._tap.forward_tap`). Whoever
     moves or trains the module copies it first (the extractor does before a
-    device change). Modules passed as ``model`` are always built afresh.
+    device change; see :func:`trainable_backbone`). Modules passed as
+    ``model`` are always built afresh.
     """
     key = _build_key(model, weights)
     if key is None:
-        return build_backbone(model, weights)
-    shared = _built.get_or_create(key, lambda: build_backbone(model, weights))
+        return build_backbone(model, weights, aux_logits=aux_logits)
+    shared = _built.get_or_create(
+        (*key, aux_logits),
+        lambda: build_backbone(model, weights, aux_logits=aux_logits),
+    )
     return copy.copy(shared)  # a Backbone of its own, around the shared module
+
+
+def trainable_backbone(
+    model, weights="DEFAULT", *, aux_logits: bool = False
+) -> Backbone:
+    """A backbone whose module is the caller's own, to train: a copy of the
+    last build of the same (model, weights) (:func:`cached_backbone`), which
+    costs a third of building Lite0 again, weights file and all; the fits of
+    a grid search each take one."""
+    backbone = cached_backbone(model, weights, aux_logits=aux_logits)
+    if _build_key(model, weights) is not None:  # else built afresh for us
+        backbone.module = copy.deepcopy(backbone.module)
+    return backbone
 
 
 def _build_key(model, weights) -> tuple | None:

@@ -90,7 +90,7 @@ class MemoryCache:
     def get(
         self, space: str, keys: list[str], shape: tuple, dtype=np.float32
     ) -> list[np.ndarray | None]:
-        return [_checked(self._rows.get((space, key)), shape, dtype) for key in keys]
+        return [checked(self._rows.get((space, key)), shape, dtype) for key in keys]
 
     def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:
         for key, row in zip(keys, rows, strict=True):
@@ -109,7 +109,7 @@ def _nbytes(row: np.ndarray) -> int:
     return row.nbytes
 
 
-def _checked(row: np.ndarray | None, shape: tuple, dtype) -> np.ndarray | None:
+def checked(row: np.ndarray | None, shape: tuple, dtype) -> np.ndarray | None:
     """``row`` when it has the expected shape and dtype and is finite, else
     ``None`` (to be computed again)."""
     if row is None or row.shape != tuple(shape) or row.dtype != np.dtype(dtype):
@@ -135,7 +135,7 @@ class DiskCache:
                 row = np.load(self._path(space, key), allow_pickle=False)
             except (FileNotFoundError, ValueError, OSError):  # absent or half-written
                 row = None
-            rows.append(_checked(row, shape, dtype))
+            rows.append(checked(row, shape, dtype))
         return rows
 
     def put(self, space: str, keys: list[str], rows: np.ndarray) -> None:

@@ -99,9 +99,14 @@ class FineTuneClassifier(FineTuneNet):
         Epochs that a new head trains alone on the frozen network's
         embeddings (computed once) before the unfrozen groups train with
         it, so that the first gradients of an untrained head do not distort
-        pretrained layers. ``"auto"``: 20, or enough for 100 steps on small
-        sets. Unused when only the head trains (its training is the fit's
-        epochs then); ``0`` skips it.
+        pretrained layers. That phase is the fit of ``frozen_layers="all"``
+        with the other settings as given and ``max_epochs=head_epochs``
+        (without callbacks or early stopping), on this fit's frozen outputs;
+        when a head-only fit of those settings on the same images has run in
+        this process (a grid search's candidate), its head is taken instead
+        of trained again (same result). ``"auto"``: 20, or enough for 100
+        steps on small sets. Unused when only the head trains (its training
+        is the fit's epochs then); ``0`` skips it.
     tta : bool, default=True
         Test-time augmentation: ``predict_proba`` (and validation) average
         the class probabilities of the views that training used (the image
@@ -119,11 +124,13 @@ class FineTuneClassifier(FineTuneNet):
         Where the frozen groups' outputs of each image and view are kept
         across fits: ``"memory"``, an in-process LRU (2 GiB) shared by
         clones, so that a grid search computes each image's frozen part
-        once per cut point instead of once per candidate, fold and epoch;
-        a folder, an on-disk store shared by processes (``n_jobs`` > 1) and
-        runs; ``None``, within one fit only. Keyed by image content,
-        network, weights, cut point, preprocessing and precision.
-        Predictions take the stored outputs too.
+        once instead of once per candidate, fold and epoch (a cut point's
+        outputs are computed through those one group earlier, which are
+        kept too, up to 512 MiB a call: neighbouring ``frozen_layers``
+        share the work); a folder, an on-disk store shared by processes
+        (``n_jobs`` > 1) and runs; ``None``, within one fit only. Keyed by
+        image content, network, weights, cut point, preprocessing and
+        precision. Predictions take the stored outputs too.
     cache_frozen : bool, default=True
         Compute the frozen groups' outputs once (per fit, or from ``cache``)
         and train only the rest of the network (identical results, much
@@ -328,7 +335,14 @@ class FineTuneClassifier(FineTuneNet):
         super().__setattr__(name, value)
 
     def _get_param_names(self):
-        return [name for name in super()._get_param_names() if name != "module"]
+        # skorch takes every attribute not ending in "_" for a parameter; the
+        # network's private working state (traced splits, a fit's stores) is not
+        return [
+            name
+            for name in super()._get_param_names()
+            if name != "module"
+            and not (name.startswith("_") and name != "_params_to_validate")
+        ]
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None, **fit_params):
@@ -405,9 +419,12 @@ class FineTuneClassifier(FineTuneNet):
                 NeuralNet.partial_fit(
                     self, images, y_index, epochs=self.max_epochs_, **fit_params
                 )
+                if reinit:
+                    self._remember_head(y_index, weights)
             finally:  # also when the fit fails: no frozen outputs kept
                 self.release_prefix()
-                self.__dict__.pop("_fit_weights", None)
+                for name in ("_fit_weights", "_image_keys", "_lent"):
+                    self.__dict__.pop(name, None)
         return self
 
     def _epochs(self, n: int) -> int:

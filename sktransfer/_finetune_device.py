@@ -109,6 +109,8 @@ class DeviceMixin:
         state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
         state.pop("_modes", None)  # of this process's module (ids)
         state.pop("_frozen_outputs", None)  # alive only during a fit
+        state.pop("_split", None)  # planned again when needed (or found traced)
+        state.pop("_lower", None)
         return state
 
     def load_params(self, *args, **kwargs):

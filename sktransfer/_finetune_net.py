@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import math
 import warnings
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
@@ -27,7 +29,7 @@ from skorch.utils import is_dataset
 from torch.utils.data import DataLoader, Subset
 
 from . import _families, _frozen
-from ._backbones import build_backbone
+from ._backbones import _build_key, trainable_backbone
 from ._cache import module_digest
 from ._device_transforms import to_device
 from ._devices import autocast, float32_grouped_convolutions
@@ -49,15 +51,35 @@ from ._finetune_data import (
 from ._finetune_device import DeviceMixin
 from ._freeze import apply_train_modes, freeze, resolve_frozen_layers
 from ._groups import is_under
-from ._head import head_epochs_for, new_head, standardizer, train_head
+from ._head import head_epochs_for, new_head, standardizer, trained_heads
 from ._images import Images, check_images
 from ._pipeline import preprocessed_batches
-from ._prefix import NotSplittableError, PrefixSplit, plan_split
+from ._prefix import NotSplittableError, PrefixSplit, plan_split, segment
 from ._schedule import LRSchedule
 from ._tap import forward_tap
-from ._weighting import weighted_loss
+from ._weighting import training_weights, weighted_loss
 
 _DEFAULT_PATIENCE = 5
+# Settings that a head-only fit does not read, or reads as another one does
+# (``class_weight``: the weights; ``classes``: ``classes_``), or whose other
+# values make no head-only fit (``cache_frozen``, ``compile``, ``bn="train"``).
+_UNUSED_BY_HEAD_ONLY_FITS = frozenset(
+    {
+        "aux_loss_weight",
+        "backbone_lr_ratio",
+        "bn",
+        "cache",
+        "cache_frozen",
+        "class_weight",
+        "classes",
+        "compile",
+        "frozen_layers",
+        "head_epochs",
+        "max_epochs",
+        "tta",
+        "verbose",
+    }
+)
 
 
 class FineTuneNet(DeviceMixin, NeuralNetClassifier):
@@ -76,7 +98,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         classes = self.classes_
         name = self.model if isinstance(self.model, str) else type(self.model).__name__
         wants_aux = self.aux_loss_weight > 0
-        backbone = build_backbone(self.model, self.weights, aux_logits=wants_aux)
+        backbone = trainable_backbone(self.model, self.weights, aux_logits=wants_aux)
         module, groups = backbone.module, backbone.groups
         n_frozen = resolve_frozen_layers(self.frozen_layers, groups, name)
         family = family_of(module)
@@ -111,6 +133,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             module.to(memory_format=torch.channels_last)
         self.module_ = module
         self.__dict__.pop("_split", None)  # of the previous network
+        self.__dict__.pop("_lower", None)
         self.__dict__["_fresh_head"] = True  # trained alone first (get_split_datasets)
         return self
 
@@ -329,6 +352,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             self.__dict__["_split"] = None
             return None
         self.__dict__["_frozen_outputs"] = frozen
+        self.__dict__["_image_keys"] = frozen.keys
         self.prefix_cached_ = True
         return frozen
 
@@ -338,17 +362,22 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         device = self._device()
         dtype = self._autocast_dtype(device)
         store = _frozen.resolve_store(self.cache)
-        space = ""
+        lent = self.__dict__.get("_lent") if training else None
+        keys = None
+        if lent is not None:  # a head's twin: the outputs of the fit it serves
+            store, keys = lent, lent.keys
+        space, via = "", None
         if store is not None:
-            space = _frozen.namespace(
-                model=self.backbone_name_,
-                weights=self.weights_id_,
-                hub=torch.hub.get_dir(),
-                cut=(self.n_frozen_groups_, split.boundary),
-                preprocessing=self.preprocessing_,
-                autocast=str(dtype),
-                pipeline=device.type,
-            )
+            space = self._store_space(self.n_frozen_groups_, split, dtype)
+
+            def via() -> _frozen.Via | None:  # planned when rows are missing
+                lower = self._lower_cut(split)
+                if lower is None:
+                    return None
+                n_lower, lower_split, segment = lower
+                lower_space = self._store_space(n_lower, lower_split, dtype)
+                return _frozen.Via(lower_split, segment, lower_space)
+
         return _frozen.FrozenOutputs(
             split,
             images,
@@ -359,7 +388,49 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             dtype=dtype,
             store=store,
             space=space,
+            via=via,
+            keys=keys,
         )
+
+    def _store_space(self, n_frozen: int, split: PrefixSplit, dtype) -> str:
+        """The store namespace of the outputs after ``n_frozen`` groups."""
+        return _frozen.namespace(
+            model=self.backbone_name_,
+            weights=self.weights_id_,
+            hub=torch.hub.get_dir(),
+            cut=(n_frozen, split.boundary),
+            preprocessing=self.preprocessing_,
+            autocast=str(dtype),
+            pipeline=self._device().type,
+        )
+
+    def _lower_cut(self, split: PrefixSplit) -> tuple | None:
+        """``(n, split, segment)`` of the cut that this cut's stored outputs
+        are computed through (:class:`_frozen.Via`): one group nearer the
+        input, so that a grid search over neighbouring cut points runs each
+        image's frozen part once; for a head's twin, the cut of the fit it
+        serves, whose outputs it is lent. ``None`` for the first group and
+        cuts that cannot be split there."""
+        if "_lower" not in self.__dict__:
+            lent = self.__dict__.get("_lent")
+            n = self.n_frozen_groups_ - 1 if lent is None else lent.cut
+            self.__dict__["_lower"] = self._plan_cut(split, n)
+        return self.__dict__["_lower"]
+
+    def _plan_cut(self, split: PrefixSplit, n: int) -> tuple | None:
+        if not 1 <= n < self.n_frozen_groups_:
+            return None
+        modules = dict(self.module_.named_modules())
+        frozen = [e for group in self.layer_groups_[:n] for e in group if e in modules]
+        lower = plan_split(
+            self.module_,
+            self.layer_groups_,
+            frozen,
+            heads=(self.head_,),
+            structure=self._structure(),
+        )
+        piece = None if lower is None else segment(split, lower)
+        return None if piece is None else (n, lower, piece)
 
     def on_train_end(self, net, **kwargs):
         """skorch's hook at the end of ``fit``: see :meth:`release_prefix`."""
@@ -439,39 +510,120 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         )
 
     def _start_head(self, dataset, X) -> None:
-        """Fit the new head's standardisation to the training part's
-        embeddings (every view) and, unless the fit's epochs train only the
-        head on them anyway, train the head alone on them for
-        ``head_epochs`` (:mod:`sktransfer._head`)."""
+        """Start the new head on the training part: train it alone first
+        (:meth:`_head_trained_alone`) unless the fit's epochs train only the
+        head anyway, or ``head_epochs=0``; then only its standardisation is
+        fitted, to the embeddings of every view (:mod:`sktransfer._head`)."""
         head = self.module_.get_submodule(self.head_)
         scaler = standardizer(head)
         base, indices = _base_of(dataset)
         if scaler is None or not isinstance(base, (FeatureDataset, ImageDataset)):
             return
-        features = self._embeddings(head, base, indices, X)
-        weights = None
-        if base.weights is not None:
-            weights = torch.as_tensor(base.weights[indices], dtype=torch.float32)
-        scaler.fit(features.flatten(0, 1))
         if self.head_epochs == 0 or self._head_only():
+            scaler.fit(self._embeddings(head, base, indices, X).flatten(0, 1))
             return
-        device = self._device()
-        kwargs = {
-            key: value
-            for key, value in self.get_params_for_optimizer("optimizer", [])[1].items()
-            if key != "param_groups"
-        }
-        train_head(
-            head,
-            features.to(device),
-            torch.as_tensor(base.y_index[indices]).to(device),
-            None if weights is None else weights.to(device),
-            make_optimizer=lambda params: self._make_optimizer(params, **kwargs),
-            criterion=self.criterion_,
-            epochs=self._head_epochs(len(indices)),
-            batch_size=self._batch_size(len(indices)),
-            schedule=self.lr_schedule,
+        head.load_state_dict(self._head_trained_alone(base, indices, X))
+
+    def _head_trained_alone(self, base, indices, X) -> dict:
+        """The state of a new head trained alone on the frozen network's
+        embeddings of the training part: that of the head-only fit
+        (``frozen_layers="all"``) of this fit's settings for ``head_epochs``
+        (a *twin*, fitted here on this fit's frozen outputs, unless
+        :data:`~sktransfer._head.trained_heads` holds its head: a grid
+        search's head-only candidate of the same fold and rate). Its random
+        numbers are its own, so this fit draws the same ones either way."""
+        y_index = base.y_index[indices]
+        weights = None if base.weights is None else base.weights[indices]
+        weights = training_weights(y_index, self.classes_, None, weights)
+        twin = self._head_twin(len(indices))
+        frozen = self.__dict__.get("_frozen_outputs")
+        keys = None if frozen is None else frozen.keys
+        if keys is not None:
+            keys = [keys[i] for i in indices]
+            key = twin._head_key(keys, y_index, weights, twin.max_epochs, self)
+            state = trained_heads.get(key) if key is not None else None
+            if state is not None:
+                return state
+        if frozen is not None:
+            dtype = self._autocast_dtype(self._device())
+            twin.__dict__["_lent"] = _frozen.Lent(
+                frozen,
+                indices,
+                self.n_frozen_groups_,
+                self._store_space(self.n_frozen_groups_, self._split, dtype),
+                keys or [f"row-{i}" for i in indices],  # no store, no content keys
+                _frozen.resolve_store(self.cache),
+            )
+        images = X if len(indices) == len(X) else X.subset(indices)
+        twin.fit(images, self.classes_[y_index], sample_weight=weights)
+        return twin.module_.get_submodule(twin.head_).state_dict()
+
+    def _head_twin(self, n: int):
+        """An unfitted head-only copy of this estimator that trains for
+        ``head_epochs`` on ``n`` images, on stored embeddings of the views
+        this fit trains on (none but the image when they are random), quietly
+        and without this fit's callbacks or validation."""
+        twin = clone(self)
+        return twin.set_params(
+            frozen_layers="all",
+            max_epochs=self._head_epochs(n),
+            augment=self.augment if self.augment in (True, False, "flip") else False,
+            bn="frozen",
+            cache_frozen=True,
+            compile=False,
+            class_weight=None,
+            classes=self.classes_,
+            early_stopping=None,
+            train_split=None,
+            callbacks=None,
+            warm_start=False,
+            verbose=0,
         )
+
+    def _remember_head(self, y_index, weights) -> None:
+        """Keep the head of a head-only fit from scratch in
+        :data:`~sktransfer._head.trained_heads`, for fits whose head trains
+        alone first with the same settings (:meth:`_head_trained_alone`)."""
+        keys = self.__dict__.get("_image_keys")
+        if self.cache is None or keys is None:  # no content keys
+            return
+        if not (self.prefix_cached_ and self._head_only()):
+            return
+        key = self._head_key(keys, y_index, weights, self.max_epochs_, self)
+        if key is not None:
+            head = self.module_.get_submodule(self.head_)
+            state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+            trained_heads.put(key, state)
+
+    def _head_key(self, image_keys, y_index, weights, epochs, net) -> str | None:
+        """What determines a head-only fit's head: the settings that training
+        reads (``epochs`` resolved, the weights for ``class_weight``, the
+        device and autocast dtype as ``net``, a network of the same model,
+        resolves them), the images' content, labels and weights; ``None``
+        when it is not reproducible from them (no integer ``random_state``, a
+        module or callables among the settings, callbacks)."""
+        build = _build_key(self.model, self.weights)
+        seed = self.random_state
+        if build is None or not isinstance(seed, Integral) or isinstance(seed, bool):
+            return None
+        params = {
+            name: value
+            for name, value in self.get_params(deep=False).items()
+            if name not in _UNUSED_BY_HEAD_ONLY_FITS and not name.startswith("_")
+        }
+        params["augment"] = "flip" if self.augment is True else self.augment
+        if not _plain(params):
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        device = net._device()
+        resolved = (device, net._autocast_dtype(device), epochs, self.classes_.tolist())
+        identity = (build, sorted(params.items()), resolved)
+        digest.update(repr(identity).encode())
+        digest.update("\n".join(image_keys).encode())
+        digest.update(np.asarray(y_index, dtype=np.int64).tobytes())
+        if weights is not None:
+            digest.update(np.asarray(weights, dtype=np.float64).tobytes())
+        return digest.hexdigest()
 
     def _embeddings(self, head, base, indices, X) -> torch.Tensor:
         """The inputs of ``head`` (eval mode) for ``indices`` under every view,
@@ -651,6 +803,18 @@ def _mean_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
     """The log of the views' mean softmax: logits whose softmax is the mean."""
     log_probs = torch.stack([torch.log_softmax(out, dim=1) for out in logits])
     return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+def _plain(value) -> bool:
+    """Whether ``value``'s ``repr`` says all about it (numbers, strings,
+    classes, devices, and containers of them)."""
+    if value is None or isinstance(value, (str, Real, type, torch.device, torch.dtype)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return False
 
 
 def _base_of(dataset) -> tuple[object, np.ndarray]:

@@ -13,6 +13,12 @@ or a folder) under the image's content hash, in a namespace keyed by the
 network, its weights, the cut point, the preprocessing, the precision and the
 device pipeline; each image then goes through the frozen prefix once per cut
 point and view, however many fits use it.
+
+Neighbouring cut points share that work (:class:`Via`): a cut's outputs are
+computed through the cut one group nearer the input, whose outputs are kept
+too (within :data:`LOWER_LIMIT_BYTES`) or taken from the store. A grid search
+over ``frozen_layers=["all", <top group>]`` then runs each image's frozen
+part once, in either order.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import _cache
 from ._devices import autocast
+from ._finetune_data import channels_last
 from ._images import Images, Preprocessing
 from ._pipeline import preprocessed_batches
 from ._prefix import NotSplittableError, PrefixSplit
@@ -37,6 +45,10 @@ MEMORY_LIMIT_BYTES = 2 * 1024**3
 # The in-process store behind cache="memory" (its own bound: prefix outputs of
 # early cut points are large and must not evict the embedding cache's rows).
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
+# The lower cut's outputs computed on the way (see Via) are kept only while one
+# call's come to at most this: a quarter of the memory store, so that they never
+# push the cut's own outputs out of it.
+LOWER_LIMIT_BYTES = DEFAULT_MEMORY_BYTES // 4
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "center": lambda batch: batch,
@@ -44,6 +56,53 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 _memory = _cache.MemoryCache(DEFAULT_MEMORY_BYTES)
+
+
+@dataclass(frozen=True)
+class Via:
+    """A cut point one group nearer the input, which a cut's outputs are
+    computed through: its split (input -> its boundary), the ``segment`` on
+    to the cut's boundary (:func:`~sktransfer._prefix.segment`), and the store
+    namespace of its outputs."""
+
+    split: PrefixSplit
+    segment: torch.nn.Module
+    space: str
+
+
+class Lent:
+    """One fit's frozen outputs after ``cut`` groups, lent to another fit (its
+    head's twin, on images ``keys``: rows ``indices`` of ``outputs``) as a
+    store: rows of the namespace ``space`` come from ``outputs`` (read
+    only); other namespaces are ``store``'s (none without one). ``keys`` are
+    the images' content keys, or any keys unique to them without a store."""
+
+    def __init__(self, outputs, indices, cut: int, space: str, keys, store):
+        self.outputs, self.cut, self.space, self.store = outputs, cut, space, store
+        self.keys = list(keys)
+        self.index = dict(zip(self.keys, indices, strict=True))
+
+    def get(self, space, keys, shape, dtype=np.float32) -> list:
+        if space != self.space:
+            return (
+                [None] * len(keys)
+                if self.store is None
+                else self.store.get(space, keys, shape, dtype)
+            )
+        views = self.outputs.views
+        rows = []
+        for row_key in keys:
+            key, _, view = row_key.rpartition("-")
+            i = self.index.get(key)
+            row = None
+            if i is not None and view in views:
+                row = np.asarray(self.outputs.features[i, views.index(view)])
+            rows.append(_cache.checked(row, shape, dtype))
+        return rows
+
+    def put(self, space, keys, rows) -> None:
+        if self.store is not None and space != self.space:
+            self.store.put(space, keys, rows)
 
 
 def memory_store() -> _cache.MemoryCache:
@@ -81,6 +140,8 @@ class FrozenOutputs:
         dtype: torch.dtype | None,
         store=None,
         space: str = "",
+        via: Callable[[], Via | None] | None = None,
+        keys: list[str] | None = None,
     ):
         self.views = tuple(views)
         self.features = None
@@ -89,17 +150,39 @@ class FrozenOutputs:
         shape = output_shape(split, preprocessing, device, dtype)
         n = len(images)
         self.features = self._allocate((n, len(self.views), *shape))
-        keys = _cache.image_keys(images) if store is not None else None
+        if keys is None and store is not None:
+            keys = _cache.image_keys(images)
+        self.keys = keys  # content hashes of the images (with a store)
         missing = list(range(n))
         if store is not None:
             missing = self._take_stored(store, space, keys, shape)
+        new = missing
+        lower = None  # where the lower cut's outputs computed on the way go
+        via = via() if missing and via is not None else None
+        if via is not None:
+            lower_shape = output_shape(via.split, preprocessing, device, dtype)
+            if store is not None:
+                missing = self._through_stored(
+                    via, store, keys, missing, lower_shape, batch_size, device, dtype
+                )
+                row_bytes = 4 * len(self.views) * int(np.prod(lower_shape))
+                if len(missing) * row_bytes <= LOWER_LIMIT_BYTES:
+                    lower = (store, via.space, [keys[i] for i in missing])
         if missing:
             todo = images if len(missing) == n else images.subset(missing)
             self._compute(
-                split, todo, missing, preprocessing, batch_size, device, dtype
+                split,
+                todo,
+                missing,
+                preprocessing,
+                batch_size,
+                device,
+                dtype,
+                via=via,
+                lower=lower,
             )
-            if store is not None:
-                self._put_stored(store, space, keys, missing)
+        if store is not None:
+            self._put_stored(store, space, keys, new)
         self.n_computed = len(missing)
 
     # -------------------------------------------------------------- the store
@@ -119,6 +202,37 @@ class FrozenOutputs:
                 self._write(i, np.stack(found))
         return missing
 
+    def _through_stored(
+        self, via, store, keys, missing, lower_shape, batch_size, device, dtype
+    ) -> list[int]:
+        """Rows of the ``missing`` images whose lower-cut outputs are stored,
+        computed from those through ``via.segment``; returns the others."""
+        width = len(self.views)
+        row_keys = [k for i in missing for k in self._row_keys(keys[i])]
+        rows = store.get(via.space, row_keys, lower_shape)
+        found, rest = [], []
+        for j, i in enumerate(missing):
+            views = rows[j * width : (j + 1) * width]
+            if any(row is None for row in views):
+                rest.append(i)
+            else:
+                found.append((i, np.stack(views)))
+        with torch.inference_mode():
+            for start in range(0, len(found), batch_size):
+                chunk = found[start : start + batch_size]
+                block = torch.as_tensor(np.stack([row for _, row in chunk]))
+                block = block.to(device, non_blocking=True)
+                out = torch.stack(
+                    [
+                        _run(via.segment, block[:, v], device, dtype).cpu()
+                        for v in range(width)
+                    ],
+                    dim=1,
+                )
+                for (i, _), row in zip(chunk, out, strict=True):
+                    self._write(i, row)
+        return rest
+
     def _put_stored(self, store, space, keys, indices: list[int]) -> None:
         for i in indices:
             row = self.features[i]
@@ -127,20 +241,42 @@ class FrozenOutputs:
 
     # ------------------------------------------------------------ computing
     def _compute(
-        self, split, images, indices, preprocessing, batch_size, device, dtype
+        self,
+        split,
+        images,
+        indices,
+        preprocessing,
+        batch_size,
+        device,
+        dtype,
+        via=None,
+        lower=None,
     ):
+        """The prefix's outputs of ``images`` (rows ``indices``); with ``via``,
+        through the lower cut, whose outputs go to ``lower`` (a store, its
+        namespace and the images' keys) when given."""
         batches = preprocessed_batches(images, preprocessing, batch_size, device)
         start = 0
         with contextlib.closing(batches), torch.inference_mode():
             for batch in batches:
                 batch = batch.to(device, non_blocking=True)
-                per_view = [
-                    run_prefix(split, VIEWS[view](batch), device, dtype)
-                    for view in self.views
-                ]
+                per_view, per_view_lower = [], []
+                for view in self.views:
+                    x = VIEWS[view](batch)
+                    if via is not None:
+                        x = _run(via.split.prefix, x, device, dtype)
+                        per_view_lower.append(x.cpu())
+                        per_view.append(_run(via.segment, x, device, dtype).cpu())
+                    else:
+                        per_view.append(run_prefix(split, x, device, dtype))
                 block = torch.stack(per_view, dim=1)
                 for offset, row in enumerate(block):
                     self._write(indices[start + offset], row)
+                if lower is not None:
+                    store, space, keys = lower
+                    rows = torch.stack(per_view_lower, dim=1).numpy()
+                    for offset, row in enumerate(rows):
+                        store.put(space, self._row_keys(keys[start + offset]), row)
                 start += len(batch)
 
     def _write(self, index: int, row) -> None:
@@ -169,11 +305,16 @@ def run_prefix(
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """The prefix's float32 CPU output for a preprocessed ``batch``."""
+    return _run(split.prefix, batch, device, dtype).cpu()
+
+
+def _run(graph, batch, device, dtype) -> torch.Tensor:
+    """``graph``'s float32 output for ``batch`` (rows of images), on ``device``."""
     with autocast(device, dtype):
-        out = split.prefix(batch.contiguous(memory_format=torch.channels_last))
+        out = graph(channels_last(batch))
     if not isinstance(out, torch.Tensor) or out.shape[0] != len(batch):
         raise NotSplittableError
-    return out.float().cpu()
+    return out.float()
 
 
 def output_shape(split, preprocessing, device, dtype) -> tuple[int, ...]:

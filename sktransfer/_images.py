@@ -236,6 +236,8 @@ def check_images(X, *, n_channels: int | None = None) -> Images:
     n_channels : int, default=None
         The channel count seen in ``fit``; array input with another count is an error.
     """
+    if isinstance(X, Images) and n_channels in (None, X.n_channels):
+        return X  # checked already
     if isinstance(X, (str, Path)):
         raise InvalidImageError(
             f"Expected a collection of images, got a single path {str(X)!r}; wrap it "

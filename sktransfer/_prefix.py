@@ -17,6 +17,7 @@ structure) and rebound to each new instance of it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -62,14 +63,27 @@ class NotSplittableError(Exception):
 
 @dataclass
 class PrefixSplit:
-    """A frozen prefix and the tails that continue from its output."""
+    """A frozen prefix and the tails that continue from its output: graphs
+    over ``module``'s own layers, made into modules on first use (a fit whose
+    prefix outputs are all stored never runs its prefix)."""
 
-    prefix: fx.GraphModule
-    tail_train: fx.GraphModule
-    tail_eval: fx.GraphModule
+    module: nn.Module
+    graphs: tuple[fx.Graph, fx.Graph, fx.Graph]  # prefix, tail_train, tail_eval
     boundary: str
     # the prefix's output shape of one image, by input size (a probe forward)
     shapes: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @functools.cached_property
+    def prefix(self) -> fx.GraphModule:
+        return _rebind(self.module, self.graphs[0])
+
+    @functools.cached_property
+    def tail_train(self) -> fx.GraphModule:
+        return _rebind(self.module, self.graphs[1])
+
+    @functools.cached_property
+    def tail_eval(self) -> fx.GraphModule:
+        return _rebind(self.module, self.graphs[2])
 
     def tail(self, training: bool) -> fx.GraphModule:
         return self.tail_train if training else self.tail_eval
@@ -151,15 +165,18 @@ def _find_boundary(
     return boundary
 
 
-def _tail_graph(gm: fx.GraphModule, boundary_name: str) -> fx.GraphModule | None:
-    nodes = {node.name: node for node in gm.graph.nodes}
+def _tail_graph(gm: fx.GraphModule | fx.Graph, boundary_name: str) -> fx.Graph | None:
+    """The part of ``gm``'s graph after the node ``boundary_name``, which
+    becomes its input; ``None`` when that part needs more than it."""
+    source = gm.graph if isinstance(gm, fx.GraphModule) else gm
+    nodes = {node.name: node for node in source.nodes}
     boundary = nodes.get(boundary_name)
     if boundary is None:
         return None
     keep = _descendants([boundary]) - {boundary}
     graph = fx.Graph()
     env = {boundary: graph.placeholder("frozen_features")}
-    for node in gm.graph.nodes:
+    for node in source.nodes:
         if node not in keep:
             continue
         for source in node.all_input_nodes:
@@ -171,10 +188,20 @@ def _tail_graph(gm: fx.GraphModule, boundary_name: str) -> fx.GraphModule | None
         env[node] = graph.node_copy(node, lambda n: env[n])
     if not any(node.op == "output" for node in graph.nodes):
         return None
-    return fx.GraphModule(gm, graph)
+    return graph
 
 
-def _prefix_graph(gm: fx.GraphModule, boundary: fx.Node) -> fx.GraphModule:
+def segment(upper: PrefixSplit, lower: PrefixSplit) -> fx.GraphModule | None:
+    """The part of ``upper``'s prefix that follows ``lower``'s boundary (a cut
+    point nearer the input): ``lower``'s output -> ``upper``'s, or ``None``
+    when ``upper``'s output needs more than ``lower``'s."""
+    if lower.boundary == upper.boundary:
+        return None
+    graph = _tail_graph(upper.graphs[0], lower.boundary)
+    return None if graph is None else _rebind(upper.module, graph)
+
+
+def _prefix_graph(gm: fx.GraphModule, boundary: fx.Node) -> fx.Graph:
     keep = _ancestors(boundary)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -182,11 +209,11 @@ def _prefix_graph(gm: fx.GraphModule, boundary: fx.Node) -> fx.GraphModule:
         if node in keep or node.op == "placeholder":
             env[node] = graph.node_copy(node, lambda n: env[n])
     graph.output(env[boundary])
-    return fx.GraphModule(gm, graph)
+    return graph
 
 
-# Graphs of the splits of named networks (prefix, tail_train, tail_eval,
-# boundary, shapes) or None, by structure: see plan_split's ``structure``.
+# Splits of named networks, ((prefix, tail_train, tail_eval) graphs, boundary,
+# shapes) or None, by structure: see plan_split's ``structure``.
 _plans: LRU[tuple | None] = LRU(max_items=16)
 
 
@@ -206,25 +233,14 @@ def plan_split(
     architecture reuse the traced graphs instead of tracing again.
     """
     if structure is None:
-        return _plan(module, groups, frozen, heads)
-    key = (structure, tuple(map(tuple, groups)), tuple(frozen), tuple(heads))
-    plan = _plans.get_or_create(
-        key, lambda: _graphs_of(_plan(module, groups, frozen, heads))
-    )
+        plan = _plan(module, groups, frozen, heads)
+    else:  # graphs only: a traced instance would stay alive, weights and all
+        key = (structure, tuple(map(tuple, groups)), tuple(frozen), tuple(heads))
+        plan = _plans.get_or_create(key, lambda: _plan(module, groups, frozen, heads))
     if plan is None:
         return None
-    *graphs, boundary, shapes = plan
-    prefix, tail_train, tail_eval = (_rebind(module, graph) for graph in graphs)
-    return PrefixSplit(prefix, tail_train, tail_eval, boundary, shapes)
-
-
-def _graphs_of(split: PrefixSplit | None) -> tuple | None:
-    """The split's graphs, detached from the traced instance (which they would
-    otherwise keep alive, weights and all)."""
-    if split is None:
-        return None
-    graphs = (split.prefix.graph, split.tail_train.graph, split.tail_eval.graph)
-    return (*map(_copy, graphs), split.boundary, split.shapes)
+    graphs, boundary, shapes = plan
+    return PrefixSplit(module, graphs, boundary, shapes)
 
 
 def _rebind(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
@@ -239,7 +255,7 @@ def _copy(graph: fx.Graph) -> fx.Graph:
     return copy
 
 
-def _plan(module, groups, frozen, heads) -> PrefixSplit | None:
+def _plan(module, groups, frozen, heads) -> tuple | None:
     names = dict(module.named_modules())
     leaves = {entry for group in groups for entry in group if entry in names}
     leaves |= {head for head in heads if head in names}
@@ -259,6 +275,5 @@ def _plan(module, groups, frozen, heads) -> PrefixSplit | None:
     tail_eval = _tail_graph(eval_gm, boundary.name)
     if tail_train is None or tail_eval is None:
         return None
-    return PrefixSplit(
-        _prefix_graph(train_gm, boundary), tail_train, tail_eval, boundary.name
-    )
+    graphs = (_prefix_graph(train_gm, boundary), tail_train, tail_eval)
+    return graphs, boundary.name, {}

@@ -32,13 +32,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def empty_frozen_store():
-    """Each test starts without frozen-prefix outputs stored by another
-    (FineTuneClassifier's default ``cache="memory"`` is process-wide)."""
-    from sktransfer import _frozen
+    """Each test starts without frozen-prefix outputs or trained heads kept by
+    another (FineTuneClassifier's default ``cache="memory"`` is process-wide)."""
+    from sktransfer import _frozen, _head
 
     _frozen.memory_store().clear()
+    _head.trained_heads.clear()
     yield
     _frozen.memory_store().clear()
+    _head.trained_heads.clear()
 
 
 @pytest.fixture

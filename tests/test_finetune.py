@@ -355,6 +355,7 @@ def test_aux_heads_train_and_main_head_predicts(model, heads, tmp_path):
         tta=False,
         cache_frozen=False,  # the whole network runs in training
         device="cpu",  # the recorded outputs are read with .numpy()
+        head_epochs=0,  # no head-only twin (a clone: it would carry the hook)
     )
     clf.initialize_module = _hooked(clf.initialize_module, clf, outputs, output=True)
     if model == "googlenet":

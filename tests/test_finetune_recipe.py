@@ -17,6 +17,7 @@ from sktransfer import (
     FineTuneClassifier,
     _devices,
     _frozen,
+    _head,
     _prefix,
 )
 from sktransfer._backbones import weights_available
@@ -88,7 +89,8 @@ def test_linear_head_without_dropout(images, labels):
 
 def test_head_trains_alone_before_unfrozen_groups(images, labels):
     def state(**params):  # max_epochs=0: what the head's own phase left
-        clf = tiny(frozen_layers=3, max_epochs=0, **params).fit(images, labels)
+        clf = tiny(frozen_layers=3, max_epochs=0, precision="float32", **params)
+        clf.fit(images, labels)
         return {k: v.clone() for k, v in clf.module_.state_dict().items()}, clf.head_
 
     (trained, head), (untrained, _) = state(head_epochs=5), state(head_epochs=0)
@@ -97,6 +99,78 @@ def test_head_trains_alone_before_unfrozen_groups(images, labels):
     assert changed == [
         f"{head}.{n}" for n in ("2.weight", "2.bias", "5.weight", "5.bias")
     ]
+
+
+# ------------------------------------------------ the head trained alone
+def _head_state(clf) -> dict:
+    return clf.module_.get_submodule(clf.head_).state_dict()
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Calls of FineTuneClassifier.fit, head-only twins' included (a spy)."""
+    calls = []
+    fit = FineTuneClassifier.fit
+    monkeypatch.setattr(
+        FineTuneClassifier,
+        "fit",
+        lambda self, *a, **k: calls.append(1) or fit(self, *a, **k),
+    )
+    return calls
+
+
+def test_head_trained_alone_is_the_head_only_fit(images, labels, fits):
+    exact = dict(precision="float32", max_epochs=3)
+    only = tiny(frozen_layers="all", **exact).fit(images, labels)
+    _head.trained_heads.clear()
+    fits.clear()
+    # max_epochs=0: the head as its phase alone left it, trained by a twin
+    first = tiny(frozen_layers=3, head_epochs=3, **{**exact, "max_epochs": 0})
+    first.fit(images, labels)
+    assert len(fits) == 2
+    for name, value in _head_state(only).items():
+        torch.testing.assert_close(_head_state(first)[name], value, atol=1e-6, rtol=0)
+    # the twin's head was kept: taken, not trained again, and the fit is the same
+    again = clone(first).set_params(max_epochs=1).fit(images, labels)
+    assert len(fits) == 3
+    _head.trained_heads.clear()
+    trained = clone(again).fit(images, labels)
+    assert len(fits) == 5
+    np.testing.assert_array_equal(
+        again.predict_proba(images), trained.predict_proba(images)
+    )
+
+
+def test_grid_search_takes_the_head_only_candidates_heads(images, labels, fits):
+    grid = {"frozen_layers": ["all", 5], "lr": [1e-3, 1e-2]}
+    GridSearchCV(tiny(max_epochs=2, head_epochs=2), grid, cv=2).fit(images, labels)
+    assert len(fits) == 4 * 2 + 1  # candidates x folds and the refit: no twins
+
+
+@pytest.mark.parametrize("cache", ["memory", None])
+def test_twin_trains_on_the_fits_frozen_outputs(cache, images, labels, computed):
+    tiny(frozen_layers=2, cache=cache, head_epochs=2).fit(images, labels)
+    assert sum(n for n, _ in computed) == len(images)  # once, for the fit and its twin
+
+
+@pytest.mark.parametrize(
+    "params, kept",
+    [
+        ({}, 1),
+        ({"random_state": None}, 0),  # not reproducible
+        ({"callbacks": [Callback()]}, 0),
+        ({"cache": None}, 0),  # no content keys
+        ({"frozen_layers": 3, "head_epochs": 0}, 0),  # not head-only
+    ],
+)
+def test_heads_kept_from_reproducible_head_only_fits(params, kept, images, labels):
+    tiny(**{"frozen_layers": "all", **params}).fit(images, labels)
+    assert len(_head.trained_heads) == kept
+
+
+def test_private_state_is_no_parameter(images, labels):
+    clf = tiny(frozen_layers=3).fit(images, labels)
+    assert set(clf.get_params()) == set(tiny().get_params())
 
 
 # ---------------------------------------------------------------- epochs
@@ -254,15 +328,18 @@ def test_split_traced_once_per_network_structure(images, labels, monkeypatch):
     plan = _prefix._plan
     monkeypatch.setattr(_prefix, "_plan", lambda *args: traced.append(1) or plan(*args))
     _prefix._plans.clear()
-    first = tiny(frozen_layers=3).fit(images, labels)
-    second = tiny(frozen_layers=3).fit(images, labels)  # graphs rebound, not traced
-    assert len(traced) == 1
+    first = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)
+    assert len(traced) == 2  # the cut point, and the one below it (_frozen.Via)
+    second = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)  # rebound
+    assert len(traced) == 2
     assert second._split_plan().prefix is not first._split_plan().prefix
     np.testing.assert_allclose(
         first.predict_proba(images), second.predict_proba(images), atol=1e-6
     )
-    tiny(frozen_layers=2).fit(images, labels)  # another cut point
+    tiny(frozen_layers=2, head_epochs=0).fit(images, labels)  # stored: none run
     assert len(traced) == 2
+    tiny(frozen_layers=1, head_epochs=0).fit(images, labels)  # another cut point
+    assert len(traced) == 3
 
 
 def test_grid_search_computes_each_image_once_per_cut_point(images, labels, computed):
@@ -276,6 +353,23 @@ def test_grid_search_computes_each_image_once_per_cut_point(images, labels, comp
     # the other fold's training images; other rates and the refit find them
     assert sum(n for n, _ in computed) == 2 * len(images)
     assert {views for _, views in computed} == {("center", "flip")}
+
+
+@pytest.mark.parametrize("cuts", [["all", 5], [5, "all"]])
+def test_neighbouring_cut_points_share_the_frozen_work(cuts, images, labels, computed):
+    # "all" (6 groups) and the top group: either cut's outputs are computed
+    # through the earlier one's, which are kept (_frozen.Via)
+    grid = {"frozen_layers": cuts, "lr": [1e-3, 1e-2]}
+    search = GridSearchCV(tiny(max_epochs=1), grid, cv=2).fit(images, labels)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert sum(n for n, _ in computed) == len(images)
+
+
+def test_earlier_cut_outputs_kept_within_a_bound(images, labels, computed, monkeypatch):
+    monkeypatch.setattr(_frozen, "LOWER_LIMIT_BYTES", 0)
+    for cut in ("all", 5):
+        tiny(frozen_layers=cut).fit(images, labels)
+    assert sum(n for n, _ in computed) == 2 * len(images)
 
 
 def test_store_keys_on_what_changes_the_outputs(images, labels, computed):
@@ -298,9 +392,26 @@ def test_disk_store_shared_and_damaged_rows_recomputed(
 ):
     store = tmp_path / "frozen"
     first = tiny(frozen_layers="all", cache=store).fit(images, labels)
-    files = sorted(store.rglob("*.npy"))
-    assert len(files) == 16  # 8 images x 2 views
-    np.save(files[0], np.full(np.load(files[0]).shape, np.nan, np.float32))
+    # 8 images x 2 views, after the frozen groups and one group earlier (Via)
+    rows = {
+        np.load(next(space.rglob("*.npy"))).shape: sorted(space.rglob("*.npy"))
+        for space in store.iterdir()
+    }
+    assert len(rows) == 2 and {len(files) for files in rows.values()} == {16}
+    cut = rows.pop(first._split_plan().shapes[64])
+    (lower,) = rows.values()
+
+    def damage(path):
+        np.save(path, np.full(np.load(path).shape, np.nan, np.float32))
+
+    damage(cut[0])
+    again = clone(first).fit(images, labels)
+    assert [n for n, _ in computed] == [8]  # from the earlier cut's stored row
+    np.testing.assert_allclose(
+        again.predict_proba(images), first.predict_proba(images), atol=1e-5
+    )
+    damage(cut[0])
+    damage(lower[[path.name for path in lower].index(cut[0].name)])
     again = clone(first).fit(images, labels)
     assert [n for n, _ in computed] == [8, 1]  # only the damaged image
     np.testing.assert_allclose(
