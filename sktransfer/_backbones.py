@@ -134,9 +134,17 @@ def cached_backbone(model, weights="DEFAULT", *, aux_logits: bool = False) -> Ba
         return build_backbone(model, weights, aux_logits=aux_logits)
     shared = _built.get_or_create(
         (*key, aux_logits),
-        lambda: build_backbone(model, weights, aux_logits=aux_logits),
+        lambda: _build_aside(model, weights, aux_logits),
     )
     return copy.copy(shared)  # a Backbone of its own, around the shared module
+
+
+def _build_aside(model, weights, aux_logits: bool) -> Backbone:
+    """:func:`build_backbone` without drawing from the caller's random numbers
+    (some builders initialise layers before loading weights), so that a
+    seeded fit draws the same whether the build was cached or not."""
+    with torch.random.fork_rng(devices=[]):
+        return build_backbone(model, weights, aux_logits=aux_logits)
 
 
 def trainable_backbone(

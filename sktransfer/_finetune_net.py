@@ -20,7 +20,6 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import clone
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping
@@ -248,7 +247,10 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         if split is not None:
             views = self._eval_views()
             return StoredPrefixDataset(
-                X, lambda images: self._prefix_outputs(split, images, views)
+                X,
+                lambda images: self._prefix_outputs(
+                    split, images, views, set_size=len(X)
+                ),
             )
         return ImageDataset(X, y, draft=self._draft(), pin=self._pin())
 
@@ -356,8 +358,9 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         self.prefix_cached_ = True
         return frozen
 
-    def _prefix_outputs(self, split, images, views, training=False):
-        """:class:`~sktransfer._frozen.FrozenOutputs` of ``images``."""
+    def _prefix_outputs(self, split, images, views, training=False, set_size=None):
+        """:class:`~sktransfer._frozen.FrozenOutputs` of ``images`` (a batch of
+        ``set_size`` images to predict, or all the training images)."""
         self._set_training(training)  # frozen groups run in eval mode either way
         device = self._device()
         dtype = self._autocast_dtype(device)
@@ -375,6 +378,12 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
                 if lower is None:
                     return None
                 n_lower, lower_split, segment = lower
+                try:  # a probe: the cut must give one row per image
+                    _frozen.output_shape(
+                        lower_split, self.preprocessing_, device, dtype
+                    )
+                except NotSplittableError:
+                    return None
                 lower_space = self._store_space(n_lower, lower_split, dtype)
                 return _frozen.Via(lower_split, segment, lower_space)
 
@@ -390,6 +399,7 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
             space=space,
             via=via,
             keys=keys,
+            set_size=set_size,
         )
 
     def _store_space(self, n_frozen: int, split: PrefixSplit, dtype) -> str:
@@ -535,15 +545,16 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         y_index = base.y_index[indices]
         weights = None if base.weights is None else base.weights[indices]
         weights = training_weights(y_index, self.classes_, None, weights)
-        twin = self._head_twin(len(indices))
+        params = {**self.get_params(deep=False), **self._twin_settings(len(indices))}
         frozen = self.__dict__.get("_frozen_outputs")
         keys = None if frozen is None else frozen.keys
         if keys is not None:
             keys = [keys[i] for i in indices]
-            key = twin._head_key(keys, y_index, weights, twin.max_epochs, self)
+            key = _head_key(type(self), params, keys, y_index, weights, self)
             state = trained_heads.get(key) if key is not None else None
             if state is not None:
                 return state
+        twin = type(self)(**params)  # only the settings are copied
         if frozen is not None:
             dtype = self._autocast_dtype(self._device())
             twin.__dict__["_lent"] = _frozen.Lent(
@@ -558,13 +569,12 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         twin.fit(images, self.classes_[y_index], sample_weight=weights)
         return twin.module_.get_submodule(twin.head_).state_dict()
 
-    def _head_twin(self, n: int):
-        """An unfitted head-only copy of this estimator that trains for
-        ``head_epochs`` on ``n`` images, on stored embeddings of the views
-        this fit trains on (none but the image when they are random), quietly
-        and without this fit's callbacks or validation."""
-        twin = clone(self)
-        return twin.set_params(
+    def _twin_settings(self, n: int) -> dict:
+        """What a head-only twin changes (:meth:`_head_trained_alone`): it
+        trains for ``head_epochs`` on ``n`` images, on stored embeddings of
+        the views this fit trains on (none but the image when they are
+        random), quietly and without this fit's callbacks or validation."""
+        return dict(
             frozen_layers="all",
             max_epochs=self._head_epochs(n),
             augment=self.augment if self.augment in (True, False, "flip") else False,
@@ -581,49 +591,23 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
         )
 
     def _remember_head(self, y_index, weights) -> None:
-        """Keep the head of a head-only fit from scratch in
-        :data:`~sktransfer._head.trained_heads`, for fits whose head trains
-        alone first with the same settings (:meth:`_head_trained_alone`)."""
+        """Keep the head of a head-only fit from scratch that ran all its
+        epochs in :data:`~sktransfer._head.trained_heads`, for fits whose
+        head trains alone first with the same settings
+        (:meth:`_head_trained_alone`)."""
         keys = self.__dict__.get("_image_keys")
         if self.cache is None or keys is None:  # no content keys
             return
         if not (self.prefix_cached_ and self._head_only()):
             return
-        key = self._head_key(keys, y_index, weights, self.max_epochs_, self)
+        if len(self.history_) != self.max_epochs_:  # stopped early, interrupted
+            return
+        params = {**self.get_params(deep=False), "max_epochs": self.max_epochs_}
+        key = _head_key(type(self), params, keys, y_index, weights, self)
         if key is not None:
             head = self.module_.get_submodule(self.head_)
             state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
             trained_heads.put(key, state)
-
-    def _head_key(self, image_keys, y_index, weights, epochs, net) -> str | None:
-        """What determines a head-only fit's head: the settings that training
-        reads (``epochs`` resolved, the weights for ``class_weight``, the
-        device and autocast dtype as ``net``, a network of the same model,
-        resolves them), the images' content, labels and weights; ``None``
-        when it is not reproducible from them (no integer ``random_state``, a
-        module or callables among the settings, callbacks)."""
-        build = _build_key(self.model, self.weights)
-        seed = self.random_state
-        if build is None or not isinstance(seed, Integral) or isinstance(seed, bool):
-            return None
-        params = {
-            name: value
-            for name, value in self.get_params(deep=False).items()
-            if name not in _UNUSED_BY_HEAD_ONLY_FITS and not name.startswith("_")
-        }
-        params["augment"] = "flip" if self.augment is True else self.augment
-        if not _plain(params):
-            return None
-        digest = hashlib.blake2b(digest_size=16)
-        device = net._device()
-        resolved = (device, net._autocast_dtype(device), epochs, self.classes_.tolist())
-        identity = (build, sorted(params.items()), resolved)
-        digest.update(repr(identity).encode())
-        digest.update("\n".join(image_keys).encode())
-        digest.update(np.asarray(y_index, dtype=np.int64).tobytes())
-        if weights is not None:
-            digest.update(np.asarray(weights, dtype=np.float64).tobytes())
-        return digest.hexdigest()
 
     def _embeddings(self, head, base, indices, X) -> torch.Tensor:
         """The inputs of ``head`` (eval mode) for ``indices`` under every view,
@@ -803,6 +787,57 @@ def _mean_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
     """The log of the views' mean softmax: logits whose softmax is the mean."""
     log_probs = torch.stack([torch.log_softmax(out, dim=1) for out in logits])
     return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+def _head_key(cls, params, image_keys, y_index, weights, net) -> str | None:
+    """What determines the head of a head-only fit of ``cls`` with
+    ``params`` (``max_epochs`` resolved): the settings that training reads
+    (``classes_``, the device and autocast dtype resolved by ``net``, a
+    network of the same model; the weights in for ``class_weight``), the
+    images' content keys, labels and weights; ``None`` when it is not
+    reproducible from them (no integer ``random_state``, a module, callables
+    or callbacks among the settings)."""
+    build = _build_key(params["model"], params["weights"])
+    seed = params["random_state"]
+    if build is None or not isinstance(seed, Integral) or isinstance(seed, bool):
+        return None
+    kept = {
+        name: value
+        for name, value in params.items()
+        if name not in _UNUSED_BY_HEAD_ONLY_FITS and not name.startswith("_")
+    }
+    kept["augment"] = "flip" if kept["augment"] is True else kept["augment"]
+    if not _plain(kept):
+        return None
+    device = net._device()
+    identity = (
+        _identity(cls),
+        build,
+        sorted((name, _identity(value)) for name, value in kept.items()),
+        device,
+        net._autocast_dtype(device),
+        params["max_epochs"],
+        net.classes_.tolist(),
+    )
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(identity).encode())
+    digest.update("\n".join(image_keys).encode())
+    digest.update(np.asarray(y_index, dtype=np.int64).tobytes())
+    if weights is not None:  # renormalised weights differ in the last bits
+        digest.update(np.round(np.asarray(weights, np.float64), 9).tobytes())
+    return digest.hexdigest()
+
+
+def _identity(value):
+    """``value``, with each class as its name and ``id`` (a class defined
+    again under the same name is another class)."""
+    if isinstance(value, type):
+        return (value.__module__, value.__qualname__, id(value))
+    if isinstance(value, (tuple, list)):
+        return tuple(_identity(item) for item in value)
+    if isinstance(value, dict):
+        return tuple(sorted((repr(k), _identity(v)) for k, v in value.items()))
+    return value
 
 
 def _plain(value) -> bool:

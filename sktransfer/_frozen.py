@@ -45,9 +45,9 @@ MEMORY_LIMIT_BYTES = 2 * 1024**3
 # The in-process store behind cache="memory" (its own bound: prefix outputs of
 # early cut points are large and must not evict the embedding cache's rows).
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
-# The lower cut's outputs computed on the way (see Via) are kept only while one
-# call's come to at most this: a quarter of the memory store, so that they never
-# push the cut's own outputs out of it.
+# The lower cut's outputs computed on the way (see Via) are kept only for sets
+# of images (a fit's, a prediction's) whose come to at most this: a quarter of
+# the memory store, so that a large set's do not crowd the cut's own out of it.
 LOWER_LIMIT_BYTES = DEFAULT_MEMORY_BYTES // 4
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -123,7 +123,12 @@ class FrozenOutputs:
     Computed under autocast to ``dtype`` (as training runs the network),
     batch by batch, each image decoded and preprocessed once for all its
     views; with a ``store``, rows found there are taken and the others put
-    there. Kept in a CPU tensor, or in a memory-mapped temporary file beyond
+    there, and with ``via`` (a callable, asked when rows are missing) they
+    are computed through a lower cut (:class:`Via`), whose outputs are kept
+    too when the whole set's (``set_size`` images, of which ``images`` are a
+    batch; all of them by default) come to at most
+    :data:`LOWER_LIMIT_BYTES`. ``keys``: the images' store keys, when the
+    caller has them. Kept in a CPU tensor, or in a memory-mapped temporary file beyond
     :data:`MEMORY_LIMIT_BYTES`; :meth:`release` frees it and removes the file
     (so does garbage collection, should a fit end in an error).
     """
@@ -142,6 +147,7 @@ class FrozenOutputs:
         space: str = "",
         via: Callable[[], Via | None] | None = None,
         keys: list[str] | None = None,
+        set_size: int | None = None,
     ):
         self.views = tuple(views)
         self.features = None
@@ -163,10 +169,10 @@ class FrozenOutputs:
             lower_shape = output_shape(via.split, preprocessing, device, dtype)
             if store is not None:
                 missing = self._through_stored(
-                    via, store, keys, missing, lower_shape, batch_size, device, dtype
+                    via, store, keys, missing, preprocessing, batch_size, device, dtype
                 )
                 row_bytes = 4 * len(self.views) * int(np.prod(lower_shape))
-                if len(missing) * row_bytes <= LOWER_LIMIT_BYTES:
+                if (set_size or n) * row_bytes <= LOWER_LIMIT_BYTES:
                     lower = (store, via.space, [keys[i] for i in missing])
         if missing:
             todo = images if len(missing) == n else images.subset(missing)
@@ -203,33 +209,39 @@ class FrozenOutputs:
         return missing
 
     def _through_stored(
-        self, via, store, keys, missing, lower_shape, batch_size, device, dtype
+        self, via, store, keys, missing, preprocessing, batch_size, device, dtype
     ) -> list[int]:
         """Rows of the ``missing`` images whose lower-cut outputs are stored,
-        computed from those through ``via.segment``; returns the others."""
+        computed from those through ``via.segment`` a batch at a time (fed
+        in the dtype the lower prefix outputs, as when it runs on); returns
+        the others."""
+        shape, raw = _probe(via.split, preprocessing, device, dtype)
         width = len(self.views)
-        row_keys = [k for i in missing for k in self._row_keys(keys[i])]
-        rows = store.get(via.space, row_keys, lower_shape)
-        found, rest = [], []
-        for j, i in enumerate(missing):
-            views = rows[j * width : (j + 1) * width]
-            if any(row is None for row in views):
-                rest.append(i)
-            else:
-                found.append((i, np.stack(views)))
+        rest = []
         with torch.inference_mode():
-            for start in range(0, len(found), batch_size):
-                chunk = found[start : start + batch_size]
-                block = torch.as_tensor(np.stack([row for _, row in chunk]))
-                block = block.to(device, non_blocking=True)
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start : start + batch_size]
+                row_keys = [k for i in chunk for k in self._row_keys(keys[i])]
+                rows = store.get(via.space, row_keys, shape)
+                found = []
+                for j, i in enumerate(chunk):
+                    views = rows[j * width : (j + 1) * width]
+                    if any(row is None for row in views):
+                        rest.append(i)
+                    else:
+                        found.append((i, np.stack(views)))
+                if not found:
+                    continue
+                block = torch.as_tensor(np.stack([row for _, row in found]))
+                block = block.to(device, non_blocking=True).to(raw)
                 out = torch.stack(
                     [
-                        _run(via.segment, block[:, v], device, dtype).cpu()
+                        _run(via.segment, block[:, v], device, dtype).float().cpu()
                         for v in range(width)
                     ],
                     dim=1,
                 )
-                for (i, _), row in zip(chunk, out, strict=True):
+                for (i, _), row in zip(found, out, strict=True):
                     self._write(i, row)
         return rest
 
@@ -263,10 +275,12 @@ class FrozenOutputs:
                 per_view, per_view_lower = [], []
                 for view in self.views:
                     x = VIEWS[view](batch)
-                    if via is not None:
+                    if via is not None:  # as one graph: x stays in its dtype
                         x = _run(via.split.prefix, x, device, dtype)
-                        per_view_lower.append(x.cpu())
-                        per_view.append(_run(via.segment, x, device, dtype).cpu())
+                        if lower is not None:
+                            per_view_lower.append(x.float().cpu())
+                        x = _run(via.segment, x, device, dtype)
+                        per_view.append(x.float().cpu())
                     else:
                         per_view.append(run_prefix(split, x, device, dtype))
                 block = torch.stack(per_view, dim=1)
@@ -305,28 +319,36 @@ def run_prefix(
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """The prefix's float32 CPU output for a preprocessed ``batch``."""
-    return _run(split.prefix, batch, device, dtype).cpu()
+    return _run(split.prefix, batch, device, dtype).float().cpu()
 
 
 def _run(graph, batch, device, dtype) -> torch.Tensor:
-    """``graph``'s float32 output for ``batch`` (rows of images), on ``device``."""
+    """``graph``'s output for ``batch`` (rows of images) under autocast, on
+    ``device``, in the dtype it comes out in."""
     with autocast(device, dtype):
         out = graph(channels_last(batch))
     if not isinstance(out, torch.Tensor) or out.shape[0] != len(batch):
         raise NotSplittableError
-    return out.float()
+    return out
+
+
+def _probe(split, preprocessing, device, dtype) -> tuple[tuple, torch.dtype]:
+    """The shape of one image's prefix output and the dtype it comes out in
+    under autocast to ``dtype`` (one blank image, once per size, dtype and
+    device kind)."""
+    crop = preprocessing.crop_size
+    key = (crop, str(dtype), device.type)
+    if key not in split.shapes:
+        with torch.inference_mode():
+            blank = torch.zeros(1, 3, crop, crop, device=device)
+            out = _run(split.prefix, blank, device, dtype)
+        split.shapes[key] = (tuple(out.shape[1:]), out.dtype)
+    return split.shapes[key]
 
 
 def output_shape(split, preprocessing, device, dtype) -> tuple[int, ...]:
-    """The shape of one image's prefix output (one blank image, once per size)."""
-    crop = preprocessing.crop_size
-    if crop not in split.shapes:
-        with torch.inference_mode():
-            blank = torch.zeros(1, 3, crop, crop, device=device)
-            split.shapes[crop] = tuple(
-                run_prefix(split, blank, device, dtype).shape[1:]
-            )
-    return split.shapes[crop]
+    """The shape of one image's prefix output."""
+    return _probe(split, preprocessing, device, dtype)[0]
 
 
 def namespace(**identity) -> str:

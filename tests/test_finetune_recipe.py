@@ -398,7 +398,11 @@ def test_disk_store_shared_and_damaged_rows_recomputed(
         for space in store.iterdir()
     }
     assert len(rows) == 2 and {len(files) for files in rows.values()} == {16}
-    cut = rows.pop(first._split_plan().shapes[64])
+    cpu = torch.device("cpu")
+    shape = _frozen.output_shape(
+        first._split_plan(), first.preprocessing_, cpu, first._autocast_dtype(cpu)
+    )
+    cut = rows.pop(shape)
     (lower,) = rows.values()
 
     def damage(path):
