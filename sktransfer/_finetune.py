@@ -100,13 +100,17 @@ class FineTuneClassifier(FineTuneNet):
         embeddings (computed once) before the unfrozen groups train with
         it, so that the first gradients of an untrained head do not distort
         pretrained layers. That phase is the fit of ``frozen_layers="all"``
-        with the other settings as given and ``max_epochs=head_epochs``
-        (without callbacks or early stopping), on this fit's frozen outputs;
-        when a head-only fit of those settings on the same images has run in
-        this process (a grid search's candidate), its head is taken instead
-        of trained again (same result). ``"auto"``: 20, or enough for 100
-        steps on small sets. Unused when only the head trains (its training
-        is the fit's epochs then); ``0`` skips it.
+        and ``max_epochs=head_epochs`` with the other settings as given
+        (except: no callbacks, validation or class weights beyond the
+        fit's own sample weights, and the fixed views, or none, where
+        ``augment`` is random), on this fit's frozen outputs; when a
+        head-only fit of those settings on the same images and weights has
+        run in this process (a grid search's candidate, with an integer
+        ``random_state``), its head is taken instead of trained again.
+        ``"auto"``: 20, or enough for 100 steps on small sets. Unused when
+        only the head trains (its training is the fit's epochs then); ``0``
+        skips it. (A network that cannot be split after its groups runs
+        whole in every step of that phase.)
     tta : bool, default=True
         Test-time augmentation: ``predict_proba`` (and validation) average
         the class probabilities of the views that training used (the image
