@@ -130,7 +130,7 @@ class FineTuneClassifier(FineTuneNet):
         clones, so that a grid search computes each image's frozen part
         once instead of once per candidate, fold and epoch (a cut point's
         outputs are computed through those one group earlier, which are
-        kept too, up to 512 MiB a call: neighbouring ``frozen_layers``
+        kept too for sets of up to 512 MiB: neighbouring ``frozen_layers``
         share the work); a folder, an on-disk store shared by processes
         (``n_jobs`` > 1) and runs; ``None``, within one fit only. Keyed by
         image content, network, weights, cut point, preprocessing and
