@@ -378,12 +378,6 @@ class FineTuneNet(DeviceMixin, NeuralNetClassifier):
                 if lower is None:
                     return None
                 n_lower, lower_split, segment = lower
-                try:  # a probe: the cut must give one row per image
-                    _frozen.output_shape(
-                        lower_split, self.preprocessing_, device, dtype
-                    )
-                except NotSplittableError:
-                    return None
                 lower_space = self._store_space(n_lower, lower_split, dtype)
                 return _frozen.Via(lower_split, segment, lower_space)
 

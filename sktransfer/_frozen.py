@@ -166,14 +166,26 @@ class FrozenOutputs:
         lower = None  # where the lower cut's outputs computed on the way go
         via = via() if missing and via is not None else None
         if via is not None:
-            lower_shape = output_shape(via.split, preprocessing, device, dtype)
-            if store is not None:
-                missing = self._through_stored(
-                    via, store, keys, missing, preprocessing, batch_size, device, dtype
+            try:  # a lower cut that gives no row per image is not gone through
+                lower_shape, lower_dtype = _probe(
+                    via.split, preprocessing, device, dtype
                 )
-                row_bytes = 4 * len(self.views) * int(np.prod(lower_shape))
-                if (set_size or n) * row_bytes <= LOWER_LIMIT_BYTES:
-                    lower = (store, via.space, [keys[i] for i in missing])
+            except NotSplittableError:
+                via = None
+        if via is not None and store is not None:
+            missing = self._through_stored(
+                via,
+                store,
+                keys,
+                missing,
+                (lower_shape, lower_dtype),
+                batch_size,
+                device,
+                dtype,
+            )
+            row_bytes = 4 * len(self.views) * int(np.prod(lower_shape))
+            if (set_size or n) * row_bytes <= LOWER_LIMIT_BYTES:
+                lower = (store, via.space, [keys[i] for i in missing])
         if missing:
             todo = images if len(missing) == n else images.subset(missing)
             self._compute(
@@ -209,13 +221,14 @@ class FrozenOutputs:
         return missing
 
     def _through_stored(
-        self, via, store, keys, missing, preprocessing, batch_size, device, dtype
+        self, via, store, keys, missing, lower, batch_size, device, dtype
     ) -> list[int]:
         """Rows of the ``missing`` images whose lower-cut outputs are stored,
-        computed from those through ``via.segment`` a batch at a time (fed
-        in the dtype the lower prefix outputs, as when it runs on); returns
+        computed from those through ``via.segment`` a batch at a time;
+        ``lower``: those outputs' shape and the dtype the lower prefix gives
+        them in, which the segment is fed in (as when it runs on). Returns
         the others."""
-        shape, raw = _probe(via.split, preprocessing, device, dtype)
+        shape, raw = lower
         width = len(self.views)
         rest = []
         with torch.inference_mode():

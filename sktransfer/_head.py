@@ -21,7 +21,6 @@ so a grid search that has trained the head-only candidate reuses its head
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -124,11 +123,6 @@ def standardizer(head: nn.Module) -> Standardize | None:
 
 
 # Heads trained by head-only fits (``frozen_layers="all"``), by what determined
-# them (FineTuneNet._head_key): the head that a fit training more groups first
+# them (_finetune_net._head_key): the head that a fit training more groups first
 # trains alone, when a grid search's head-only candidate has trained it already.
 trained_heads: LRU[dict] = LRU(max_size=256 * 1024**2, size=_state_bytes)
-
-
-def as_tensor(array) -> torch.Tensor:
-    """A float32 tensor of an array or tensor."""
-    return torch.as_tensor(np.asarray(array), dtype=torch.float32)

@@ -168,15 +168,15 @@ def _find_boundary(
 def _tail_graph(gm: fx.GraphModule | fx.Graph, boundary_name: str) -> fx.Graph | None:
     """The part of ``gm``'s graph after the node ``boundary_name``, which
     becomes its input; ``None`` when that part needs more than it."""
-    source = gm.graph if isinstance(gm, fx.GraphModule) else gm
-    nodes = {node.name: node for node in source.nodes}
+    traced = gm.graph if isinstance(gm, fx.GraphModule) else gm
+    nodes = {node.name: node for node in traced.nodes}
     boundary = nodes.get(boundary_name)
     if boundary is None:
         return None
     keep = _descendants([boundary]) - {boundary}
     graph = fx.Graph()
     env = {boundary: graph.placeholder("frozen_features")}
-    for node in source.nodes:
+    for node in traced.nodes:
         if node not in keep:
             continue
         for source in node.all_input_nodes:
