@@ -68,9 +68,10 @@ class Standardize(nn.Module):
 
 class Dropout(nn.Dropout):
     """:class:`torch.nn.Dropout` whose mask, on the CPU, is drawn from float32
-    uniform numbers: the same distribution, about three times faster there
-    than ``bernoulli_`` (a quarter of a head step on stored embeddings went
-    to drawing masks). Other devices take torch's fused dropout."""
+    uniform numbers: the same distribution, drawn 2.2-3x faster there than
+    torch's ``bernoulli_`` mask, which makes a head step on stored
+    embeddings 1.2-1.4x faster (``benchmarks/bench_fit_overheads.py``).
+    Other devices take torch's fused dropout."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not 0 < self.p < 1 or x.device.type != "cpu":

@@ -1,0 +1,85 @@
+"""The fixed costs of a fine-tuning fit that a grid search pays once per fit.
+
+Two ratios, each against its baseline measured in the same run (best of
+``--repeat`` timings):
+
+* a training step of the new head on stored embeddings (``--batch`` x 1280 ->
+  512 -> 10 classes, dropout 0.5, fused AdamW, label smoothing) with
+  sktransfer's ``Dropout`` against the same step with ``torch.nn.Dropout``,
+  and the two masks' draws alone;
+* a fit's network taken as a copy of the last build
+  (``_backbones.trainable_backbone``) against building it again
+  (``build_backbone``: the model, and the weights file read).
+
+    python benchmarks/bench_fit_overheads.py [--model efficientnet_lite0]
+        [--batch 32] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from sktransfer._backbones import build_backbone, trainable_backbone
+from sktransfer._head import Dropout, new_head
+
+
+def best_of(repeat: int, run, number: int = 1) -> float:
+    """The fastest of ``repeat`` timings of ``number`` calls, per call."""
+    run()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            run()
+        times.append((time.perf_counter() - start) / number)
+    return min(times)
+
+
+def head_step(dropout: type[nn.Module], batch: int):
+    torch.manual_seed(0)
+    head = new_head(1280, 10, 512, 0.5)
+    for i, layer in enumerate(head):
+        if isinstance(layer, nn.Dropout):
+            head[i] = dropout(layer.p)
+    head.train()
+    x, y = torch.randn(batch, 1280), torch.randint(10, (batch,))
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, fused=True)
+
+    def step():
+        loss = criterion(head(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    r = args.repeat
+
+    x = torch.randn(args.batch, 1280)
+    torch_mask = best_of(r, lambda: nn.functional.dropout(x, 0.5, True), 200)
+    our_mask = best_of(r, lambda: Dropout(0.5).train()(x), 200)
+    torch_step = best_of(r, head_step(nn.Dropout, args.batch), 200)
+    our_step = best_of(r, head_step(Dropout, args.batch), 200)
+    build = best_of(r, lambda: build_backbone(args.model))
+    copied = best_of(r, lambda: trainable_backbone(args.model))
+
+    print(f"threads={torch.get_num_threads()}; best of {r}")
+    print(f"head step, torch Dropout -> ours:  {torch_step / our_step:.2f}x faster")
+    print(f"dropout on {args.batch}x1280 alone:    {torch_mask / our_mask:.2f}x faster")
+    print(f"{args.model}: build -> copy of the last: {build / copied:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
