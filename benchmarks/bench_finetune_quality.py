@@ -12,7 +12,7 @@ on the test part, timing fit + predict of each, in one process:
 * the deeper recipe of docs/guide.md (``--deeper``, parameters as
   ``name=value`` pairs).
 
-Nothing is cached between the rows (each starts from empty caches), so each
+Each row runs in a fresh process (empty stores, nothing built yet), so each
 time is what a first fit costs.
 
     python benchmarks/bench_finetune_quality.py ROOT [--model efficientnet_lite0]
@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -34,14 +37,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from sktransfer import (
-    CNNFeatureExtractor,
-    FineTuneClassifier,
-    _cache,
-    _frozen,
-    _head,
-    load_image_folder,
-)
+from sktransfer import CNNFeatureExtractor, FineTuneClassifier, load_image_folder
 
 DEEPER = "frozen_layers=4,image_size=128"
 
@@ -58,6 +54,32 @@ def parse_params(text: str) -> dict:
     return params
 
 
+def estimator(name: str, args):
+    """The row ``name``'s estimator, unfitted."""
+    if name in ("logreg", "svc"):
+        head = LogisticRegression(C=0.1, max_iter=3000) if name == "logreg" else SVC()
+        extractor = CNNFeatureExtractor(args.model, device=args.device)
+        return make_pipeline(extractor, StandardScaler(), head)
+    params = parse_params(args.deeper) if name == "deeper" else {}
+    return FineTuneClassifier(
+        args.model, device=args.device, random_state=args.seed, **params
+    )
+
+
+def row(name: str, args) -> dict:
+    """Fit and score row ``name`` in this process."""
+    data = load_image_folder(args.root)
+    paths = np.asarray(data.filenames)
+    y = np.asarray(data.target_names)[data.target]
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=args.test_size, stratify=y, random_state=0
+    )
+    start = time.perf_counter()
+    fitted = estimator(name, args).fit(paths[train], y[train])
+    accuracy = float(np.mean(fitted.predict(paths[test]) == y[test]))
+    return {"accuracy": accuracy, "seconds": time.perf_counter() - start}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root")
@@ -67,62 +89,39 @@ def main() -> None:
     parser.add_argument("--deeper", default=DEEPER)
     parser.add_argument("--skip", default="", help="rows to skip: svc, default, deeper")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.row:  # one row, in a fresh process
+        print(json.dumps(row(args.row, args)))
+        return
     skip = set(filter(None, args.skip.split(",")))
-
     data = load_image_folder(args.root)
-    paths = np.asarray(data.filenames)
-    y = np.asarray(data.target_names)[data.target]
-    train, test = train_test_split(
-        np.arange(len(y)), test_size=args.test_size, stratify=y, random_state=0
-    )
+    n_train = round(len(data.target) * (1 - args.test_size))
     print(
-        f"{args.root}: {len(y)} images, {len(data.target_names)} classes, "
-        f"train {len(train)} / test {len(test)}; model={args.model} "
-        f"device={args.device} threads={torch.get_num_threads()}"
+        f"{args.root}: {len(data.target)} images, {len(data.target_names)} classes, "
+        f"train ~{n_train}; model={args.model} device={args.device} "
+        f"threads={torch.get_num_threads()}; each row in a fresh process"
     )
-
-    def run(name: str, make) -> tuple[float, float]:
-        _cache.memory_cache().clear()
-        _frozen.memory_store().clear()
-        _head.trained_heads.clear()
-        start = time.perf_counter()
-        estimator = make().fit(paths[train], y[train])
-        accuracy = float(np.mean(estimator.predict(paths[test]) == y[test]))
-        return accuracy, time.perf_counter() - start
-
-    def features(head):
-        extractor = CNNFeatureExtractor(args.model, device=args.device)
-        return lambda: make_pipeline(extractor, StandardScaler(), head)
-
-    rows = []
-    base_accuracy, base_time = run(
-        "logreg", features(LogisticRegression(C=0.1, max_iter=3000))
-    )
-    rows.append(("features + LogisticRegression(C=0.1)", base_accuracy, base_time))
-    if "svc" not in skip:
-        rows.append(("features + SVC()", *run("svc", features(SVC()))))
-    common = dict(device=args.device, random_state=args.seed)
-    if "default" not in skip:
-        rows.append(
-            (
-                "FineTuneClassifier() defaults",
-                *run("default", lambda: FineTuneClassifier(args.model, **common)),
-            )
-        )
-    if "deeper" not in skip:
-        deeper = parse_params(args.deeper)
-        rows.append(
-            (
-                f"FineTuneClassifier({args.deeper})",
-                *run(
-                    "deeper", lambda: FineTuneClassifier(args.model, **common, **deeper)
-                ),
-            )
-        )
+    names = {
+        "logreg": "features + LogisticRegression(C=0.1)",
+        "svc": "features + SVC()",
+        "default": "FineTuneClassifier() defaults",
+        "deeper": f"FineTuneClassifier({args.deeper})",
+    }
     print(f"{'pipeline':48s} {'accuracy':>8s} {'time':>8s} {'vs LogReg':>9s}")
-    for name, accuracy, seconds in rows:
-        print(f"{name:48s} {accuracy:8.3f} {seconds:7.0f}s {seconds / base_time:8.2f}x")
+    base = None
+    for name, title in names.items():
+        if name in skip:
+            continue
+        command = [sys.executable, __file__, *sys.argv[1:], "--row", name]
+        out = subprocess.run(command, check=True, capture_output=True, text=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        base = base or result["seconds"]
+        print(
+            f"{title:48s} {result['accuracy']:8.3f} {result['seconds']:7.0f}s "
+            f"{result['seconds'] / base:8.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

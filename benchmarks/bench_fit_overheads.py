@@ -4,9 +4,10 @@ Two ratios, each against its baseline measured in the same run (best of
 ``--repeat`` timings):
 
 * a training step of the new head on stored embeddings (``--batch`` x 1280 ->
-  512 -> 10 classes, dropout 0.5, fused AdamW, label smoothing) with
-  sktransfer's ``Dropout`` against the same step with ``torch.nn.Dropout``,
-  and the two masks' draws alone;
+  512 -> 10 classes, dropout 0.5, fused AdamW, label smoothing) under a fit's
+  own generators (``FitRandomness``: dropout masks of float32 uniforms,
+  every torch call through a torch function mode) against the same step
+  with torch's dropout and no mode, and the two masks' draws alone;
 * a fit's network taken as a copy of the last build
   (``_backbones.trainable_backbone``) against building it again
   (``build_backbone``: the model, and the weights file read).
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 
 from sktransfer._backbones import build_backbone, trainable_backbone
-from sktransfer._head import Dropout, new_head
+from sktransfer._finetune.head import new_head
+from sktransfer._finetune.randomness import FitRandomness
 
 
 def best_of(repeat: int, run, number: int = 1) -> float:
@@ -39,13 +41,9 @@ def best_of(repeat: int, run, number: int = 1) -> float:
     return min(times)
 
 
-def head_step(dropout: type[nn.Module], batch: int):
+def head_step(batch: int, seeded: bool):
     torch.manual_seed(0)
-    head = new_head(1280, 10, 512, 0.5)
-    for i, layer in enumerate(head):
-        if isinstance(layer, nn.Dropout):
-            head[i] = dropout(layer.p)
-    head.train()
+    head = new_head(1280, 10, 512, 0.5).train()
     x, y = torch.randn(batch, 1280), torch.randint(10, (batch,))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, fused=True)
@@ -56,7 +54,15 @@ def head_step(dropout: type[nn.Module], batch: int):
         loss.backward()
         optimizer.step()
 
-    return step
+    if not seeded:
+        return step
+    randomness = FitRandomness(0)
+
+    def seeded_step():
+        with randomness:
+            step()
+
+    return seeded_step
 
 
 def main() -> None:
@@ -68,16 +74,22 @@ def main() -> None:
     r = args.repeat
 
     x = torch.randn(args.batch, 1280)
+    randomness = FitRandomness(0)
+
+    def our_dropout():
+        with randomness:
+            nn.functional.dropout(x, 0.5, True)
+
     torch_mask = best_of(r, lambda: nn.functional.dropout(x, 0.5, True), 200)
-    our_mask = best_of(r, lambda: Dropout(0.5).train()(x), 200)
-    torch_step = best_of(r, head_step(nn.Dropout, args.batch), 200)
-    our_step = best_of(r, head_step(Dropout, args.batch), 200)
+    our_mask = best_of(r, our_dropout, 200)
+    torch_step = best_of(r, head_step(args.batch, seeded=False), 200)
+    our_step = best_of(r, head_step(args.batch, seeded=True), 200)
     build = best_of(r, lambda: build_backbone(args.model))
     copied = best_of(r, lambda: trainable_backbone(args.model))
 
     print(f"threads={torch.get_num_threads()}; best of {r}")
-    print(f"head step, torch Dropout -> ours:  {torch_step / our_step:.2f}x faster")
-    print(f"dropout on {args.batch}x1280 alone:    {torch_mask / our_mask:.2f}x faster")
+    print(f"head step, torch -> a fit's own generators: {torch_step / our_step:.2f}x")
+    print(f"dropout on {args.batch}x1280 alone:  {torch_mask / our_mask:.2f}x faster")
     print(f"{args.model}: build -> copy of the last: {build / copied:.2f}x faster")
 
 

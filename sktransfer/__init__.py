@@ -1,8 +1,7 @@
 """sktransfer: transfer learning with pretrained CNNs as a scikit-learn workflow."""
 
-from ._backbones import list_backbones
+from ._backbones import layer_groups, list_backbones
 from ._extractor import CNNFeatureExtractor
-from ._families import layer_groups
 from ._finetune import FineTuneClassifier
 from ._imagenet import ImageNetClassifier
 from ._scoring import top_k_scorer, top_k_scorers

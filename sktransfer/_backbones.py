@@ -226,3 +226,39 @@ class _EmptyOnMeta(TorchFunctionMode):
         if func is torch.empty and kwargs.get("device") is None:
             kwargs["device"] = "meta"
         return func(*args, **kwargs)
+
+
+def layer_groups(model="resnet18") -> list[list[str]]:
+    """The ordered layer groups that ``frozen_layers`` counts, from the input.
+
+    Parameters
+    ----------
+    model : str or torch.nn.Module
+        A backbone name (see :func:`list_backbones`) or a module.
+
+    Returns
+    -------
+    groups : list of list of str
+        Each group lists the module (or parameter) names it holds, in
+        forward order. The classifier head belongs to no group: it is always
+        trained.
+
+    Examples
+    --------
+    >>> from sktransfer import layer_groups
+    >>> [group[0] for group in layer_groups("resnet18")]
+    ['conv1', 'layer1', 'layer2', 'layer3', 'layer4']
+    >>> len(layer_groups("vit_b_16"))  # the embedding, then each encoder block
+    13
+    """
+    check_model(model)
+    if isinstance(model, nn.Module):  # its head: its last classifier layer
+        return _families.groups_of(model, _families.last_classifier(model))
+    groups = _named_groups.get_or_create(  # every fit asks: build it once
+        (model, _families.version()), lambda: build_structure(model).groups
+    )
+    return [list(group) for group in groups]
+
+
+# layer groups of named networks, by (name, table version)
+_named_groups: LRU[list[list[str]]] = LRU(max_items=32)

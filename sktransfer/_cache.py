@@ -56,7 +56,9 @@ def module_digest(module) -> str:
 
 
 def image_keys(images: Images) -> list[str]:
-    """Content hashes of every image (file bytes, array bytes or PIL pixels)."""
+    """Content hashes of every image: of all that decoding reads (a file's
+    bytes; an array's bytes, dtype, shape and scale; a PIL image's upright
+    RGB pixels, which its mode, palette and EXIF orientation decide)."""
     return [_image_key(images, i) for i in range(len(images))]
 
 
@@ -66,10 +68,10 @@ def _image_key(images: Images, index: int) -> str:
         with open(images.data[index], "rb") as file:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
-    elif images.kind == "pil":
-        image = images.data[index]
-        digest.update(f"{image.mode}{image.size}".encode())
-        digest.update(image.tobytes())
+    elif images.kind == "pil":  # what decoding makes of it: palette, EXIF, ...
+        pixels = images.image(index).numpy()
+        digest.update(f"pil{pixels.shape}".encode())
+        digest.update(pixels.tobytes())
     else:
         array, scale = images.data, images.scale
         if images.kind == "arrays":  # a list of one-image collections

@@ -24,7 +24,6 @@ from torch import nn
 
 from . import _groups as g
 from ._images import Preprocessing
-from ._lru import LRU
 
 
 @dataclass(frozen=True)
@@ -356,42 +355,3 @@ def replace_head(
 def groups_of(module: nn.Module, head: str) -> list[list[str]]:
     """The layer groups of ``module`` (its family's), head excluded."""
     return family_of(module).groups(module, head)
-
-
-def layer_groups(model="resnet18") -> list[list[str]]:
-    """The ordered layer groups that ``frozen_layers`` counts, from the input.
-
-    Parameters
-    ----------
-    model : str or torch.nn.Module
-        A backbone name (see :func:`list_backbones`) or a module.
-
-    Returns
-    -------
-    groups : list of list of str
-        Each group lists the module (or parameter) names it holds, in
-        forward order. The classifier head belongs to no group: it is always
-        trained.
-
-    Examples
-    --------
-    >>> from sktransfer import layer_groups
-    >>> [group[0] for group in layer_groups("resnet18")]
-    ['conv1', 'layer1', 'layer2', 'layer3', 'layer4']
-    >>> len(layer_groups("vit_b_16"))  # the embedding, then each encoder block
-    13
-    """
-    # the registry builds networks from this table: imported here, not above
-    from ._backbones import build_structure, check_model
-
-    check_model(model)
-    if isinstance(model, nn.Module):  # its head: its last classifier layer
-        return groups_of(model, last_classifier(model))
-    groups = _named_groups.get_or_create(  # every fit asks: build it once
-        (model, _version), lambda: build_structure(model).groups
-    )
-    return [list(group) for group in groups]
-
-
-# layer groups of named networks, by (name, table version)
-_named_groups: LRU[list[list[str]]] = LRU(max_items=32)

@@ -93,6 +93,15 @@ def timm_groups(module: nn.Module, head: str) -> Groups:
         names = [n for n in grouped[key] if not is_under(n, [head])]
         if names:
             groups.append(names)
+    return _root_parameters_first(module, groups)
+
+
+def _root_parameters_first(module: nn.Module, groups: Groups) -> Groups:
+    """Parameters of the root module (a class token, position embeddings),
+    which the input meets first, join the first group."""
+    root = [name for name, _ in module.named_parameters(recurse=False)]
+    if root and groups:
+        groups[0] = root + groups[0]
     return groups
 
 
@@ -120,10 +129,7 @@ def children_groups(module: nn.Module, head: str) -> Groups:
                 groups.append(rest)
         elif has_params(child):
             groups.append([name])
-    root = [name for name, _ in module.named_parameters(recurse=False)]
-    if root and groups:
-        groups[0] = root + groups[0]
-    return groups
+    return _root_parameters_first(module, groups)
 
 
 def has_params(module: nn.Module) -> bool:

@@ -8,6 +8,7 @@ and not on the number of images.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -69,6 +70,16 @@ class Preprocessing:
         )
         images = F.center_crop(images, [self.crop_size, self.crop_size])
         return self.normalize(images)
+
+    def at_size(self, crop_size: int | None) -> Preprocessing:
+        """The same preprocessing cropping ``crop_size`` (resized alike);
+        ``None``: as it is."""
+        if crop_size is None:
+            return self
+        ratio = self.resize_size / self.crop_size
+        return dataclasses.replace(
+            self, crop_size=int(crop_size), resize_size=round(crop_size * ratio)
+        )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (or float in [0, 1]) -> float32 scaled to [0, 1], then mean/std."""

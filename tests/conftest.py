@@ -32,15 +32,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def empty_frozen_store():
-    """Each test starts without frozen-prefix outputs or trained heads kept by
-    another (FineTuneClassifier's default ``cache="memory"`` is process-wide)."""
-    from sktransfer import _frozen, _head
+    """Each test starts without rows kept by another (FineTuneClassifier's
+    default ``cache="memory"`` is process-wide)."""
+    from sktransfer._finetune import rows
 
-    _frozen.memory_store().clear()
-    _head.trained_heads.clear()
+    rows.memory_store().clear()
     yield
-    _frozen.memory_store().clear()
-    _head.trained_heads.clear()
+    rows.memory_store().clear()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from sktransfer import (
     _device_transforms as transforms,
 )
 from sktransfer._decode import decode_file, orient, read_encoded
-from sktransfer._finetune_data import prepare_batch, prepare_on_device
+from sktransfer._finetune.data import prepare_batch, prepare_on_device
 from sktransfer._gpu_decode import TORCHVISION, Backend, _torchvision, decode_batch
 from sktransfer._images import Preprocessing, check_images
 from sktransfer._pipeline import Prefetcher, pinned, run_on_device
@@ -233,7 +233,7 @@ def test_finetune_takes_photos_upright(tmp_path):
         cache_frozen=False,  # predictions decode the images (no prefix outputs)
     ).fit([upright, sideways], ["a", "b"])
     dataset = clf.get_dataset([upright, sideways, untagged])
-    first, second, third = (dataset[i][0] for i in range(3))
+    first, second, third = (dataset[i][0]["images"] for i in range(3))
     assert first.shape == second.shape == (3, 48, 64)
     assert third.shape == (3, 64, 48)
     assert (first.float() - second.float()).abs().mean() < 3

@@ -23,7 +23,12 @@ TINY = "mobilenet_v3_small"  # the fastest torchvision backbone on a CPU
 
 def tiny(**params) -> FineTuneClassifier:
     defaults = dict(
-        weights=None, max_epochs=1, batch_size=4, random_state=0, image_size=64
+        weights=None,
+        max_epochs=1,
+        head_epochs=1,
+        batch_size=4,
+        random_state=0,
+        image_size=64,
     )
     return FineTuneClassifier(TINY, **{**defaults, **params})
 
@@ -170,10 +175,11 @@ def test_all_frozen_trains_only_the_head(images, labels):
 
 
 class _RecordModes(Callback):
-    """Records the training flag of every BatchNorm layer at each training batch."""
+    """Records the training flag of every BatchNorm layer at each training
+    batch of the unfrozen groups' phase."""
 
     def on_batch_end(self, net, batch=None, training=False, **kwargs):
-        if training:  # the modes the training step ran in
+        if training and net.history[-1, "phase"] == "train":  # the step's modes
             self.modes_.append(
                 {
                     n: m.training
@@ -238,7 +244,7 @@ def test_frozen_prefix_computed_once_matches_uncached(images, labels):
 def test_large_prefix_goes_to_a_temporary_file(images, labels, monkeypatch, tmp_path):
     params = dict(frozen_layers=2, augment=False, device="cpu")  # bit-identical runs
     in_memory = _state(tiny(**params).fit(images, labels).module_)
-    monkeypatch.setattr("sktransfer._frozen.MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr("sktransfer._finetune.rows.MEMORY_LIMIT_BYTES", 0)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     seen = []
 
@@ -248,7 +254,7 @@ def test_large_prefix_goes_to_a_temporary_file(images, labels, monkeypatch, tmp_
 
     clf = tiny(**params, callbacks=[Look()]).fit(images, labels)
     assert clf.prefix_cached_
-    assert seen and all(name.startswith("sktransfer-prefix-") for name in seen)
+    assert seen and all(name.startswith("sktransfer-rows-") for name in seen)
     assert list(tmp_path.iterdir()) == []  # deleted after fit
     on_disk = _state(clf.module_)
     assert all(torch.equal(in_memory[name], on_disk[name]) for name in in_memory)
@@ -298,12 +304,14 @@ def test_default_augmentation_changes_training_only(images, labels):
     train = [x for x, training in inputs if training]
     evaluated = [x for x, training in inputs if not training]
     # 4 training images; 4 validation images, after the 4 training images
-    # once more unaugmented (the head's standardisation statistics)
-    assert len(train) == 1 and len(evaluated) == 2
+    # once more unaugmented, and mirrored (the head's standardisation
+    # statistics, of both views)
+    assert len(train) == 1 and len(evaluated) == 3
     assert train[0].shape == (4, 3, 64, 64)  # image_size=64
-    assert not any(torch.allclose(row, ref) for row in train[0] for ref in expected)
+    views = torch.cat([expected, expected.flip(-1)])
+    assert not any(torch.allclose(row, ref) for row in train[0] for ref in views)
     assert all(
-        any(torch.allclose(row, ref) for ref in expected)
+        any(torch.allclose(row, ref) for ref in views)
         for batch in evaluated
         for row in batch
     )

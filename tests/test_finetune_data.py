@@ -12,13 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from sktransfer._device_transforms import to_device
-from sktransfer._finetune_data import (
-    Collate,
-    DeviceLoader,
-    ImageDataset,
-    epoch_batches,
-    gather_rows,
-)
+from sktransfer._finetune.data import IMAGES, Collate, FitData, gather_rows
+from sktransfer._finetune.loader import DeviceLoader, epoch_batches
 from sktransfer._images import check_images
 
 CPU = torch.device("cpu")
@@ -41,15 +36,15 @@ def test_rows_are_gathered_once_as_images_rows_gives_them(layout, rng):
     torch.testing.assert_close(ours, images.rows(np.asarray(indices)), rtol=0, atol=0)
     if layout in ("NHWC", "RGBA", "read-only"):  # rows copy as blocks
         assert ours.is_contiguous(memory_format=torch.channels_last)
-    dataset = ImageDataset(images, np.arange(12) % 3, pin=True)
+    dataset = FitData(images, np.arange(12) % 3, pin=True)
     fetched = dataset.__getitems__(indices)
-    torch.testing.assert_close(fetched.stacked, ours, rtol=0, atol=0)
+    torch.testing.assert_close(fetched.stacked[IMAGES], ours, rtol=0, atol=0)
     assert [target for _, target in fetched] == [1, 0, 0, 0, 2]
 
 
 def _loader(n: int = 10, batch_size: int = 4, **kwargs) -> DataLoader:
     images = check_images(np.arange(n, dtype=np.uint8).repeat(12).reshape(n, 2, 2, 3))
-    dataset = ImageDataset(images, np.arange(n) % 2)
+    dataset = FitData(images, np.arange(n) % 2)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -58,15 +53,15 @@ def _loader(n: int = 10, batch_size: int = 4, **kwargs) -> DataLoader:
     )
 
 
-def _ids(x: torch.Tensor) -> list[int]:
+def _ids(x: dict) -> list[int]:
     """Which images a batch holds (image i is filled with the value i)."""
-    return x[:, 0, 0, 0].tolist()
+    return x[IMAGES][:, 0, 0, 0].tolist()
 
 
 def test_an_epoch_is_what_the_dataloader_gives():
     loader = _loader(shuffle=True)
     batches = list(epoch_batches(loader))
-    assert [len(x) for x, _ in batches] == [4, 4, 2]
+    assert [len(x[IMAGES]) for x, _ in batches] == [4, 4, 2]
     ids = [i for x, _ in batches for i in _ids(x)]
     assert sorted(ids) == list(range(10))
     for x, labels in batches:  # labels follow their images
@@ -105,12 +100,26 @@ def test_next_epoch_loads_ahead_and_a_seeded_fit_is_reproducible():
 def test_an_epoch_loaded_ahead_stops_with_its_loader():
     loader = DeviceLoader(_loader(n=40, batch_size=2), CPU, next_epoch=True)
     assert len(list(loader)) == 20
-    ahead = loader._ahead._thread
+    ahead = loader._ahead[1]._thread
     assert ahead.is_alive()  # blocked: 2 batches of the next epoch are queued
     del loader
     gc.collect()
     ahead.join(timeout=5)
     assert not ahead.is_alive()
+
+
+def test_an_epoch_loaded_ahead_in_another_phase_is_dropped():
+    """The head's last epoch loads the next one ahead; when the phase has
+    changed by then (the dataset gives other inputs), it is loaded again."""
+    phase = ["head"]
+    loader = DeviceLoader(
+        _loader(shuffle=True), CPU, next_epoch=True, phase=lambda: phase[0]
+    )
+    list(loader)
+    stale = loader._ahead[1]
+    phase[0] = "train"
+    assert len(list(loader)) == 3
+    assert stale._stop.is_set() and loader._ahead[1] is not stale
 
 
 def test_a_validation_loader_does_not_load_ahead():

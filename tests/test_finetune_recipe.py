@@ -1,6 +1,7 @@
-"""FineTuneClassifier's recipe: fixed views computed once, the frozen-output store
-across fits, the new head (standardised, trained first), the learning-rate
-schedule, test-time augmentation, and class / sample weights."""
+"""FineTuneClassifier's recipe: the new head (standardised, trained alone
+first, in epochs of its own), the learning-rate schedule, views and
+test-time augmentation, and class / sample weights. What is computed once
+and kept across fits: tests/test_finetune_reuse.py."""
 
 from __future__ import annotations
 
@@ -8,22 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import texture_patches
-from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 
-from sktransfer import (
-    CNNFeatureExtractor,
-    FineTuneClassifier,
-    _devices,
-    _frozen,
-    _head,
-    _prefix,
-)
+from sktransfer import CNNFeatureExtractor, FineTuneClassifier, _devices
 from sktransfer._backbones import weights_available
-from sktransfer._images import check_images
-from sktransfer._schedule import cosine_factor
-from sktransfer._weighting import training_weights
+from sktransfer._finetune.phases import cosine_factor
+from sktransfer._finetune.weighting import training_weights
+from sktransfer._tap import forward_tap
 
 TINY = "mobilenet_v3_small"
 
@@ -39,20 +31,6 @@ def tiny(**params) -> FineTuneClassifier:
         device="cpu",  # exact comparisons with CPU references
     )
     return FineTuneClassifier(**{**defaults, **params})
-
-
-@pytest.fixture
-def computed(monkeypatch):
-    """Images that really go through a frozen prefix, per call (a spy)."""
-    counts = []
-    original = _frozen.FrozenOutputs._compute
-
-    def counting(self, split, images, *args, **kwargs):
-        counts.append((len(images), self.views))
-        return original(self, split, images, *args, **kwargs)
-
-    monkeypatch.setattr(_frozen.FrozenOutputs, "_compute", counting)
-    return counts
 
 
 # --------------------------------------------------------------- the head
@@ -101,90 +79,95 @@ def test_head_trains_alone_before_unfrozen_groups(images, labels):
     ]
 
 
-# ------------------------------------------------ the head trained alone
-def _head_state(clf) -> dict:
-    return clf.module_.get_submodule(clf.head_).state_dict()
+# ------------------------------------------------- the head's own epochs
+class _Epochs(Callback):
+    """What a user's callback sees: every epoch's phase and the head's rate."""
+
+    def initialize(self):
+        self.seen_ = []
+        return self
+
+    def on_epoch_end(self, net, **kwargs):
+        self.seen_.append((net.history[-1, "phase"], net.history[-1, "train_loss"]))
 
 
-@pytest.fixture
-def fits(monkeypatch):
-    """Calls of FineTuneClassifier.fit, head-only twins' included (a spy)."""
-    calls = []
-    fit = FineTuneClassifier.fit
-    monkeypatch.setattr(
-        FineTuneClassifier,
-        "fit",
-        lambda self, *a, **k: calls.append(1) or fit(self, *a, **k),
-    )
-    return calls
+def test_history_names_the_phase_of_every_epoch(images, labels):
+    seen = _Epochs()
+    clf = tiny(frozen_layers=3, head_epochs=2, max_epochs=3, callbacks=[seen])
+    clf.fit(images, labels)
+    phases = ["head", "head", "train", "train", "train"]
+    assert clf.history[:, "phase"] == phases
+    assert [phase for phase, _ in seen.seen_] == phases  # callbacks see them
+    assert (clf.head_epochs_, clf.max_epochs_) == (2, 3)
+    only = tiny(frozen_layers="all", max_epochs=2).fit(images, labels)
+    assert only.history[:, "phase"] == ["train", "train"] and only.head_epochs_ == 0
+    skipped = tiny(frozen_layers=3, head_epochs=0, max_epochs=2).fit(images, labels)
+    assert skipped.history[:, "phase"] == ["train", "train"]
+    removed = tiny(frozen_layers=3, head_epochs=2, max_epochs=2)
+    removed.set_params(callbacks__head_phase=None).fit(images, labels)
+    assert len(removed.history) == 2 and "phase" not in removed.history[0]
 
 
-def test_head_trained_alone_is_the_head_only_fit(images, labels, fits):
-    exact = dict(precision="float32", max_epochs=3)
-    only = tiny(frozen_layers="all", **exact).fit(images, labels)
-    _head.trained_heads.clear()
-    fits.clear()
-    # max_epochs=0: the head as its phase alone left it, trained by a twin
-    first = tiny(frozen_layers=3, head_epochs=3, **{**exact, "max_epochs": 0})
-    first.fit(images, labels)
-    assert len(fits) == 2
-    for name, value in _head_state(only).items():
-        torch.testing.assert_close(_head_state(first)[name], value, atol=1e-6, rtol=0)
-    # the twin's head was kept: taken, not trained again, and the fit is the same
-    again = clone(first).set_params(max_epochs=1).fit(images, labels)
-    assert len(fits) == 3
-    _head.trained_heads.clear()
-    trained = clone(again).fit(images, labels)
-    assert len(fits) == 5
-    np.testing.assert_array_equal(
-        again.predict_proba(images), trained.predict_proba(images)
-    )
+def test_verbose_prints_the_heads_epochs(images, labels, capsys):
+    tiny(frozen_layers=3, head_epochs=2, max_epochs=1, verbose=1).fit(images, labels)
+    table = capsys.readouterr().out
+    assert "phase" in table.splitlines()[0]
+    assert table.count(" head ") == 2 and table.count(" train ") == 1
 
 
-def test_grid_search_takes_the_head_only_candidates_heads(images, labels, fits):
-    grid = {"frozen_layers": ["all", 5], "lr": [1e-3, 1e-2]}
-    GridSearchCV(tiny(max_epochs=2, head_epochs=2), grid, cv=2).fit(images, labels)
-    assert len(fits) == 4 * 2 + 1  # candidates x folds and the refit: no twins
+def test_the_head_phase_leaves_the_body_untouched(images, labels):
+    """The head's epochs change the head only, also where the whole network
+    runs in them (cache_frozen=False), and alike."""
+
+    def state(**params):
+        clf = tiny(frozen_layers=3, max_epochs=0, head_epochs=3, **params)
+        clf.set_params(precision="float32", optimizer__weight_decay=0.5)
+        clf.fit(images, labels)
+        return {k: v.clone() for k, v in clf.module_.state_dict().items()}
+
+    start = tiny(frozen_layers=3, max_epochs=0, head_epochs=0, precision="float32")
+    start = {
+        k: v.clone() for k, v in start.fit(images, labels).module_.state_dict().items()
+    }
+    cached, plain = state(), state(cache_frozen=False)
+    for name in start:
+        torch.testing.assert_close(cached[name], plain[name], atol=1e-6, rtol=0)
+        changed = not torch.equal(cached[name], start[name])
+        assert changed == (
+            name.startswith("classifier.3.")
+            and "weight" in name
+            or name.startswith("classifier.3.")
+            and "bias" in name
+        ), name
 
 
-@pytest.mark.parametrize("cache", ["memory", None])
-def test_twin_trains_on_the_fits_frozen_outputs(cache, images, labels, computed):
-    tiny(frozen_layers=2, cache=cache, head_epochs=2).fit(images, labels)
-    assert sum(n for n, _ in computed) == len(images)  # once, for the fit and its twin
-
-
-@pytest.mark.parametrize(
-    "params, kept",
-    [
-        ({}, 1),
-        ({"random_state": None}, 0),  # not reproducible
-        ({"callbacks": [Callback()]}, 0),
-        ({"cache": None}, 0),  # no content keys
-        ({"frozen_layers": 3, "head_epochs": 0}, 0),  # not head-only
-    ],
-)
-def test_heads_kept_from_reproducible_head_only_fits(params, kept, images, labels):
-    tiny(**{"frozen_layers": "all", **params}).fit(images, labels)
-    assert len(_head.trained_heads) == kept
-
-
-def test_private_state_is_no_parameter(images, labels):
-    clf = tiny(frozen_layers=3).fit(images, labels)
-    assert set(clf.get_params()) == set(tiny().get_params())
+def test_early_stopping_watches_the_unfrozen_groups_epochs(images, labels):
+    clf = tiny(
+        frozen_layers=3,
+        head_epochs=4,
+        max_epochs=6,
+        early_stopping=1,
+        validation_fraction=0.5,
+        lr=0.5,  # the validation loss soon stops improving
+    ).fit(images, labels)
+    phases = clf.history[:, "phase"]
+    assert phases[:4] == ["head"] * 4 and phases.count("train") >= 2
 
 
 # ---------------------------------------------------------------- epochs
 @pytest.mark.parametrize(
     "params, epochs",
     [
-        (dict(frozen_layers="all"), 50),  # 100 steps of 2 batches
-        (dict(frozen_layers=3), 5),
-        (dict(frozen_layers="all", augment="random"), 5),
-        (dict(frozen_layers="all", max_epochs=2), 2),
+        (dict(frozen_layers="all"), (0, 50)),  # 100 steps of 2 batches
+        (dict(frozen_layers=3), (50, 5)),  # the head alone first, as long
+        (dict(frozen_layers=3, head_epochs=0), (0, 5)),
+        (dict(frozen_layers="all", augment="random"), (0, 50)),
+        (dict(frozen_layers="all", max_epochs=2), (0, 2)),
+        (dict(frozen_layers=0, head_epochs=3, max_epochs=2), (3, 2)),
     ],
 )
 def test_auto_epochs(params, epochs, images, labels, monkeypatch):
-    clf = tiny(**{"max_epochs": "auto", "head_epochs": 0, **params})
+    clf = tiny(**{"max_epochs": "auto", "head_epochs": "auto", **params})
     seen = []
     monkeypatch.setattr(
         type(clf),
@@ -192,7 +175,7 @@ def test_auto_epochs(params, epochs, images, labels, monkeypatch):
         lambda self, X, y=None, epochs=None, **kw: seen.append(epochs) or self,
     )
     clf.fit(images, labels)
-    assert seen == [epochs] and clf.max_epochs_ == epochs
+    assert (clf.head_epochs_, clf.max_epochs_) == epochs and seen == [sum(epochs)]
 
 
 # -------------------------------------------------------------- schedule
@@ -211,6 +194,7 @@ def test_cosine_schedule_with_warmup_per_group(images, labels):
     clf = tiny(
         frozen_layers=4,
         max_epochs=10,
+        head_epochs=0,
         lr=0.01,
         backbone_lr_ratio=0.1,
         callbacks=[rates],
@@ -228,6 +212,16 @@ def test_cosine_schedule_with_warmup_per_group(images, labels):
         0.01,
         pytest.approx(0.001),
     ]
+
+
+def test_each_phase_has_its_own_warmup_and_decay(images, labels):
+    rates = _Rates()
+    tiny(frozen_layers=4, head_epochs=3, max_epochs=5, lr=0.01, callbacks=[rates]).fit(
+        images, labels
+    )
+    head = [0.01 * cosine_factor(t, 6) for t in range(6)]  # 3 epochs of 2 batches
+    train = [0.01 * cosine_factor(t, 10) for t in range(10)]
+    assert [r[0] for r in rates.rates_] == pytest.approx(head + train)
 
 
 def test_constant_schedule(images, labels):
@@ -254,22 +248,32 @@ def test_training_picks_one_view_of_each_image_at_random(images, labels):
     seen = []
 
     class Record(Callback):
-        def on_train_begin(self, net, **kwargs):
-            net.module_.get_submodule(net.head_).register_forward_pre_hook(
-                lambda module, args: seen.append((module.training, args[0].clone()))
-            )
+        def on_epoch_begin(self, net, **kwargs):
+            if len(net.history) == 1:  # the training steps' inputs from now on
+                net.module_.get_submodule(net.head_).register_forward_pre_hook(
+                    lambda m, args: seen.append((m.training, args[0].clone()))
+                )
 
-    clf = tiny(frozen_layers="all", max_epochs=4, batch_size=8, callbacks=[Record()])
-    clf.fit(images, labels)
-    outputs = _frozen.FrozenOutputs(
-        clf._split,
-        check_images(images),
-        clf.preprocessing_,
-        ("center", "flip"),
+    clf = tiny(
+        frozen_layers="all",
+        max_epochs=4,
         batch_size=8,
-        device=torch.device("cpu"),
-        dtype=None,
-    ).features  # (8 images, 2 views, width)
+        precision="float32",
+        callbacks=[Record()],
+    )
+    clf.fit(images, labels)
+    # the head's input for each image and its mirror image (eval mode)
+    module = clf.module_.eval()
+    head = module.get_submodule(clf.head_)
+    batch = clf.preprocessing_(torch.from_numpy(images).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        outputs = torch.stack(
+            [
+                forward_tap(module, x, head, take_input=True)
+                for x in (batch, batch.flip(-1))
+            ],
+            dim=1,
+        )  # (8 images, 2 views, width)
     picks = torch.cat([batch for training, batch in seen if training])
     assert len(picks) == 4 * 8  # one view of each image per epoch
     distance = (picks[:, None, None] - outputs[None]).abs().amax(-1)  # (32, 8, 2)
@@ -298,16 +302,6 @@ def test_tta_without_a_split_runs_the_whole_network_twice(images, labels):
     np.testing.assert_allclose(averaged, (single + mirrored) / 2, atol=1e-5)
 
 
-# ------------------------------------------------------------ the store
-def test_predictions_through_the_store_equal_the_whole_network(images, labels):
-    clf = tiny(frozen_layers=3, max_epochs=1, precision="float32").fit(images, labels)
-    stored = clf.predict_proba(images)
-    unstored = clf.set_params(cache=None).predict_proba(images)
-    whole = clf.set_params(cache_frozen=False).predict_proba(images)
-    np.testing.assert_allclose(stored, whole, atol=1e-5)
-    np.testing.assert_allclose(unstored, whole, atol=1e-5)
-
-
 def test_a_depthwise_network_fine_tunes_in_bfloat16(images, labels, monkeypatch):
     # a CPU with native bfloat16: the network steps in bfloat16, except its
     # trained grouped convolutions (float32: their bfloat16 backward is slow)
@@ -321,113 +315,6 @@ def test_a_depthwise_network_fine_tunes_in_bfloat16(images, labels, monkeypatch)
     }
     assert hooked == {True}
     assert clf.predict_proba(images).shape == (len(images), len(clf.classes_))
-
-
-def test_split_traced_once_per_network_structure(images, labels, monkeypatch):
-    traced = []
-    plan = _prefix._plan
-    monkeypatch.setattr(_prefix, "_plan", lambda *args: traced.append(1) or plan(*args))
-    _prefix._plans.clear()
-    first = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)
-    assert len(traced) == 2  # the cut point, and the one below it (_frozen.Via)
-    second = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)  # rebound
-    assert len(traced) == 2
-    assert second._split_plan().prefix is not first._split_plan().prefix
-    np.testing.assert_allclose(
-        first.predict_proba(images), second.predict_proba(images), atol=1e-6
-    )
-    tiny(frozen_layers=2, head_epochs=0).fit(images, labels)  # stored: none run
-    assert len(traced) == 2
-    tiny(frozen_layers=1, head_epochs=0).fit(images, labels)  # another cut point
-    assert len(traced) == 3
-
-
-def test_grid_search_computes_each_image_once_per_cut_point(images, labels, computed):
-    search = GridSearchCV(
-        tiny(max_epochs=1),
-        {"frozen_layers": ["all", 3], "lr": [1e-3, 1e-2]},
-        cv=2,
-    ).fit(images, labels)
-    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
-    # per cut point, each image once (both views): a fold's test images were
-    # the other fold's training images; other rates and the refit find them
-    assert sum(n for n, _ in computed) == 2 * len(images)
-    assert {views for _, views in computed} == {("center", "flip")}
-
-
-@pytest.mark.parametrize("cuts", [["all", 5], [5, "all"]])
-def test_neighbouring_cut_points_share_the_frozen_work(cuts, images, labels, computed):
-    # "all" (6 groups) and the top group: either cut's outputs are computed
-    # through the earlier one's, which are kept (_frozen.Via)
-    grid = {"frozen_layers": cuts, "lr": [1e-3, 1e-2]}
-    search = GridSearchCV(tiny(max_epochs=1), grid, cv=2).fit(images, labels)
-    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
-    assert sum(n for n, _ in computed) == len(images)
-
-
-def test_earlier_cut_outputs_kept_within_a_bound(images, labels, computed, monkeypatch):
-    monkeypatch.setattr(_frozen, "LOWER_LIMIT_BYTES", 0)
-    for cut in ("all", 5):
-        tiny(frozen_layers=cut).fit(images, labels)
-    assert sum(n for n, _ in computed) == 2 * len(images)
-
-
-def test_store_keys_on_what_changes_the_outputs(images, labels, computed):
-    def fit(**params):
-        tiny(**{"frozen_layers": "all", "precision": "float32", **params}).fit(
-            images, labels
-        )
-
-    fit()
-    fit(lr=0.5, head_hidden=None, max_epochs=2)  # the head's settings: a hit
-    assert sum(n for n, _ in computed) == 8
-    fit(image_size=48)  # other input size
-    fit(frozen_layers=3)  # other cut point
-    fit(precision="bfloat16")  # other precision
-    assert sum(n for n, _ in computed) == 4 * 8
-
-
-def test_disk_store_shared_and_damaged_rows_recomputed(
-    images, labels, tmp_path, computed
-):
-    store = tmp_path / "frozen"
-    first = tiny(frozen_layers="all", cache=store).fit(images, labels)
-    # 8 images x 2 views, after the frozen groups and one group earlier (Via)
-    rows = {
-        np.load(next(space.rglob("*.npy"))).shape: sorted(space.rglob("*.npy"))
-        for space in store.iterdir()
-    }
-    assert len(rows) == 2 and {len(files) for files in rows.values()} == {16}
-    cpu = torch.device("cpu")
-    shape = _frozen.output_shape(
-        first._split_plan(), first.preprocessing_, cpu, first._autocast_dtype(cpu)
-    )
-    cut = rows.pop(shape)
-    (lower,) = rows.values()
-
-    def damage(path):
-        np.save(path, np.full(np.load(path).shape, np.nan, np.float32))
-
-    damage(cut[0])
-    again = clone(first).fit(images, labels)
-    assert [n for n, _ in computed] == [8]  # from the earlier cut's stored row
-    np.testing.assert_allclose(
-        again.predict_proba(images), first.predict_proba(images), atol=1e-5
-    )
-    damage(cut[0])
-    damage(lower[[path.name for path in lower].index(cut[0].name)])
-    again = clone(first).fit(images, labels)
-    assert [n for n, _ in computed] == [8, 1]  # only the damaged image
-    np.testing.assert_allclose(
-        again.predict_proba(images), first.predict_proba(images), atol=1e-5
-    )
-
-
-def test_no_store_with_cache_none(images, labels, computed):
-    tiny(frozen_layers="all", cache=None).fit(images, labels)
-    tiny(frozen_layers="all", cache=None).fit(images, labels)
-    assert [n for n, _ in computed] == [8, 8]
-    assert _frozen.memory_store().nbytes == 0
 
 
 # ---------------------------------------------------------------- weights

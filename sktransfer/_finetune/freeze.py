@@ -1,20 +1,22 @@
-"""Layer freezing and the BatchNorm policy of FineTuneClassifier.
+"""Layer freezing and the modes a network trains in.
 
 ``frozen_layers`` counts the layer groups of :func:`~sktransfer.layer_groups`
 from the input. Frozen parameters get ``requires_grad=False`` and are never
-given to the optimizer; frozen groups run in eval mode during training (fixed
-BatchNorm statistics, no dropout) because skorch calls ``module.train()`` every
-epoch and :func:`apply_train_modes` re-asserts it after each call.
+given to the optimizer. In training, every module whose parameters all stay
+fixed runs in eval mode (fixed BatchNorm statistics, no dropout or stochastic
+depth inside it): skorch calls ``module.train()`` every epoch and
+:func:`set_train_modes` re-asserts it after each call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Integral
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._groups import is_under
+from .._groups import is_under
 
 BN_POLICIES = ("frozen", "eval", "train")
 
@@ -50,15 +52,14 @@ def freeze(
     n_frozen: int,
     heads: tuple[str, ...],
     trained: tuple[str, ...] = (),
-) -> list[str]:
-    """Freeze the first ``n_frozen`` groups; return the frozen module names.
+) -> None:
+    """Freeze the first ``n_frozen`` groups.
 
     Every other parameter is made trainable; ``heads`` and the ``trained``
     modules (auxiliary branches) always are. When every group is frozen
     (``"all"``), parameters outside any group and outside those are frozen
     too, so that only the new heads train.
     """
-    modules = dict(module.named_modules())
     frozen_entries = [entry for group in groups[:n_frozen] for entry in group]
     grouped = [entry for group in groups for entry in group]
     freeze_rest = n_frozen == len(groups)
@@ -70,34 +71,44 @@ def freeze(
         else:
             frozen = freeze_rest
         param.requires_grad_(not frozen)
-    frozen_modules = [entry for entry in frozen_entries if entry in modules]
-    if freeze_rest:  # ungrouped BatchNorm layers keep their statistics too
-        frozen_modules += [
-            name
-            for name, m in modules.items()
-            if isinstance(m, _BatchNorm)
-            and not is_under(name, grouped)
-            and not any(p.requires_grad for p in m.parameters())
-        ]
-    return frozen_modules
 
 
-def apply_train_modes(module: nn.Module, frozen_modules: list[str], bn: str) -> None:
-    """After ``module.train()``: frozen groups back to eval mode, per ``bn``.
+def fixed_modules(
+    module: nn.Module,
+    trains: Callable[[nn.Parameter], bool],
+    frozen_groups: list[list[str]] = (),
+) -> list[str]:
+    """What runs in eval mode in training: the modules of ``frozen_groups``
+    (their dropout too), and the outermost modules that hold parameters of
+    which none trains (a block of a frozen group's layers)."""
+    modules = dict(module.named_modules())
+    names = [entry for group in frozen_groups for entry in group if entry in modules]
+    for name, sub in modules.items():
+        if is_under(name, names):
+            continue
+        params = list(sub.parameters())
+        if params and not any(trains(p) for p in params):
+            names.append(name)
+    return names
 
-    ``"frozen"``: frozen groups run in eval mode (BatchNorm uses and keeps its
+
+def set_train_modes(module: nn.Module, fixed: list[str], bn: str) -> None:
+    """``module.train()``, then the ``fixed`` modules in eval mode, per ``bn``.
+
+    ``"frozen"``: fixed modules run in eval mode (BatchNorm uses and keeps its
     running statistics); ``"eval"``: additionally every BatchNorm layer of the
-    network stays in eval mode; ``"train"``: BatchNorm layers of frozen groups
-    update their running statistics (their weights stay fixed).
+    network stays in eval mode; ``"train"``: BatchNorm layers of fixed
+    modules update their running statistics (their weights stay fixed).
     """
-    for name in frozen_modules:
-        frozen = module.get_submodule(name)
-        frozen.eval()
+    module.train()
+    for name in fixed:
+        sub = module.get_submodule(name)
+        sub.eval()
         if bn == "train":
-            for sub in frozen.modules():
-                if isinstance(sub, _BatchNorm):
-                    sub.train()
+            for layer in sub.modules():
+                if isinstance(layer, _BatchNorm):
+                    layer.train()
     if bn == "eval":
-        for sub in module.modules():
-            if isinstance(sub, _BatchNorm):
-                sub.eval()
+        for layer in module.modules():
+            if isinstance(layer, _BatchNorm):
+                layer.eval()

@@ -8,7 +8,7 @@ import contextlib
 import torch
 from skorch.utils import TeeGenerator
 
-from ._devices import autocast_dtype, is_auto, resolve_device
+from .._devices import autocast_dtype, is_auto, resolve_device
 
 
 class DeviceMixin:
@@ -108,9 +108,8 @@ class DeviceMixin:
         state = super().__getstate__()
         state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
         state.pop("_modes", None)  # of this process's module (ids)
-        state.pop("_frozen_outputs", None)  # alive only during a fit
-        state.pop("_split", None)  # planned again when needed (or found traced)
-        state.pop("_lower", None)
+        state.pop("_cuts", None)  # planned again for the loaded network
+        state.pop("_fit_data", None)  # alive only during a fit
         return state
 
     def load_params(self, *args, **kwargs):

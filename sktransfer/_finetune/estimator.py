@@ -16,20 +16,44 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.multiclass import check_classification_targets
 from skorch import NeuralNet
+from skorch.dataset import Dataset
 from skorch.utils import is_dataset
 
-from . import _params
-from ._backbones import check_model
-from ._devices import resolve_device
-from ._families import layer_groups
-from ._finetune_net import FineTuneNet, forked_rng, seed_from
-from ._freeze import BN_POLICIES, resolve_frozen_layers
-from ._head import head_epochs_for
-from ._images import check_images
-from ._schedule import SCHEDULES
-from ._weighting import training_weights
+from .. import _params
+from .._backbones import check_model, layer_groups
+from .._devices import resolve_device
+from .._images import check_images
+from .freeze import BN_POLICIES, resolve_frozen_layers
+from .head import head_epochs_for
+from .net import FineTuneNet, Weighted
+from .phases import SCHEDULES
+from .randomness import FitRandomness, seed_for_fit
+from .weighting import training_weights
 
 _AUTO_EPOCHS_TUNE = 5  # pretrained groups train too (after the head alone)
+
+_CONSTRAINTS: dict = {
+    **_params.BACKBONE,
+    **_params.PRECISION,
+    "bn": [StrOptions(set(BN_POLICIES))],
+    "backbone_lr_ratio": [Interval(Real, 0, None, closed="neither")],
+    "head_dropout": [Interval(Real, 0, 1, closed="left")],
+    "aux_loss_weight": [Interval(Real, 0, None, closed="left")],
+    "augment": ["boolean", StrOptions({"flip", "random"}), callable],
+    "head_hidden": [Interval(Integral, 1, None, closed="left"), None],
+    "head_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+    "tta": ["boolean"],
+    "max_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+    "lr_schedule": [StrOptions(set(SCHEDULES))],
+    "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+    "class_weight": [dict, StrOptions({"balanced"}), None],
+    "cache": [StrOptions({"memory"}), str, os.PathLike, None],
+    "cache_frozen": ["boolean"],
+    "image_size": [Interval(Integral, 16, None, closed="left"), None],
+    "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+    "early_stopping": [Interval(Integral, 1, None, closed="left"), "boolean", None],
+    "random_state": ["random_state"],
+}
 
 
 class FineTuneClassifier(FineTuneNet):
@@ -41,10 +65,20 @@ class FineTuneClassifier(FineTuneNet):
     (:func:`~sktransfer.layer_groups`, counted from the input) are frozen: no
     gradient, not given to the optimizer, and run in eval mode so that their
     BatchNorm statistics never change. The rest of the backbone trains at
-    ``lr * backbone_lr_ratio``, the new head at ``lr``. Labels of any type are
-    accepted; ``predict`` returns them. Every skorch parameter (``callbacks``,
-    ``optimizer__*``, ``iterator_train__*``, ``train_split``, ``warm_start``,
-    ...) keeps working.
+    ``lr * backbone_lr_ratio``, the new head at ``lr``, after the head has
+    trained alone for ``head_epochs`` (epochs of the ``"head"`` phase in
+    ``history_``). Labels of any type are accepted; ``predict`` returns them.
+    Every skorch parameter (``callbacks``, ``optimizer__*``,
+    ``iterator_train__*``, ``train_split``, ``warm_start``, ...) keeps
+    working, except ``dataset`` (images are this estimator's input) and
+    ``predict_nonlinearity`` (``predict_proba`` is the softmax).
+
+    Whatever is computed once (the output of what stays fixed, for each
+    image and view) gives what running the whole network gives: it is used
+    only where a probe shows that, kept by image content and by everything
+    that determines it, and a seeded fit draws its random numbers from
+    generators of its own, so that it gives the same model alone, after
+    other fits or beside them in threads.
 
     Parameters
     ----------
@@ -60,17 +94,17 @@ class FineTuneClassifier(FineTuneNet):
         ``0..len(layer_groups(model))``.
     augment : bool, "flip", "random" or callable, default=True
         ``"flip"``: each training image and its mirror image are two fixed
-        *views*; when groups are frozen, their outputs for both views are
-        computed once (see ``cache``) and every epoch trains on one view of
-        each image, at random. ``"random"``: a random-resized-crop (25-100 %
-        of the area) and flip of each image in every step, so the whole
-        network runs every step. ``True``: ``"flip"`` when frozen groups
-        can be computed once, else ``"random"``. ``False``: none. A callable
-        takes one ``(3, H, W)`` uint8 (or float in [0, 1]) tensor and returns
-        an image, which then gets the backbone's usual preprocessing (on
-        CUDA, the tensor is on the device). On CUDA the random augmentation
-        runs as batched device operations with per-image parameters.
-        Validation and prediction are never augmented.
+        *views*, and every epoch trains on one view of each image, at random;
+        the output of the frozen groups for both views is computed once
+        (see ``cache``). ``"random"``: a random-resized-crop (25-100 % of the
+        area) and flip of each image in every step, so the whole network
+        runs every step. ``True``: ``"flip"`` when groups are frozen, else
+        ``"random"``. ``False``: none. A callable takes one ``(3, H, W)``
+        uint8 (or float in [0, 1]) tensor and returns an image, which then
+        gets the backbone's usual preprocessing (on CUDA, the tensor is on
+        the device). On CUDA the random augmentation runs as batched device
+        operations with per-image parameters. Validation and prediction are
+        never augmented.
     bn : {"frozen", "eval", "train"}, default="frozen"
         BatchNorm policy. ``"frozen"``: frozen groups run in eval mode (fixed
         running statistics); trained groups update theirs. ``"eval"``: every
@@ -96,21 +130,14 @@ class FineTuneClassifier(FineTuneNet):
         makes the head linear. The head standardises its input with the
         training images' statistics first.
     head_epochs : int or "auto", default="auto"
-        Epochs that a new head trains alone on the frozen network's
-        embeddings (computed once) before the unfrozen groups train with
-        it, so that the first gradients of an untrained head do not distort
-        pretrained layers. That phase is the fit of ``frozen_layers="all"``
-        and ``max_epochs=head_epochs`` with the other settings as given
-        (except: no callbacks, validation or class weights beyond the
-        fit's own sample weights, and the fixed views, or none, where
-        ``augment`` is random), on this fit's frozen outputs; when a
-        head-only fit of those settings on the same images and weights has
-        run in this process (a grid search's candidate, with an integer
-        ``random_state``), its head is taken instead of trained again.
+        Epochs in which the new head trains alone, before the unfrozen
+        groups train with it (the ``"head"`` phase of ``history_``; its own
+        warm-up and cosine decay), so that the first gradients of an
+        untrained head do not distort pretrained layers. The head trains on
+        the output of the network before it, computed once (see ``cache``).
         ``"auto"``: 20, or enough for 100 steps on small sets. Unused when
-        only the head trains (its training is the fit's epochs then); ``0``
-        skips it. (A network that cannot be split after its groups runs
-        whole in every step of that phase.)
+        only the head trains and in ``partial_fit`` or warm starts; ``0``
+        (or ``callbacks__head_phase=None``) skips it.
     tta : bool, default=True
         Test-time augmentation: ``predict_proba`` (and validation) average
         the class probabilities of the views that training used (the image
@@ -125,20 +152,22 @@ class FineTuneClassifier(FineTuneNet):
         scikit-learn: ``"balanced"`` weighs each class by ``n_samples /
         (n_classes * count)``; a dict maps labels to weights (others 1).
     cache : "memory", path or None, default="memory"
-        Where the frozen groups' outputs of each image and view are kept
-        across fits: ``"memory"``, an in-process LRU (2 GiB) shared by
+        Where the output of what stays fixed (for each image and view) is
+        kept across fits: ``"memory"``, an in-process LRU (2 GiB) shared by
         clones, so that a grid search computes each image's frozen part
-        once instead of once per candidate, fold and epoch (a cut point's
-        outputs are computed through those one group earlier, which are
-        kept too for sets of up to 512 MiB: neighbouring ``frozen_layers``
-        share the work); a folder, an on-disk store shared by processes
+        once per cut point instead of once per candidate, fold and epoch
+        (the head-only candidates' outputs also serve the other candidates'
+        head phase); a folder, an on-disk store shared by processes
         (``n_jobs`` > 1) and runs; ``None``, within one fit only. Keyed by
-        image content, network, weights, cut point, preprocessing and
-        precision. Predictions take the stored outputs too.
+        image content (what decoding reads) and by a digest of the frozen
+        modules' weights and structure, the preprocessing, the precision and
+        the device pipeline. Predictions take the stored outputs too.
     cache_frozen : bool, default=True
-        Compute the frozen groups' outputs once (per fit, or from ``cache``)
-        and train only the rest of the network (identical results, much
-        faster). ``False`` runs the whole network every step.
+        Compute what stays fixed once (per fit, or from ``cache``) and train
+        only the rest of the network; ``False`` runs the whole network in
+        every step: the same recipe and results (in float32), much slower.
+        A network that cannot be run from the stored output (a probe
+        compares both ways) runs whole, with a warning.
     image_size : int or None, default=None
         ``None`` uses the weights' own preprocessing (e.g. resize 256, crop
         224). An int crops to that size instead (resize scaled alike): small
@@ -151,13 +180,14 @@ class FineTuneClassifier(FineTuneNet):
         that many epochs and restore the best epoch's weights. ``True`` means
         5; ``None`` or ``False`` trains for ``max_epochs``.
     random_state : int, RandomState or None, default=None
-        Seeds head initialisation, shuffling, augmentation, dropout and the
-        validation split: a fit is reproducible on CPU.
+        Seeds the fit's own random number generators (head initialisation,
+        shuffling, views, augmentation, dropout, the validation split): a
+        fit is reproducible on the CPU, also beside other fits in threads.
+        ``None`` draws the seed from torch's default generator.
     max_epochs : int or "auto", default="auto"
-        Passes over the training data. ``"auto"``: when only the head trains,
-        on frozen outputs computed once (epochs cost little then), 20 or
-        enough for 100 steps on small sets; else 5 (the head has trained
-        alone first: see ``head_epochs``).
+        Passes over the training data after the head's phase. ``"auto"``:
+        when only the head trains, on outputs computed once (epochs cost
+        little then), 20 or enough for 100 steps on small sets; else 5.
     lr : float, default=1e-3
         Peak learning rate of the new head (see ``lr_schedule``).
     batch_size : int, default=32
@@ -205,12 +235,15 @@ class FineTuneClassifier(FineTuneNet):
     n_frozen_groups_ : int
         ``frozen_layers`` resolved to a number of groups.
     frozen_modules_ : list of str
-        Modules kept in eval mode while training.
+        Modules kept in eval mode while the unfrozen groups train.
+    max_epochs_, head_epochs_ : int
+        The epochs of the last fit's phases (``max_epochs`` and
+        ``head_epochs`` resolved; ``head_epochs_`` is 0 without a head phase).
     aux_heads_ : tuple of str
         Auxiliary heads trained with the main one (GoogLeNet / Inception v3).
     prefix_cached_ : bool
-        Whether the last fit trained on the frozen groups' outputs, computed
-        once (or taken from ``cache``).
+        Whether the unfrozen groups of the last fit trained on the frozen
+        groups' output, computed once (or taken from ``cache``).
     n_channels_in_ : int or None
         Channel count of the array input seen in ``fit``.
 
@@ -228,35 +261,6 @@ class FineTuneClassifier(FineTuneNet):
     >>> clf.predict_proba(X[:2]).sum(axis=1).round(6)
     array([1., 1.])
     """
-
-    _own_constraints: dict = {
-        **_params.BACKBONE,
-        **_params.PRECISION,
-        "bn": [StrOptions(set(BN_POLICIES))],
-        "backbone_lr_ratio": [Interval(Real, 0, None, closed="neither")],
-        "head_dropout": [Interval(Real, 0, 1, closed="left")],
-        "aux_loss_weight": [Interval(Real, 0, None, closed="left")],
-        "augment": ["boolean", StrOptions({"flip", "random"}), callable],
-        "head_hidden": [Interval(Integral, 1, None, closed="left"), None],
-        "head_epochs": [
-            Interval(Integral, 0, None, closed="left"),
-            StrOptions({"auto"}),
-        ],
-        "tta": ["boolean"],
-        "max_epochs": [
-            Interval(Integral, 0, None, closed="left"),
-            StrOptions({"auto"}),
-        ],
-        "lr_schedule": [StrOptions(set(SCHEDULES))],
-        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
-        "class_weight": [dict, StrOptions({"balanced"}), None],
-        "cache": [StrOptions({"memory"}), str, os.PathLike, None],
-        "cache_frozen": ["boolean"],
-        "image_size": [Interval(Integral, 16, None, closed="left"), None],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
-        "early_stopping": [Interval(Integral, 1, None, closed="left"), "boolean", None],
-        "random_state": ["random_state"],
-    }
 
     def __init__(
         self,
@@ -360,7 +364,7 @@ class FineTuneClassifier(FineTuneNet):
         y : array-like of shape (n_samples,)
             Labels of any type (at least two classes).
         sample_weight : array-like of shape (n_samples,), default=None
-            Weights of the images in the loss and the probe (multiplied by
+            Weights of the images in the loss (multiplied by
             ``class_weight``'s).
         **fit_params : dict
             Passed to skorch (``train_split``, the module's ``forward``).
@@ -369,7 +373,7 @@ class FineTuneClassifier(FineTuneNet):
         -------
         self : FineTuneClassifier
         """
-        return self._fit(X, y, fit_params, partial=False, sample_weight=sample_weight)
+        return self._fit(X, y, sample_weight, fit_params, partial=False)
 
     def partial_fit(self, X, y=None, classes=None, sample_weight=None, **fit_params):
         """Train ``max_epochs`` more epochs without re-initialising (see ``fit``).
@@ -391,20 +395,24 @@ class FineTuneClassifier(FineTuneNet):
         -------
         self : FineTuneClassifier
         """
-        return self._fit(X, y, fit_params, partial=True, sample_weight=sample_weight)
+        return self._fit(X, y, sample_weight, fit_params, partial=True)
 
-    def _fit(self, X, y, fit_params, *, partial: bool, sample_weight=None):
+    def _fit(self, X, y, sample_weight, fit_params, *, partial: bool):
+        """skorch's ``fit`` is ``initialize()`` then ``partial_fit``: the same
+        here, once the labels are encoded (the new head's size needs
+        ``classes_`` before the network is built) and with the epochs of both
+        phases; skorch's ``partial_fit`` runs the rest (callbacks, routing)."""
         self._check_params()
-        reinit = not self.initialized_ or not (partial or self.warm_start)
+        fresh = not self.initialized_ or not (partial or self.warm_start)
         if is_dataset(X):
             raise TypeError(
                 "FineTuneClassifier takes images (arrays, file paths or PIL images) "
                 f"and labels, not a {type(X).__name__}; see "
                 "sktransfer.load_image_folder for an image folder."
             )
-        images = check_images(X, n_channels=None if reinit else self.n_channels_in_)
+        images = check_images(X, n_channels=None if fresh else self.n_channels_in_)
         y = _check_labels(y, len(images))
-        if reinit:
+        if fresh:
             classes = self._classes_from(y)
             self.classes_inferred_ = classes
             self.class_index_ = {label: i for i, label in enumerate(classes.tolist())}
@@ -412,41 +420,63 @@ class FineTuneClassifier(FineTuneNet):
         weights = training_weights(
             y_index, self.classes_, self.class_weight, sample_weight
         )
-        self.seed_ = seed_from(self.random_state)
-        self.__dict__["_fit_weights"] = weights
-        with self._resolved_device(), forked_rng(self.seed_, self.device):
-            if reinit:
+        self.seed_ = seed_for_fit(self.random_state)
+        with self._resolved_device(), FitRandomness(self.seed_):
+            if fresh:
                 self.initialize()
                 self.n_channels_in_ = images.n_channels
-            self.max_epochs_ = self._epochs(len(images))
+            self.max_epochs_ = self._resolve_epochs(self.max_epochs, len(images))
+            self.head_epochs_ = 0
+            if (
+                fresh
+                and not self._head_only()
+                and dict(self.callbacks_).get("head_phase")
+            ):
+                self.head_epochs_ = self._resolve_epochs(
+                    self.head_epochs, len(images), head=True
+                )
+            self.__dict__["_fresh"] = fresh  # its head's statistics to fit
             try:
                 NeuralNet.partial_fit(
-                    self, images, y_index, epochs=self.max_epochs_, **fit_params
+                    self,
+                    Weighted(images, weights),
+                    y_index,
+                    epochs=self.head_epochs_ + self.max_epochs_,
+                    _routing_method="partial_fit" if partial else "fit",
+                    **fit_params,
                 )
-                if reinit:
-                    self._remember_head(y_index, weights)
-            finally:  # also when the fit fails: no frozen outputs kept
-                self.release_prefix()
-                for name in ("_fit_weights", "_image_keys", "_lent"):
-                    self.__dict__.pop(name, None)
+            finally:  # also when the fit fails: no rows kept, no files left
+                data = self.__dict__.pop("_fit_data", None)
+                if data is not None:
+                    data.release()
         return self
 
-    def _epochs(self, n: int) -> int:
-        """``max_epochs``, with ``"auto"`` resolved for ``n`` images (see the
-        parameter)."""
-        if self.max_epochs != "auto":
-            return int(self.max_epochs)
-        if self._head_only():
-            return head_epochs_for(n, self._batch_size(n))
-        return _AUTO_EPOCHS_TUNE
+    def _resolve_epochs(self, epochs, n: int, *, head: bool = False) -> int:
+        """``max_epochs`` or (``head``) ``head_epochs``, ``"auto"`` resolved
+        for ``n`` images (see the parameters)."""
+        if epochs != "auto":
+            return int(epochs)
+        if not (head or self._head_only()):
+            return _AUTO_EPOCHS_TUNE
+        return head_epochs_for(n, self._batch_size(n))
 
     def _check_params(self) -> None:
-        params = {name: getattr(self, name) for name in self._own_constraints}
-        validate_parameter_constraints(
-            self._own_constraints, params, type(self).__name__
-        )
+        params = {name: getattr(self, name) for name in _CONSTRAINTS}
+        validate_parameter_constraints(_CONSTRAINTS, params, type(self).__name__)
         check_model(self.model)
         resolve_device(self.device)
+        if self.dataset is not Dataset or self.get_params_for("dataset"):
+            raise ValueError(
+                "FineTuneClassifier makes its own datasets from the images it is "
+                f"given; dataset={self.dataset!r} and dataset__* are not "
+                "supported. Pass images and labels to fit."
+            )
+        if self.predict_nonlinearity != "auto":
+            raise ValueError(
+                "FineTuneClassifier.predict_proba is the softmax of the network's "
+                f"logits; predict_nonlinearity={self.predict_nonlinearity!r} is "
+                "not supported. Use forward() for the raw logits."
+            )
         try:  # structure only (meta device): fail before loading any weights
             groups = layer_groups(self.model)
         except Exception:  # checked again once the backbone is built
@@ -506,8 +536,10 @@ class FineTuneClassifier(FineTuneNet):
             Columns in the order of ``classes_``.
         """
         self.check_is_fitted()
-        proba = np.asarray(super().predict_proba(X), dtype=np.float64)
-        return proba / proba.sum(axis=1, keepdims=True)
+        logits = self.forward(X, training=False)
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return torch.softmax(logits.double(), dim=1).numpy()
 
     def predict(self, X):
         """The most probable label of each image.

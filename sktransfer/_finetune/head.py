@@ -1,22 +1,14 @@
-"""The new head of a fine-tuned network, and training it first, alone.
+"""The new head of a fine-tuned network.
 
 The head replaces the 1000-way ImageNet classifier: the embedding is
-centred and scaled (statistics of the training images, fixed), then goes through
-dropout and a hidden ``Linear`` + ReLU layer (``hidden`` units; ``None`` for a
-linear head) to the class logits. On stored embeddings of five real photo
-sets this head beat standardised features + ``LogisticRegression`` of the
-same backbone by 0.6-3.6 points (docs/guide.md): the hidden layer can
+centred and scaled (statistics of the training images, fixed), then goes
+through dropout and a hidden ``Linear`` + ReLU layer (``hidden`` units;
+``None`` for a linear head) to the class logits. On stored embeddings of five
+real photo sets this head beat standardised features + ``LogisticRegression``
+of the same backbone by 0.6-3.6 points (docs/guide.md): the hidden layer can
 combine features the linear model cannot, and dropout keeps it from
-over-fitting small sets.
-
-A new head is trained to convergence on the frozen embeddings before any
-pretrained layer trains: its first gradients, of a head that is still wrong,
-would otherwise distort the pretrained layers they flow into (Kumar et al.,
-2022, "Fine-Tuning can Distort Pretrained Features"; fastai's ``fine_tune``
-trains the head first for the same reason). That phase *is* a head-only fit
-(``frozen_layers="all"``) of the same settings, on embeddings computed once,
-so a grid search that has trained the head-only candidate reuses its head
-(:data:`trained_heads`).
+over-fitting small sets. Before pretrained layers train with it, it trains
+alone (:class:`~sktransfer._finetune.phases.HeadPhase`).
 """
 
 from __future__ import annotations
@@ -24,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._lru import LRU
+from .._families import replace_head
 
 HEAD_EPOCHS = 20  # epochs of a head trained alone, at least ...
 HEAD_STEPS = 100  # ... and at least this many optimizer steps (small sets)
@@ -66,21 +58,6 @@ class Standardize(nn.Module):
         return self
 
 
-class Dropout(nn.Dropout):
-    """:class:`torch.nn.Dropout` whose mask, on the CPU, is drawn from float32
-    uniform numbers: the same distribution, drawn 2.2-3x faster there than
-    torch's ``bernoulli_`` mask, which makes a head step on stored
-    embeddings 1.2-1.4x faster (``benchmarks/bench_fit_overheads.py``).
-    Other devices take torch's fused dropout."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not 0 < self.p < 1 or x.device.type != "cpu":
-            return super().forward(x)
-        mask = torch.empty(x.shape).uniform_().ge_(self.p).mul_(1 / (1 - self.p))
-        mask = mask.to(x.dtype)
-        return x.mul_(mask) if self.inplace else x * mask
-
-
 def new_head(
     n_features: int, n_classes: int, hidden: int | None, dropout: float
 ) -> nn.Sequential:
@@ -89,31 +66,27 @@ def new_head(
     width = n_features
     if hidden:
         if dropout > 0:
-            layers.append(Dropout(dropout))
+            layers.append(nn.Dropout(dropout))
         layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
         width = hidden
     if dropout > 0:
-        layers.append(Dropout(dropout))
+        layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(width, n_classes))
     return nn.Sequential(*layers)
 
 
-def head_epochs_for(n: int, batch_size: int) -> int:
-    """Epochs for a head trained alone on ``n`` embeddings: :data:`HEAD_EPOCHS`,
-    or more where that would be fewer than :data:`HEAD_STEPS` steps (a small
-    set gives few steps per epoch; cached embeddings make epochs cheap).
-
-    Examples
-    --------
-    >>> head_epochs_for(3000, 32), head_epochs_for(120, 32)
-    (20, 25)
-    """
-    per_epoch = max(1, -(-n // batch_size))
-    return max(HEAD_EPOCHS, -(-HEAD_STEPS // per_epoch))
-
-
-def _state_bytes(state: dict) -> int:
-    return sum(t.nbytes for t in state.values())
+def install_head(
+    module: nn.Module, name: str, n_classes: int, hidden: int | None, dropout: float
+) -> None:
+    """The new main head at ``name``: :func:`new_head` in place of a ``Linear``
+    classifier, else (SqueezeNet's convolution) a new layer of the same kind."""
+    parent, _, attr = name.rpartition(".")
+    owner = module.get_submodule(parent) if parent else module
+    old = getattr(owner, attr)
+    if not isinstance(old, nn.Linear):
+        replace_head(module, name, n_classes, dropout)
+        return
+    setattr(owner, attr, new_head(old.in_features, n_classes, hidden, dropout))
 
 
 def standardizer(head: nn.Module) -> Standardize | None:
@@ -123,7 +96,15 @@ def standardizer(head: nn.Module) -> Standardize | None:
     return None
 
 
-# Heads trained by head-only fits (``frozen_layers="all"``), by what determined
-# them (_finetune_net._head_key): the head that a fit training more groups first
-# trains alone, when a grid search's head-only candidate has trained it already.
-trained_heads: LRU[dict] = LRU(max_size=256 * 1024**2, size=_state_bytes)
+def head_epochs_for(n: int, batch_size: int) -> int:
+    """Epochs for a head trained alone on ``n`` embeddings: :data:`HEAD_EPOCHS`,
+    or more where that would be fewer than :data:`HEAD_STEPS` steps (a small
+    set gives few steps per epoch; stored embeddings make epochs cheap).
+
+    Examples
+    --------
+    >>> head_epochs_for(3000, 32), head_epochs_for(120, 32)
+    (20, 25)
+    """
+    per_epoch = max(1, -(-n // batch_size))
+    return max(HEAD_EPOCHS, -(-HEAD_STEPS // per_epoch))

@@ -1,0 +1,312 @@
+"""A network run from a stored activation: the cut after its frozen part.
+
+In a fine-tuning step, the modules that run before the first trained one
+are in eval mode (frozen groups, or everything but the head while the head
+trains alone): their output for an image is the same in every epoch. A
+:class:`Cut` computes that output once (its *rows*), and runs the rest of the
+network from it: for the length of a call, the skipped modules' ``forward``
+is replaced by one that returns the rows (the last of them, the
+*boundary*), or NaN of the shape they give (the others, whose outputs then
+feed only skipped modules). Nothing is traced: the network's own ``forward``
+runs, with its own control flow.
+
+:func:`plan_cut` finds the modules to skip from one probe forward pass, and
+keeps the cut only if it gives what the whole network gives, in eval mode
+and in the training modes (the same random draws): a NaN that leaks, a
+module that draws random numbers or runs in training mode before the
+boundary, a skipped module called twice, any error, and the whole network
+runs instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._devices import autocast
+from .._tap import forward_tap
+from .randomness import FitRandomness
+
+_PROBE_IMAGES = 2  # BatchNorm in training mode needs more than one
+# Modules without state that compute alike in both modes (dropout does not).
+_DETERMINISTIC = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Identity,
+    nn.Flatten,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """What a module gives one image: shape (without the batch), dtype and
+    memory layout."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    layout: torch.memory_format
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> Activation:
+        channels_last = (
+            tensor.ndim == 4
+            and not tensor.is_contiguous()
+            and tensor.is_contiguous(memory_format=torch.channels_last)
+        )
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return cls(tuple(tensor.shape[1:]), tensor.dtype, layout)
+
+
+class Cut:
+    """``module`` run from the output of its module ``boundary``; ``skipped``:
+    the modules that do not run then (the boundary last), with what each
+    gives one image; ``input_shape``: of one preprocessed image."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        skipped: dict[str, Activation],
+        input_shape: tuple[int, ...],
+    ):
+        self.module = module
+        self.skipped = skipped
+        self.boundary = next(reversed(skipped))
+        self.input_shape = input_shape
+        self._lock = threading.Lock()  # one stubbed call at a time
+
+    @property
+    def activation(self) -> Activation:
+        """What the boundary gives one image: the shape of a row."""
+        return self.skipped[self.boundary]
+
+    def rows(self, batch: torch.Tensor) -> torch.Tensor:
+        """The boundary's output for preprocessed images (the network stops
+        there)."""
+        tap = self.module.get_submodule(self.boundary)
+        return forward_tap(self.module, batch, tap, take_input=False)
+
+    def __call__(
+        self,
+        rows: torch.Tensor,
+        tap: nn.Module | None = None,
+        *,
+        take_input: bool = False,
+    ):
+        """The network's output from ``rows`` of the boundary (any dtype; cast
+        to the boundary's), or the input/output of ``tap`` on the way."""
+        n = len(rows)
+        boundary = self.activation
+        rows = rows.to(boundary.dtype).contiguous(memory_format=boundary.layout)
+        with self._lock, self._stubbed(rows):
+            x = torch.full((), float("nan"), device=rows.device)
+            x = x.expand(n, *self.input_shape)
+            if tap is None:
+                return self.module(x)
+            return forward_tap(self.module, x, tap, take_input=take_input)
+
+    @contextlib.contextmanager
+    def _stubbed(self, rows: torch.Tensor):
+        modules = [self.module.get_submodule(name) for name in self.skipped]
+        n, device = len(rows), rows.device
+        stubs = [_nan_stub(a, n, device) for a in self.skipped.values()]
+        stubs[-1] = lambda *args, **kwargs: rows
+        saved = [m.__dict__.get("forward") for m in modules]
+        try:
+            for m, stub in zip(modules, stubs, strict=True):
+                m.__dict__["forward"] = stub
+            yield
+        finally:
+            for m, old in zip(modules, saved, strict=True):
+                if old is None:
+                    m.__dict__.pop("forward", None)
+                else:
+                    m.__dict__["forward"] = old
+
+
+def _nan_stub(activation: Activation, n: int, device):
+    def stub(*args, **kwargs):
+        nan = torch.full((), float("nan"), dtype=activation.dtype, device=device)
+        return nan.expand(n, *activation.shape)
+
+    return stub
+
+
+def plan_cut(
+    module: nn.Module,
+    crop: int,
+    *,
+    trained: set[int],
+    training_modes,
+    main_only: bool = False,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[Cut | None, str]:
+    """The cut of ``module`` before the first module whose parameters train
+    (``trained``: their ids), or ``None`` and why there is none.
+
+    ``training_modes()`` puts the network in the modes it trains in. Skipped
+    are the outermost modules entered before the first trained one whose
+    every submodule is then in eval mode and holds no trained parameter. The
+    cut is kept if it gives the whole network's outputs on random images, in
+    eval mode and in the training modes (running statistics are restored
+    afterwards; the network is left in eval mode). ``main_only``: only the
+    main output counts (auxiliary heads do not train then).
+    """
+    x = torch.randn(
+        _PROBE_IMAGES, 3, crop, crop, generator=torch.Generator().manual_seed(0)
+    )
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    try:  # its own random numbers: the fit's are not drawn from
+        with torch.no_grad(), autocast(device, dtype), FitRandomness(0):
+            training_modes()
+            names, why = _skippable(module, x, trained)
+            module.eval()
+            skipped = _activations(module, x, names) if names else {}
+            if not skipped:
+                return None, why or "a skipped module is called twice"
+            cut = Cut(module, skipped, tuple(x.shape[1:]))
+            rows = cut.rows(x)
+            if not _same(module(x), cut(rows)):
+                return None, "the rest of the network needs more than the cut"
+            training_modes()
+            with FitRandomness(0):
+                whole = module(x)
+            with FitRandomness(0):
+                from_rows = cut(rows)
+            if main_only:
+                whole, from_rows = _tensors(whole)[:1], _tensors(from_rows)[:1]
+            if not _same(whole, from_rows):
+                return None, "what runs before the cut differs in training"
+            return cut, ""
+    except Exception as exc:  # a forward that the stubs upset: run it whole
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        with torch.no_grad():
+            for name, value in module.named_buffers():
+                value.copy_(buffers[name])
+        module.eval()
+
+
+def _skippable(module: nn.Module, x, trained: set[int]) -> tuple[list[str], str]:
+    """The outermost modules entered before the first one with a trained
+    parameter of its own, whose every submodule is in eval mode and holds no
+    trained parameter, in the order they are entered (or ``[]`` and why)."""
+
+    def trains(sub: nn.Module, recurse: bool) -> bool:
+        return any(id(p) in trained for p in sub.parameters(recurse=recurse))
+
+    entered: list[str] = []
+
+    class _Trained(Exception):
+        pass
+
+    def enter(name: str, sub: nn.Module):
+        def hook(*_):
+            if trains(sub, recurse=False):
+                raise _Trained
+            entered.append(name)
+
+        return hook
+
+    modules = dict(module.named_modules())
+    handles = [
+        sub.register_forward_pre_hook(enter(n, sub)) for n, sub in modules.items() if n
+    ]
+    try:
+        module(x)
+    except _Trained:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    outermost: list[str] = []
+    for name in entered:
+        sub = modules[name]
+        fixed = not trains(sub, True) and all(
+            not m.training or isinstance(m, _DETERMINISTIC) for m in sub.modules()
+        )
+        if fixed and not any(name.startswith(o + ".") for o in outermost):
+            outermost.append(name)
+    for name in outermost:  # code around them that trains parameters
+        parts = name.split(".")
+        ancestors = [".".join(parts[:i]) for i in range(len(parts))]
+        if any(trains(modules[a], recurse=False) for a in ancestors):
+            return (
+                [],
+                f"{type(modules[ancestors[-1]]).__name__} trains parameters of its own",
+            )
+    if not outermost:
+        return [], "no module runs before the first trained one"
+    return outermost, ""
+
+
+def _activations(module: nn.Module, x, names: list[str]) -> dict[str, Activation]:
+    """What each of ``names`` gives one image of ``x``, in the order they
+    run (they do not nest: the last is the boundary); ``{}`` when one is
+    called twice or gives no batch of tensors."""
+    found: dict[str, list] = {name: [] for name in names}
+
+    def record(name):
+        def hook(_module, _args, output):
+            found[name].append(output)
+
+        return hook
+
+    handles = [
+        module.get_submodule(name).register_forward_hook(record(name)) for name in names
+    ]
+    try:
+        module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = {}
+    for name, outputs in found.items():
+        if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
+            return {}
+        if outputs[0].ndim == 0 or len(outputs[0]) != len(x):
+            return {}
+        out[name] = Activation.of(outputs[0])
+    return out
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _tensors(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in _tensors(item)]
+    return []
+
+
+def _same(a, b) -> bool:
+    """Whether two outputs hold the same finite tensors (close: CUDA kernels
+    may pick other algorithms between calls)."""
+    a, b = _tensors(a), _tensors(b)
+    if not a or len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x.shape != y.shape or not torch.isfinite(y).all():
+            return False
+        x, y = x.float(), y.float()
+        scale = float(x.abs().max()) if x.numel() else 0.0
+        if not torch.allclose(x, y, rtol=1e-3, atol=1e-4 * max(scale, 1.0)):
+            return False
+    return True

@@ -1,0 +1,285 @@
+"""The data of a fit: datasets, batches and the preprocessing of images.
+
+A batch is ``({"images": ...} or {"rows": ...}, labels)``, with
+``"sample_weight"`` beside the inputs when images are weighted. Images go
+through the same input path as :class:`~sktransfer.CNNFeatureExtractor`
+(:func:`~sktransfer._images.check_images`, the weights' own preprocessing);
+rows are a cut's stored activations (:mod:`~sktransfer._finetune.rows`), one
+per view of each image. The collate function turns class indices back into
+the labels of ``y``, so that skorch's scoring callbacks compare labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from .. import _device_transforms as transforms
+from .._images import Images, Preprocessing, to_rgb
+
+AUGMENT_SCALE = (0.25, 1.0)  # random-resized-crop area range (ImageNet's is 0.08-1)
+
+IMAGES = "images"
+ROWS = {"train": "rows", "head": "head_rows"}  # (b, views, ...): a phase's cut
+WEIGHTS = "sample_weight"
+
+
+class FitData(torch.utils.data.Dataset):
+    """A fit's images, class indices and weights, and, where they were
+    computed once, the rows of each phase's cut (``rows[phase]``): an item
+    is an image's rows in the current ``phase``, else the image."""
+
+    def __init__(
+        self,
+        images: Images,
+        y_index: np.ndarray | None,
+        weights: np.ndarray | None = None,
+        *,
+        rows: dict | None = None,
+        draft: int | None = None,
+        pin: bool = False,
+    ):
+        self.images = images
+        self.y_index = y_index
+        self.weights = weights
+        self.rows = rows or {}
+        self.draft = draft  # JPEGs decode in the DCT domain to at least this
+        self.pin = pin  # array batches gathered into page-locked memory (CUDA)
+        self.phase = "train"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def release(self) -> None:
+        """Free the rows (and remove their temporary files)."""
+        for rows in self.rows.values():
+            rows.release()
+        self.rows = {}
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices) -> Fetched:
+        """A whole batch at once (``DataLoader`` asks for it): rows in one
+        gather, array rows in one copy, files decoded in a thread pool."""
+        indices = [int(i) for i in indices]
+        rows = self.rows.get(self.phase)
+        if rows is not None:
+            key, block = ROWS[self.phase], rows.take(indices)
+            return self._fetched([{key: r} for r in block], indices, {key: block})
+        images = self.images
+        if images.kind == "array":
+            if images.data.dtype == np.uint8:
+                block = gather_rows(images, indices, pin=self.pin)
+            else:
+                block = images.rows(np.asarray(indices))
+            return self._fetched([{IMAGES: x} for x in block], indices, {IMAGES: block})
+        load = lambda i: images.image(i, self.draft)  # noqa: E731
+        if images.kind == "paths" and len(indices) > 1:
+            loaded = list(_pool().map(load, indices))
+        else:
+            loaded = [load(i) for i in indices]
+        return self._fetched([{IMAGES: x} for x in loaded], indices)
+
+    def _fetched(self, xs: list, indices: list[int], stacked=None) -> Fetched:
+        targets = [
+            -1 if self.y_index is None else int(self.y_index[i]) for i in indices
+        ]
+        if self.weights is None:
+            return Fetched(list(zip(xs, targets, strict=True)), stacked)
+        weights = [float(self.weights[i]) for i in indices]
+        return Fetched(list(zip(xs, targets, weights, strict=True)), stacked)
+
+
+class PredictData(torch.utils.data.Dataset):
+    """Images to predict; with ``rows`` (a function of a batch of images),
+    fetched as their rows, batch by batch (memory holds a batch)."""
+
+    def __init__(self, images: Images, rows: Callable | None, draft: int | None):
+        self.images = images
+        self.rows = rows
+        self.fit_data = FitData(images, None, draft=draft)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices) -> Fetched:
+        if self.rows is None:
+            return self.fit_data.__getitems__(indices)
+        block = self.rows(self.images.subset([int(i) for i in indices]))
+        key = ROWS["train"]
+        return Fetched([({key: r}, -1) for r in block], {key: block})
+
+
+class Fetched(list):
+    """A fetched batch: ``(x, target[, weight])`` items, as any collate
+    function expects, plus the stacked inputs when they came as one gather."""
+
+    def __init__(self, items: list, stacked: dict | None = None):
+        super().__init__(items)
+        self.stacked = stacked
+
+
+class ImageBatch:
+    """Images of different sizes: a batch that cannot be stacked."""
+
+    def __init__(self, images: list[torch.Tensor]):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class Collate:
+    """Items -> ``({IMAGES or ROWS: batch[, WEIGHTS: (b,)]}, labels)``: images of
+    one size stacked (else an :class:`ImageBatch`), class indices -> labels."""
+
+    def __init__(self, classes: np.ndarray):
+        self.classes = classes
+
+    def __call__(self, items):
+        columns = list(zip(*items, strict=True))
+        xs, targets = columns[0], columns[1]
+        x = getattr(items, "stacked", None)
+        if x is None:
+            key = next(iter(xs[0]))
+            parts = [item[key] for item in xs]
+            same = all(p.shape == parts[0].shape for p in parts)
+            x = {key: torch.stack(parts) if same else ImageBatch(parts)}
+        if len(columns) == 3:
+            x = {**x, WEIGHTS: torch.tensor(columns[2], dtype=torch.float32)}
+        index = np.asarray(targets, dtype=np.int64)
+        labels = self.classes[np.clip(index, 0, len(self.classes) - 1)]
+        return x, labels
+
+
+def gather_rows(images: Images, indices: list[int], pin: bool) -> torch.Tensor:
+    """uint8 rows of an array as ``Images.rows`` gives them, copied once.
+
+    Numpy's fancy indexing then pinning copied each batch twice, on the
+    loading thread; here the rows go straight into their (page-locked, with
+    ``pin`` where CUDA is) batch, in the memory layout of the array (an NHWC
+    array's rows stay one block each), in the thread pool (numpy releases
+    the GIL while it copies). RGBA loses alpha in the copy.
+    """
+    data = images.data  # (n, C, H, W), possibly a view of NHWC, or (n, H, W)
+    grey = data.ndim == 3
+    channels = 1 if grey else min(data.shape[1], 3)
+    nhwc = not grey and data.strides[1] < data.strides[-1]
+    out = torch.empty(
+        (len(indices), channels, *data.shape[-2:]),
+        dtype=torch.uint8,
+        memory_format=torch.channels_last if nhwc else torch.contiguous_format,
+        pin_memory=pin and torch.cuda.is_available(),
+    )
+    target = out.numpy()[:, 0] if grey else out.numpy()
+    source = data if grey else data[:, :channels]
+
+    def copy(rows: np.ndarray) -> None:
+        for row in rows:
+            target[row] = source[indices[row]]
+
+    parts = np.array_split(np.arange(len(indices)), _POOL_WORKERS)
+    list(_pool().map(copy, [part for part in parts if len(part)]))
+    return to_rgb(out)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(
+            max_workers=_POOL_WORKERS, thread_name_prefix="sktransfer"
+        )
+    return _POOL
+
+
+def split_batch(x) -> tuple[str | None, object, torch.Tensor | None]:
+    """A collated batch -> ``(phase of its rows or None for images, the
+    rows or images, sample weights)``."""
+    if not isinstance(x, Mapping):  # a user's own collate function: images
+        return None, x, None
+    for phase, key in ROWS.items():
+        if key in x:
+            return phase, x[key], x.get(WEIGHTS)
+    return None, x[IMAGES], x.get(WEIGHTS)
+
+
+def default_augmentation(preprocessing: Preprocessing) -> Callable:
+    """Random-resized-crop to the crop size and a horizontal flip (one image)."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                preprocessing.crop_size,
+                scale=AUGMENT_SCALE,
+                interpolation=InterpolationMode(preprocessing.interpolation),
+                antialias=True,
+            ),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+
+
+def prepare_batch(
+    x, preprocessing: Preprocessing, augment: Callable | None, builtin: bool
+) -> torch.Tensor:
+    """Images -> normalised float32 ``(b, 3, crop, crop)``, augmented or not.
+
+    ``builtin``: ``augment`` already outputs the crop size (the default
+    augmentation); a user's callable is followed by the usual preprocessing.
+    """
+    images = x.images if isinstance(x, ImageBatch) else x
+    if augment is None:
+        if isinstance(images, torch.Tensor):
+            batch = preprocessing(images)
+        else:
+            batch = torch.stack([preprocessing(image[None])[0] for image in images])
+    else:
+        out = []
+        for image in images:
+            image = augment(image)
+            if builtin:
+                out.append(preprocessing.normalize(image))
+            else:
+                out.append(preprocessing(image[None])[0])
+        batch = torch.stack(out)
+    return channels_last(batch)
+
+
+def prepare_on_device(
+    x, preprocessing: Preprocessing, augment: Callable | bool, device: torch.device
+) -> torch.Tensor:
+    """Images -> normalised float32 batch, on ``device`` (uint8 crosses).
+
+    ``augment``: ``False``, ``True`` (batched random-resized-crop and flip,
+    per-image parameters) or a callable applied to each image on the device.
+    """
+    images = x.images if isinstance(x, ImageBatch) else x
+    if isinstance(images, torch.Tensor):
+        images = images.to(device, non_blocking=True)
+    else:
+        images = [image.to(device, non_blocking=True) for image in images]
+    if augment is True:
+        return transforms.augment(images, preprocessing, AUGMENT_SCALE)
+    if augment is not False:
+        images = [augment(image) for image in images]
+    return transforms.preprocess(images, preprocessing)
+
+
+def channels_last(batch: torch.Tensor) -> torch.Tensor:
+    """Channels-last maps: faster training steps on CPU (measured by
+    benchmarks/bench_layout.py), and the tensor-core layout on GPUs."""
+    if batch.ndim != 4:
+        return batch
+    return batch.contiguous(memory_format=torch.channels_last)

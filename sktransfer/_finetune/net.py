@@ -1,0 +1,571 @@
+"""The skorch mechanics behind FineTuneClassifier.
+
+:class:`FineTuneNet` builds the network (new heads, frozen groups), gives
+skorch the data of each phase (a cut's rows, computed once, or the images),
+runs the network from them, and trains with per-group learning rates,
+auxiliary losses and the BatchNorm policy. What it computes once never
+changes a result: a cut is kept only where it gives the whole network's
+outputs (:mod:`~sktransfer._finetune.cut`), rows are keyed by all that
+determines them (:mod:`~sktransfer._finetune.rows`), and the views an
+epoch trains on are drawn alike from rows and from images. Devices, mixed
+precision and pickling are :class:`~sktransfer._finetune.device.DeviceMixin`'s;
+the public estimator lives in :mod:`sktransfer._finetune.estimator`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+
+import numpy as np
+import torch
+from skorch import NeuralNetClassifier
+from skorch.dataset import ValidSplit, unpack_data
+from torch.utils.data import DataLoader, Subset
+
+from .._backbones import trainable_backbone
+from .._device_transforms import to_device
+from .._devices import autocast, float32_grouped_convolutions
+from .._families import drop_aux, family_of, replace_head, trained_aux
+from .._groups import is_under
+from .._images import Images, check_images
+from .._tap import forward_tap
+from . import rows as _rows
+from .cut import Cut, plan_cut
+from .data import (
+    Collate,
+    FitData,
+    PredictData,
+    channels_last,
+    default_augmentation,
+    prepare_batch,
+    prepare_on_device,
+    split_batch,
+)
+from .device import DeviceMixin
+from .freeze import fixed_modules, freeze, resolve_frozen_layers, set_train_modes
+from .head import install_head, standardizer
+from .loader import DeviceLoader
+from .phases import HeadPhase, LRSchedule, PhaseEarlyStopping, phase_of
+from .randomness import drawing_globally
+from .weighting import weighted_loss
+
+_DEFAULT_PATIENCE = 5
+
+
+class FineTuneNet(DeviceMixin, NeuralNetClassifier):
+    """skorch overrides of :class:`~sktransfer.FineTuneClassifier`."""
+
+    def check_data(self, X, y=None):
+        """Classes come from ``fit`` (labels are encoded before skorch sees them)."""
+
+    # ---------------------------------------------------------- initialise
+    def initialize_module(self):
+        """Build the backbone, replace its head(s) and freeze its first groups.
+
+        The family table (:mod:`sktransfer._families`) says where the head and
+        any auxiliary heads are, and which group each auxiliary branch taps.
+        """
+        name = self.model if isinstance(self.model, str) else type(self.model).__name__
+        with drawing_globally():  # a cached build draws nothing: nor does a new one
+            backbone = trainable_backbone(
+                self.model, self.weights, aux_logits=self.aux_loss_weight > 0
+            )
+        module, groups = backbone.module, backbone.groups
+        n_frozen = resolve_frozen_layers(self.frozen_layers, groups, name)
+        aux = trained_aux(backbone.aux_heads, groups, n_frozen)
+        if backbone.aux_heads and not aux:
+            drop_aux(module)  # frozen branches would train for nothing
+        n_classes = len(self.classes_)
+        install_head(
+            module, backbone.head, n_classes, self.head_hidden, self.head_dropout
+        )
+        for head in aux:
+            replace_head(module, head.head, n_classes)
+        if aux and family_of(module).aux_note and self.weights is not None:
+            warnings.warn(
+                f"{family_of(module).aux_note} and are trained with the loss "
+                f"weight aux_loss_weight={self.aux_loss_weight} (0 drops them).",
+                UserWarning,
+                stacklevel=2,
+            )
+        heads = (backbone.head, *(a.head for a in aux))
+        freeze(module, groups, n_frozen, heads, trained=tuple(a.branch for a in aux))
+        float32_grouped_convolutions(module)  # their bfloat16 backward is slow
+        if self._device().type == "cuda":  # the layout of its input batches
+            module.to(memory_format=torch.channels_last)
+        self.module_ = module
+        self.layer_groups_ = groups
+        self.n_frozen_groups_ = n_frozen
+        self.head_ = backbone.head
+        self.aux_heads_ = heads[1:]
+        self.frozen_modules_ = fixed_modules(
+            module, lambda p: p.requires_grad, groups[:n_frozen]
+        )
+        self.preprocessing_ = backbone.preprocessing.at_size(self.image_size)
+        self.backbone_name_ = backbone.name
+        for key in ("_cuts", "_modes"):  # of the previous network
+            self.__dict__.pop(key, None)
+        return self
+
+    def initialize_criterion(self):
+        """skorch's criterion; ``label_smoothing`` goes to criteria that take it
+        (``CrossEntropyLoss``) unless ``criterion__label_smoothing`` is set."""
+        kwargs = self.get_params_for("criterion")
+        if self.label_smoothing and _takes(self.criterion, "label_smoothing"):
+            kwargs.setdefault("label_smoothing", self.label_smoothing)
+        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
+        return self
+
+    def initialize_optimizer(self, triggered_directly=None):
+        """The optimizer over trainable parameters only (head and unfrozen
+        groups), fused where torch has a fused step for it (several times
+        faster than the default on the CPU too)."""
+        named = [(n, p) for n, p in self.module_.named_parameters() if p.requires_grad]
+        (groups,), kwargs = self.get_params_for_optimizer("optimizer", named)
+        self.optimizer_ = None
+        if "fused" not in kwargs and _takes(self.optimizer, "fused"):
+            try:
+                self.optimizer_ = self.optimizer(groups, fused=True, **kwargs)
+            except (RuntimeError, ValueError, TypeError):  # a device, an old torch
+                pass
+        if self.optimizer_ is None:
+            self.optimizer_ = self.optimizer(groups, **kwargs)
+        return self
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """skorch's parameter groups; the rest split into head and backbone groups.
+
+        The head trains at ``lr``, the backbone at ``lr * backbone_lr_ratio``;
+        groups set with ``optimizer__param_groups`` keep their own settings.
+        """
+        named_parameters = list(named_parameters)
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix != "optimizer":
+            return args, kwargs
+        heads = (self.head_, *self.aux_heads_)
+        head_ids = {id(p) for n, p in named_parameters if is_under(n, heads)}
+        groups = []
+        for group in args[0]:
+            if set(group) != {"params"}:  # a user-configured group
+                groups.append(group)
+                continue
+            head = [p for p in group["params"] if id(p) in head_ids]
+            rest = [p for p in group["params"] if id(p) not in head_ids]
+            if head:
+                groups.append({"params": head})
+            if rest:
+                groups.append(
+                    {"params": rest, "lr": kwargs["lr"] * self.backbone_lr_ratio}
+                )
+        return (groups,), kwargs
+
+    @property
+    def _default_callbacks(self):
+        callbacks = list(super()._default_callbacks)
+        # before print_log, in this order: the phase first names the epoch
+        callbacks.insert(-1, ("head_phase", HeadPhase()))
+        schedule = LRSchedule(getattr(self, "lr_schedule", "cosine"))
+        callbacks.insert(-1, ("lr_schedule", schedule))
+        patience = self._patience()
+        if patience is not None:
+            early = PhaseEarlyStopping(
+                monitor="valid_loss", patience=patience, load_best=True
+            )
+            callbacks.insert(-1, ("early_stopping", early))
+        return callbacks
+
+    def _patience(self) -> int | None:
+        if self.early_stopping is None or self.early_stopping is False:
+            return None
+        if self.early_stopping is True:
+            return _DEFAULT_PATIENCE
+        try:  # skorch reads the callbacks in set_params: invalid values wait for
+            return int(self.early_stopping)  # fit's parameter check to report them
+        except (TypeError, ValueError, OverflowError):
+            return None
+
+    # ------------------------------------------------------------ phases
+    def _head_only(self) -> bool:
+        return self.n_frozen_groups_ == len(self.layer_groups_)
+
+    def _trains(self, phase: str):
+        """Whether a parameter trains in ``phase`` (the head's: only heads)."""
+        if phase == "head":
+            head = self.module_.get_submodule(self.head_)
+            ids = {id(p) for p in head.parameters()}
+            return lambda p: id(p) in ids
+        return lambda p: p.requires_grad
+
+    def _fixed(self, phase: str) -> list[str]:
+        if phase == "head":
+            groups = self.layer_groups_
+            return fixed_modules(self.module_, self._trains("head"), groups)
+        return self.frozen_modules_
+
+    def _set_training(self, training=True):
+        """skorch's modes, then what stays fixed in this phase in eval mode
+        (``bn``). skorch asks before every step; walking a network of
+        hundreds of modules each time costs more than a step of a head on
+        stored rows, so modes already set are left as they are."""
+        module = self.__dict__.get("module_")
+        phase = phase_of(self) if training else None
+        state = (training, phase, id(module))
+        if self.__dict__.get("_modes") == state and module.training == training:
+            return
+        super()._set_training(training)
+        if training:
+            set_train_modes(self.module_, self._fixed(phase), self.bn)
+        self.__dict__["_modes"] = state
+
+    # ------------------------------------------------------- cuts and rows
+    def _augment(self):
+        """``augment`` resolved: ``True`` is the fixed views when groups are
+        frozen (their rows computed once), else random crops."""
+        if self.augment is True:
+            return "flip" if self.n_frozen_groups_ > 0 else "random"
+        return self.augment
+
+    def _views(self) -> tuple[str, ...]:
+        """The fixed views of each image: with mirror images where training
+        flips images."""
+        return (
+            ("center", "flip") if self._augment() in ("flip", "random") else ("center",)
+        )
+
+    def _eval_views(self) -> tuple[str, ...]:
+        """The views whose predictions are averaged (``tta``)."""
+        return self._views() if self.tta else ("center",)
+
+    def _cut(self, phase: str) -> Cut | None:
+        """The cut before what trains in ``phase``, planned once per network;
+        ``None`` where rows are not used (``cache_frozen=False``, ``compile``)
+        or cannot give the whole network's outputs (then it runs whole)."""
+        cuts = self.__dict__.setdefault("_cuts", {})
+        if phase not in cuts:
+            cuts[phase] = None
+            if self.cache_frozen and not self.compile:
+                cuts[phase] = self._plan(phase)
+        return cuts[phase]
+
+    def _plan(self, phase: str) -> Cut | None:
+        if phase == "train" and self.n_frozen_groups_ == 0:
+            return None
+        if phase == "train" and self._head_only():
+            return self._cut("head")
+        trains = self._trains(phase)
+        fixed = self._fixed(phase)
+        device = self._device()
+        cut, why = plan_cut(
+            self.module_,
+            self.preprocessing_.crop_size,
+            trained={id(p) for p in self.module_.parameters() if trains(p)},
+            training_modes=lambda: set_train_modes(self.module_, fixed, self.bn),
+            main_only=phase == "head",
+            device=device,
+            dtype=self._autocast_dtype(device),
+        )
+        self.__dict__.pop("_modes", None)  # the probe left the network in eval mode
+        if cut is None:
+            warnings.warn(
+                f"{self.backbone_name_} cannot run from the output of what stays "
+                f"fixed {'while the head trains alone' if phase == 'head' else ''} "
+                f"({why}): the whole network runs in every step instead, which "
+                "gives the same results more slowly.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return cut
+
+    def _rows(self, images: Images, phases, views) -> list:
+        """:func:`~sktransfer._finetune.rows.compute_rows` of ``phases``' cuts."""
+        self._set_training(False)
+        device = self._device()
+        return _rows.compute_rows(
+            images,
+            [self._cut(phase) for phase in phases],
+            views,
+            preprocessing=self.preprocessing_,
+            batch_size=self._batch_size(len(images)),
+            device=device,
+            dtype=self._autocast_dtype(device),
+            store=_rows.resolve_store(self.cache),
+        )
+
+    # ---------------------------------------------------------------- data
+    def get_dataset(self, X, y=None):
+        """The images of ``X`` (a fit's :class:`FitData`, built by
+        :meth:`get_split_datasets`, passes through); to predict with a
+        network that has a cut, fetched as its rows, from the ``cache``
+        store where it has them."""
+        if isinstance(X, (FitData, PredictData)):
+            return X
+        images = X.images if isinstance(X, Weighted) else X
+        if not isinstance(images, Images):
+            images = check_images(images, n_channels=self.n_channels_in_)
+        cut = None  # the rows that training took, where it took any
+        if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
+            cut = self._cut("train")
+        fetch = None
+        if cut is not None:
+            views = self._eval_views()
+            fetch = lambda batch: self._rows(batch, ["train"], views)[0].data  # noqa: E731
+        return PredictData(images, fetch, draft=self._draft())
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        """A fit's data: its images, and the rows of each phase's cut,
+        computed once (or taken from the ``cache`` store), split by
+        ``train_split`` or, for early stopping, a stratified
+        ``validation_fraction``; a new head's standardisation is fitted to
+        the training part."""
+        images = X.images
+        data = FitData(
+            images, y, X.weights, draft=self._draft(), pin=self._device().type == "cuda"
+        )
+        phases = []
+        if self._augment() in ("flip", False) and self._cut("train") is not None:
+            phases.append("train")
+        if self.head_epochs_ and self._cut("head") is not None:
+            phases.append("head")
+        self.__dict__["_fit_data"] = data  # released when the fit ends
+        computed = self._rows(images, phases, self._views()) if phases else []
+        data.rows = dict(zip(phases, computed, strict=True))
+        self.prefix_cached_ = "train" in data.rows
+        train, valid = self._split(data, y, **fit_params)
+        if self.__dict__.pop("_fresh", False):
+            self._start_head(data, _indices(train))
+        return train, valid
+
+    def _draft(self) -> int:
+        # JPEGs decode in the DCT domain to at least the resize size; random
+        # crops keep twice that, so a crop of a quarter of the area stays sharp.
+        draft = self.preprocessing_.resize_size
+        return 2 * draft if self._augment() not in ("flip", False) else draft
+
+    def _split(self, dataset, y, **fit_params):
+        if self.train_split is not None:
+            return self.train_split(dataset, y, **fit_params)
+        if self._patience() is None:
+            return dataset, None
+        if self.validation_fraction is None:
+            raise ValueError(
+                f"early_stopping={self.early_stopping!r} needs held-out data, but "
+                "validation_fraction=None and train_split=None. Set "
+                "validation_fraction (e.g. 0.1) or pass a train_split."
+            )
+        n, n_classes = len(y), len(self.classes_)
+        n_valid = math.ceil(self.validation_fraction * n)
+        if n_valid < n_classes or n - n_valid < n_classes:
+            raise ValueError(
+                "early_stopping holds out validation_fraction="
+                f"{self.validation_fraction} of {n} images = {n_valid}, but a "
+                f"stratified split needs at least {n_classes} images (one per "
+                "class) on each side. Change validation_fraction, add images, or "
+                "disable early_stopping."
+            )
+        split = ValidSplit(
+            self.validation_fraction, stratified=True, random_state=self.seed_
+        )
+        return split(dataset, y, **fit_params)
+
+    def _start_head(self, data: FitData, indices: np.ndarray) -> None:
+        """Fit the new head's standardisation to the embeddings (its input,
+        the pretrained network in eval mode) of every view of the training
+        images: from the deepest rows computed, else from the images."""
+        head = self.module_.get_submodule(self.head_)
+        scaler = standardizer(head)
+        if scaler is None:
+            return
+        self._set_training(False)
+        device = self._device()
+        size = self._batch_size(len(indices))
+        found = []
+        with torch.inference_mode(), autocast(device, self._autocast_dtype(device)):
+            for phase in ("head", "train"):
+                if phase in data.rows:
+                    cut, rows = self._cut(phase), data.rows[phase]
+                    for start in range(0, len(indices), size):
+                        block = rows.take(indices[start : start + size]).to(device)
+                        for v in range(block.shape[1]):
+                            found.append(cut(block[:, v], head, take_input=True))
+                    break
+            else:
+                images = data.images.subset(indices)
+                for batch in images.batches(self.preprocessing_, size):
+                    batch = channels_last(batch.to(device))
+                    for view in self._views():
+                        x = _rows.VIEWS[view](batch)
+                        found.append(
+                            forward_tap(self.module_, x, head, take_input=True)
+                        )
+        scaler.fit(torch.cat([f.float().flatten(1).cpu() for f in found]))
+
+    def get_iterator(self, dataset, training=False):
+        """skorch's iterator; a ``DataLoader`` gets sktransfer's collate
+        function, and on CUDA loads ahead (:class:`DeviceLoader`)."""
+        prefix = "iterator_train" if training else "iterator_valid"
+        iterator = self.iterator_train if training else self.iterator_valid
+        kwargs = self.get_params_for(prefix)
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        loader_class = isinstance(iterator, type) and issubclass(iterator, DataLoader)
+        if loader_class:
+            kwargs.setdefault("collate_fn", Collate(self.classes_))
+        loader = iterator(dataset, **kwargs)
+        device = self._device()
+        if loader_class and device.type == "cuda":
+            return DeviceLoader(
+                loader, device, next_epoch=training, phase=lambda: phase_of(self)
+            )
+        return loader
+
+    # ------------------------------------------------------------- forward
+    def infer(self, x, **fit_params):
+        """One forward pass under autocast; outputs come back as float32.
+
+        A phase's rows run through the rest of the network only (its cut),
+        images through all of it (augmented in training). Training takes one
+        view of each image at random, drawn alike from rows and images; in
+        evaluation the class probabilities of the views are averaged (the
+        output is their logarithm: its softmax is the average).
+        """
+        training = self.module_.training
+        device = self._device()
+        phase, batch, _ = split_batch(x)
+        n_views = len(self._views()) if training else len(self._eval_views())
+        if phase is not None:
+            cut = self._cut(phase)
+            batch = batch.to(device, non_blocking=True)
+            pick = _pick(len(batch), n_views, device) if training else None
+            views = [batch[:, v] for v in range(n_views)]
+            network, fit_params = cut, {}  # a cut's rows: tensors only
+        else:
+            prepared = self._prepared(batch, training, device)
+            pick = _pick(len(prepared), n_views, device) if training else None
+            views = [_rows.VIEWS[v](prepared) for v in self._views()[:n_views]]
+            network = self.module_
+        if pick is not None and n_views > 1:
+            views = [_choose(views, pick)]
+        elif training:
+            views = views[:1]
+        with autocast(device, self._autocast_dtype(device)):
+            outputs = [_as_float(network(v, **fit_params)) for v in views]
+        if len(outputs) == 1:
+            return outputs[0]
+        return _mean_probabilities(outputs)
+
+    def _prepared(self, x, training: bool, device: torch.device) -> torch.Tensor:
+        """Images -> preprocessed batch on ``device``; random crops or a
+        user's augmentation in training (the views are picked by ``infer``)."""
+        augment = self._augment() if training else False
+        augment = False if augment == "flip" else augment
+        if device.type == "cuda":  # "random": the built-in crops, on the device
+            on_device = True if augment == "random" else augment
+            return prepare_on_device(x, self.preprocessing_, on_device, device)
+        builtin = augment == "random"
+        if builtin:
+            augment = default_augmentation(self.preprocessing_)
+        batch = prepare_batch(x, self.preprocessing_, augment or None, builtin=builtin)
+        return batch.to(device)
+
+    def _outputs(self, y_pred):
+        """``(main, [aux, ...])`` from the network's output."""
+        if isinstance(y_pred, tuple):
+            aux = [o for o in y_pred[1:] if o is not None] if self.aux_heads_ else []
+            return y_pred[0], aux
+        return y_pred, []
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Loss of the main head, plus ``aux_loss_weight`` times the aux heads'
+        (while the unfrozen groups train)."""
+        main, aux = self._outputs(y_pred)
+        if isinstance(y_true, torch.Tensor):  # a custom collate_fn: class indices
+            target = y_true.long()
+        else:
+            target = torch.from_numpy(self._encode(np.asarray(y_true)))
+        target = to_device(target, main.device)  # no wait for the GPU
+        _, _, weights = split_batch(X)
+        if weights is not None:
+            weights = to_device(weights, main.device)
+        loss = weighted_loss(self.criterion_, main, target, weights)
+        if aux and training and phase_of(self) == "train":
+            loss = loss + self.aux_loss_weight * sum(
+                weighted_loss(self.criterion_, a, target, weights) for a in aux
+            )
+        return loss
+
+    def train_step_single(self, batch, **fit_params):
+        """skorch's step; ``y_pred`` is the main head's output. With float16
+        autocast the loss is scaled before ``backward`` (see :meth:`train_step`)."""
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler = self._grad_scaler()
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if phase_of(self) == "head":  # only the head trains (whole network runs)
+            head = {id(p) for p in self.module_.get_submodule(self.head_).parameters()}
+            for param in self.module_.parameters():
+                if id(param) not in head:
+                    param.grad = None
+        return {"loss": loss, "y_pred": self._outputs(y_pred)[0]}
+
+    def _batch_size(self, n: int) -> int:
+        """``batch_size``, where skorch's ``-1`` means all ``n`` at once."""
+        return n if self.batch_size == -1 else self.batch_size
+
+
+class Weighted:
+    """A fit's images and their weights, as skorch's ``X``."""
+
+    def __init__(self, images: Images, weights: np.ndarray | None):
+        self.images = images
+        self.weights = weights
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _indices(dataset) -> np.ndarray:
+    if isinstance(dataset, Subset):
+        return np.asarray(dataset.indices)
+    return np.arange(len(dataset))
+
+
+def _pick(n: int, n_views: int, device) -> torch.Tensor | None:
+    """A random view of each of ``n`` images (drawn only when there are
+    several, so that one view consumes no random numbers)."""
+    if n_views < 2:
+        return None
+    return torch.randint(n_views, (n,)).to(device)
+
+
+def _choose(views: list[torch.Tensor], pick: torch.Tensor) -> torch.Tensor:
+    """The picked view of each image."""
+    stacked = torch.stack(views, dim=1)
+    return channels_last(stacked[torch.arange(len(pick), device=pick.device), pick])
+
+
+def _mean_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The log of the views' mean softmax: logits whose softmax is the mean."""
+    log_probs = torch.stack([torch.log_softmax(out, dim=1) for out in logits])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
+
+
+def _takes(component, name: str) -> bool:
+    """Whether ``component`` (a class) accepts the keyword ``name``."""
+    try:
+        return name in inspect.signature(component).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_float(out):
+    """Network outputs as float32 (autocast gives float16/bfloat16 logits)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple):
+        return tuple(_as_float(o) for o in out)
+    return out

@@ -1,0 +1,136 @@
+"""The phases of a fit, as skorch callbacks on the net.
+
+fastai's ``fine_tune`` in skorch's terms: a new head first trains alone for
+``head_epochs`` (:class:`HeadPhase`), so that the first gradients of a head
+that is still wrong do not distort pretrained layers (Kumar et al., 2022,
+"Fine-Tuning can Distort Pretrained Features"), then the unfrozen groups
+train with it for ``max_epochs``. Every epoch is a row of ``history_`` whose
+``phase`` column says which (``"head"`` or ``"train"``); ``verbose`` prints
+it and callbacks see it. The learning-rate schedule (:class:`LRSchedule`)
+and the built-in early stopping (:class:`PhaseEarlyStopping`) follow the
+phases.
+"""
+
+from __future__ import annotations
+
+import math
+
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler
+from torch.utils.data import Subset
+
+from .data import FitData
+
+SCHEDULES = ("cosine", "constant")
+WARMUP_FRACTION = 0.1
+
+
+def phase_of(net) -> str:
+    """The phase of the epoch that runs: ``"head"`` or ``"train"`` (also when
+    no :class:`HeadPhase` records one)."""
+    history = net.__dict__.get("history_")
+    if not history:
+        return "train"
+    return history[-1].get("phase", "train")
+
+
+class HeadPhase(Callback):
+    """Train only the new head for the fit's first ``net.head_epochs_``
+    epochs.
+
+    The net trains the head on the rows of the cut before it, stored once
+    (or, where none can be, on the whole network run in the head phase's
+    modes): nothing else of the network changes in those epochs. Set
+    ``callbacks__head_phase=None`` (or ``head_epochs=0``) to start with
+    every unfrozen group at once.
+    """
+
+    def on_train_begin(self, net, **kwargs):
+        self.start_ = len(net.history)
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        epoch = len(net.history) - 1 - self.start_
+        phase = "head" if epoch < getattr(net, "head_epochs_", 0) else "train"
+        net.history.record("phase", phase)
+        for dataset in (dataset_train, dataset_valid):
+            while isinstance(dataset, Subset):  # skorch's split
+                dataset = dataset.dataset
+            if isinstance(dataset, FitData):
+                dataset.phase = phase
+
+
+def cosine_factor(step: int, total: int, warmup_fraction: float = WARMUP_FRACTION):
+    """The multiplier of the base rate at ``step`` (0-based) of ``total`` steps.
+
+    Examples
+    --------
+    >>> [round(cosine_factor(t, 10), 3) for t in range(10)]
+    [1.0, 0.97, 0.883, 0.75, 0.587, 0.413, 0.25, 0.117, 0.03, 0.0]
+    >>> [round(cosine_factor(t, 20), 3) for t in (0, 1, 2)]
+    [0.5, 1.0, 0.992]
+    """
+    warmup = max(1, round(warmup_fraction * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    decay = max(1, total - warmup)
+    progress = min(1.0, (step - warmup + 1) / decay)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LRSchedule(Callback):
+    """Set every parameter group's rate before each training step.
+
+    ``"cosine"``: a linear warm-up over the first 10 % of a phase's steps,
+    then a cosine decay to zero at its last step (timm's and fastai's
+    shape), started again in each phase; ``"constant"``: the optimizer's
+    own rates. Each parameter group keeps its own rate (head and backbone),
+    scaled by the same factor. A user's :class:`skorch.callbacks.LRScheduler`
+    among the callbacks takes over: this one then changes nothing.
+    """
+
+    def __init__(self, schedule: str = "cosine"):
+        self.schedule = schedule
+
+    def on_train_begin(self, net, **kwargs):
+        self.base_lrs_ = [group["lr"] for group in net.optimizer_.param_groups]
+        self.active_ = self.schedule != "constant" and not any(
+            isinstance(callback, LRScheduler) for _, callback in net.callbacks_
+        )
+        self.phase_ = None
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        phase = phase_of(net)
+        if phase == self.phase_ or dataset_train is None:
+            return
+        self.phase_, self.step_ = phase, 0
+        per_epoch = len(net.get_iterator(dataset_train, training=True))
+        epochs = net.head_epochs_ if phase == "head" else net.max_epochs_
+        self.total_ = max(1, per_epoch * epochs)
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if not (training and self.active_ and self.phase_ is not None):
+            return
+        factor = cosine_factor(self.step_, self.total_)
+        for group, base in zip(
+            net.optimizer_.param_groups, self.base_lrs_, strict=True
+        ):
+            group["lr"] = base * factor
+        self.step_ += 1
+
+    def on_train_end(self, net, **kwargs):
+        if not self.active_:
+            return
+        # the optimizer's rates as configured, for a later partial_fit
+        for group, base in zip(
+            net.optimizer_.param_groups, self.base_lrs_, strict=True
+        ):
+            group["lr"] = base
+
+
+class PhaseEarlyStopping(EarlyStopping):
+    """skorch's :class:`~skorch.callbacks.EarlyStopping` over the epochs of
+    the ``"train"`` phase only: the head's epochs alone neither stop the fit
+    nor count as its best."""
+
+    def on_epoch_end(self, net, **kwargs):
+        if phase_of(net) == "train":
+            super().on_epoch_end(net, **kwargs)

@@ -1,0 +1,264 @@
+"""A cut's rows for a set of images: each image and view through the frozen
+part once, kept by content across fits.
+
+The *views* of an image are fixed functions of the preprocessed image (the
+image, its mirror image), so its rows are the same in every fit, whatever
+the seed. In a store (``cache``: the in-process LRU or a folder) a row is
+keyed by the image's content (:func:`~sktransfer._cache.image_keys`: what
+decoding reads) and the view, inside a namespace that digests everything
+else that determines it (:func:`namespace`): the skipped modules' weights and
+structure, the code around them, the preprocessing, the autocast dtype and
+the device pipeline. A hit is therefore the value that computing gives.
+
+A chain of cuts (the cut of a fit's frozen groups, then the head's) is
+computed in one pass: the rows of each cut from the previous cut's rows,
+the first from the images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .. import _cache
+from .._devices import autocast
+from .._images import Images, Preprocessing
+from .._pipeline import preprocessed_batches
+from .cut import Cut
+
+# A fit's rows larger than this go to a temporary file (memory-mapped).
+MEMORY_LIMIT_BYTES = 2 * 1024**3
+# The in-process store behind cache="memory" (its own bound: rows of early
+# cuts are large and must not evict the embedding cache's).
+STORE_BYTES = 2 * 1024**3
+
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "center": lambda batch: batch,
+    "flip": lambda batch: batch.flip(-1),
+}
+
+_memory = _cache.MemoryCache(STORE_BYTES)
+
+
+def memory_store() -> _cache.MemoryCache:
+    """The process-wide store behind ``cache="memory"`` of FineTuneClassifier."""
+    return _memory
+
+
+def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
+    """``None`` / ``"memory"`` / a folder -> a store of rows."""
+    return _memory if cache == "memory" else _cache.resolve(cache)
+
+
+def namespace(cut: Cut, **context) -> str:
+    """The store namespace of ``cut``'s rows: a digest of the skipped
+    modules (structure, weights and buffers), the code around them (the
+    classes and settings of their ancestors), what the boundary gives, and
+    ``context`` (preprocessing, autocast dtype, device pipeline)."""
+    digest = hashlib.blake2b(digest_size=16)
+    module = cut.module
+    for name in cut.skipped:
+        digest.update(f"{name}:{cut.skipped[name]}".encode())
+        sub = module.get_submodule(name)
+        digest.update(_structure(sub.modules()).encode())
+        digest.update(_cache.module_digest(sub).encode())
+    ancestors = {""} | {
+        ".".join(name.split(".")[:i])
+        for name in cut.skipped
+        for i in range(1, name.count(".") + 1)
+    }
+    digest.update(
+        _structure(module.get_submodule(a) for a in sorted(ancestors)).encode()
+    )
+    digest.update(repr(sorted((k, repr(v)) for k, v in context.items())).encode())
+    return digest.hexdigest()
+
+
+def _structure(modules) -> str:
+    """Classes and plain settings (numbers, strings, flags) of ``modules``."""
+    parts = []
+    for m in modules:
+        settings = sorted(
+            (k, v)
+            for k, v in vars(m).items()
+            if not k.startswith("_") and k != "training" and _plain(v)
+        )
+        parts.append(f"{type(m).__module__}.{type(m).__qualname__}{settings}")
+    return "|".join(parts)
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, tuple) and all(_plain(v) for v in value)
+
+
+class Rows:
+    """``(n, views, ...)`` float32 rows of one cut: a CPU tensor, or a
+    memory-mapped temporary file beyond :data:`MEMORY_LIMIT_BYTES`, removed by
+    :meth:`release` (or garbage collection, should a fit end in an error)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self._remove = weakref.finalize(self, lambda: None)
+        if 4 * int(np.prod(shape)) <= MEMORY_LIMIT_BYTES:
+            self.data = torch.empty(shape, dtype=torch.float32)
+            return
+        fd, path = tempfile.mkstemp(prefix="sktransfer-rows-", suffix=".npy")
+        os.close(fd)
+        self._remove = weakref.finalize(self, _remove_file, path)
+        self.data = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def take(self, indices) -> torch.Tensor:
+        """The rows at ``indices`` (one gather) as a tensor."""
+        rows = self.data[np.asarray(indices, dtype=np.int64)]
+        if isinstance(rows, torch.Tensor):
+            return rows
+        return torch.from_numpy(np.ascontiguousarray(rows))
+
+    def write(self, index: int, row) -> None:
+        if isinstance(self.data, torch.Tensor):
+            self.data[index] = torch.as_tensor(row)
+        else:
+            self.data[index] = np.asarray(row)
+
+    def release(self) -> None:
+        self.data = None
+        self._remove()
+
+
+def compute_rows(
+    images: Images,
+    cuts: Sequence[Cut],
+    views: Sequence[str],
+    *,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    store=None,
+    keys: list[str] | None = None,
+) -> list[Rows]:
+    """The rows of every image and view for each cut of a chain (each cut's
+    boundary after the previous one's), in eval mode: from ``store`` where
+    it has them (``keys``: the images' content keys, computed when not
+    given), else computed, and put there."""
+    context = dict(
+        preprocessing=preprocessing, autocast=str(dtype), pipeline=device.type
+    )
+    if store is not None and keys is None:
+        keys = _cache.image_keys(images)
+    out: list[Rows] = []
+    for index, cut in enumerate(cuts):
+        shape = cut.activation.shape
+        rows = Rows((len(images), len(views), *shape))
+        missing = list(range(len(images)))
+        if store is not None:
+            space = namespace(cut, **context)
+            missing = _take_stored(rows, store, space, keys, views, shape)
+        if missing:
+            if index == 0:
+                _from_images(
+                    rows,
+                    cut,
+                    images,
+                    missing,
+                    views,
+                    preprocessing,
+                    batch_size,
+                    device,
+                    dtype,
+                )
+            else:
+                _from_rows(
+                    rows,
+                    cut,
+                    out[-1],
+                    cuts[index - 1],
+                    missing,
+                    batch_size,
+                    device,
+                    dtype,
+                )
+            if store is not None:
+                for i in missing:
+                    store.put(space, _row_keys(keys[i], views), _numpy(rows.data[i]))
+        out.append(rows)
+    return out
+
+
+def _row_keys(key: str, views) -> list[str]:
+    return [f"{key}-{view}" for view in views]
+
+
+def _numpy(row) -> np.ndarray:
+    return row.numpy() if isinstance(row, torch.Tensor) else np.asarray(row)
+
+
+def _take_stored(rows: Rows, store, space, keys, views, shape) -> list[int]:
+    width = len(views)
+    found = store.get(space, [k for key in keys for k in _row_keys(key, views)], shape)
+    missing = []
+    for i in range(len(keys)):
+        mine = found[i * width : (i + 1) * width]
+        if any(row is None for row in mine):
+            missing.append(i)
+        else:
+            rows.write(i, np.stack(mine))
+    return missing
+
+
+def _from_images(
+    rows, cut, images, missing, views, preprocessing, batch_size, device, dtype
+) -> None:
+    todo = images if len(missing) == len(images) else images.subset(missing)
+    batches = preprocessed_batches(todo, preprocessing, batch_size, device)
+    start = 0
+    with contextlib.closing(batches), torch.inference_mode(), autocast(device, dtype):
+        for batch in batches:
+            batch = batch.to(device, non_blocking=True)
+            block = torch.stack(
+                [_cpu(cut.rows(_layout(VIEWS[view](batch)))) for view in views], dim=1
+            )
+            for offset, row in enumerate(block):
+                rows.write(missing[start + offset], row)
+            start += len(batch)
+
+
+def _from_rows(
+    rows, cut, lower: Rows, lower_cut: Cut, missing, batch_size, device, dtype
+) -> None:
+    tap = cut.module.get_submodule(cut.boundary)
+    with torch.inference_mode(), autocast(device, dtype):
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            block = lower.take(chunk).to(device, non_blocking=True)
+            out = torch.stack(
+                [_cpu(lower_cut(block[:, v], tap)) for v in range(block.shape[1])],
+                dim=1,
+            )
+            for i, row in zip(chunk, out, strict=True):
+                rows.write(i, row)
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.float().cpu()
+
+
+def _layout(batch: torch.Tensor) -> torch.Tensor:
+    """Images as the training steps see them: channels-last."""
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def _remove_file(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)

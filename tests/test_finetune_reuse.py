@@ -1,0 +1,401 @@
+"""What FineTuneClassifier computes once and keeps never changes a result.
+
+The recipe is set by the parameters alone; running the network from the
+stored output of what stays fixed (a cut) and keeping those outputs across
+fits (the store) only make it faster. Each test pins a way in which reuse
+once went wrong: a network the shortcut cannot follow, weights or images
+that the store's keys missed, fits beside each other in threads, another
+fit in the process, and the head's phase that skorch could not see.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from PIL import Image
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from skorch.callbacks import Callback, LRScheduler
+from torch import nn
+from torch.nn import functional as F
+
+from sktransfer import CNNFeatureExtractor, FineTuneClassifier, _cache, _families
+from sktransfer._finetune import rows as _rows
+from sktransfer._groups import children_groups
+from sktransfer._images import check_images
+
+TINY = "mobilenet_v3_small"
+
+
+def tiny(**params) -> FineTuneClassifier:
+    defaults = dict(
+        model=TINY,
+        weights=None,
+        max_epochs=1,
+        head_epochs=1,
+        batch_size=4,
+        random_state=0,
+        image_size=64,
+        precision="float32",  # results compared across paths
+        device="cpu",  # exact comparisons with CPU references
+    )
+    return FineTuneClassifier(**{**defaults, **params})
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """How many images go through the network from their pixels, per call."""
+    counts = []
+    original = _rows._from_images
+
+    def counting(rows, cut, images, missing, *args, **kwargs):
+        counts.append(len(missing))
+        return original(rows, cut, images, missing, *args, **kwargs)
+
+    monkeypatch.setattr(_rows, "_from_images", counting)
+    return counts
+
+
+class _Fits(Callback):
+    """Counts the fits that train (an estimator fitted inside a fit would)."""
+
+    count = 0
+
+    def on_train_begin(self, net, **kwargs):
+        type(self).count += 1
+
+
+def _same_as_whole(clf, images, labels, atol=1e-6):
+    """``clf`` fitted gives what running the whole network in every step gives."""
+    plain = clone(clf).set_params(cache_frozen=False).fit(images, labels)
+    np.testing.assert_allclose(
+        clf.predict_proba(images), plain.predict_proba(images), atol=atol
+    )
+    return plain
+
+
+# ----------------------------------------------- networks the shortcut meets
+class Plain(nn.Module):
+    """A small network of the user's own: stem, body, classifier."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.body = nn.Sequential(
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()
+        )
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = self.body(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Branchy(Plain):
+    """A forward that branches on values and asserts on its input: symbolic
+    tracing (torch.fx) cannot follow it."""
+
+    def forward(self, x):
+        assert x.shape[1] == 3, "an RGB batch"
+        x = self.stem(x)
+        if x.mean() > -1e9:
+            x = self.body(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Skipping(Plain):
+    """The classifier reads an early layer's output too: no single stored
+    output stands for what comes before the head."""
+
+    def __init__(self):
+        super().__init__(width=24)
+
+    def forward(self, x):
+        a = self.stem(x)
+        b = self.body(a)
+        pooled = [torch.flatten(F.adaptive_avg_pool2d(t, 1), 1) for t in (a, b)]
+        return self.fc(torch.cat(pooled, dim=1))
+
+
+_SCALE = torch.tensor(0.5)  # a module-level tensor constant
+
+
+class Constant(Plain):
+    def forward(self, x):
+        x = self.body(self.stem(x) * _SCALE)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("frozen_layers", [1, "all"])
+def test_an_untraceable_network_fits_once(frozen_layers, images, labels):
+    _Fits.count = 0
+    clf = tiny(model=Branchy(), frozen_layers=frozen_layers, callbacks=[_Fits()])
+    clf.fit(images, labels)
+    assert _Fits.count == 1  # no fit inside the fit
+    assert clf.prefix_cached_ == (frozen_layers == 1)
+    _same_as_whole(clf, images, labels)
+
+
+def test_a_network_that_cannot_be_cut_runs_whole_with_one_warning(images, labels):
+    clf = tiny(model=Skipping(), frozen_layers="all", max_epochs=2)
+    with pytest.warns(UserWarning, match="the whole network runs") as caught:
+        clf.fit(images, labels)
+    assert len([w for w in caught if "whole network" in str(w.message)]) == 1
+    assert not clf.prefix_cached_
+    _same_as_whole(clf, images, labels)
+    clf.set_params(frozen_layers=1).fit(images, labels)  # here it can be cut
+    assert clf.prefix_cached_
+
+
+@pytest.fixture
+def constnet():
+    family = _families.Family(
+        "constant",
+        lambda m: isinstance(m, Constant),
+        children_groups,
+        added_names=("constnet",),
+        build=lambda name: Constant(),
+    )
+    _families.register_family(family)
+    yield "constnet"
+    _families.unregister_family(family)
+
+
+def test_a_network_with_a_tensor_constant_fits_again(constnet, images, labels):
+    first = tiny(model=constnet, frozen_layers=1).fit(images, labels)
+    second = tiny(model=constnet, frozen_layers=1).fit(images, labels)
+    assert first.prefix_cached_ and second.prefix_cached_
+    np.testing.assert_array_equal(
+        first.predict_proba(images), second.predict_proba(images)
+    )
+    _same_as_whole(second, images, labels)
+
+
+def test_googlenet_with_and_without_auxiliary_heads(images, labels):
+    params = dict(model="googlenet", image_size=64, max_epochs=1)
+    with_aux = tiny(frozen_layers=2, aux_loss_weight=0.3, **params)
+    with_aux.fit(images, labels)
+    assert with_aux.aux_heads_ and with_aux.prefix_cached_
+    _same_as_whole(with_aux, images, labels)
+    without = tiny(frozen_layers=1, aux_loss_weight=0.0, **params).fit(images, labels)
+    assert not without.aux_heads_ and without.prefix_cached_
+    _same_as_whole(without, images, labels)
+
+
+def test_a_timm_model(images, labels):
+    clf = tiny(model="timm/resnet18", frozen_layers=3).fit(images, labels)
+    assert clf.prefix_cached_
+    _same_as_whole(clf, images, labels)
+
+
+@pytest.mark.parametrize("frozen_layers", [3, "all"])
+def test_computed_once_or_in_every_step_alike(frozen_layers, images, labels):
+    """``cache_frozen=False`` trains the same recipe (views, the head's
+    phase, dropout) without the stored outputs: the same model."""
+    clf = tiny(frozen_layers=frozen_layers, head_epochs=2, max_epochs=2)
+    clf.fit(images, labels)
+    plain = _same_as_whole(clf, images, labels)
+    a, b = clf.module_.state_dict(), plain.module_.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_predictions_through_the_store_equal_the_whole_network(images, labels):
+    clf = tiny(frozen_layers=3, max_epochs=1).fit(images, labels)
+    stored = clf.predict_proba(images)
+    unstored = clf.set_params(cache=None).predict_proba(images)
+    whole = clf.set_params(cache_frozen=False).predict_proba(images)
+    np.testing.assert_allclose(stored, whole, atol=1e-6)
+    np.testing.assert_allclose(unstored, whole, atol=1e-6)
+
+
+# ------------------------------------------------------ what keys the store
+def test_a_checkpoint_gets_its_own_rows(tmp_path, images, labels):
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        path = tmp_path / f"checkpoint_{seed}.pth"
+        torch.save(Plain().state_dict(), path)
+        paths.append(str(path))
+    model = Plain()
+    for path in paths:  # the second must not be served the first's rows
+        clf = tiny(model=model, weights=path, frozen_layers=1).fit(images, labels)
+        alone = clone(clf).set_params(cache=None).fit(images, labels)
+        np.testing.assert_array_equal(
+            clf.predict_proba(images), alone.predict_proba(images)
+        )
+
+
+def _palette_image(palette: list[int]) -> Image.Image:
+    image = Image.fromarray((np.arange(32 * 48) % 4).astype(np.uint8).reshape(32, 48))
+    image = image.convert("P")
+    image.putpalette(palette)
+    return image
+
+
+def _upright(orientation: int | None) -> Image.Image:
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    if orientation is not None:
+        image.getexif()[0x0112] = orientation  # EXIF orientation
+    return image
+
+
+def test_image_keys_cover_what_decoding_reads():
+    palettes = [_palette_image([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] * 64)]
+    palettes.append(_palette_image([255, 255, 255, 9, 9, 9, 90, 90, 90, 0, 0, 0] * 64))
+    oriented = [_upright(None), _upright(6)]
+    for pair in (palettes, oriented):
+        keys = _cache.image_keys(check_images(pair))
+        assert keys[0] != keys[1]
+        extractor = CNNFeatureExtractor(TINY, weights=None, device="cpu").fit(pair)
+        first, second = extractor.transform(pair[:1]), extractor.transform(pair[1:])
+        assert not np.allclose(first, second, rtol=1e-3, atol=0)
+        unstored = extractor.set_params(cache=None).transform(pair[1:])
+        np.testing.assert_array_equal(second, unstored)
+
+
+def test_store_keys_on_what_changes_the_outputs(images, labels, computed):
+    def fit(**params):
+        tiny(**{"frozen_layers": "all", **params}).fit(images, labels)
+
+    fit()
+    fit(lr=0.5, head_hidden=None, max_epochs=2)  # the head's settings: a hit
+    assert sum(computed) == 8
+    fit(image_size=48)  # other input size
+    fit(frozen_layers=3, head_epochs=0)  # other cut point
+    fit(precision="bfloat16")  # other precision
+    fit(model=Branchy(), frozen_layers=1, head_epochs=0)  # other network
+    assert sum(computed) == 5 * 8
+
+
+def test_disk_store_shared_and_damaged_rows_recomputed(
+    images, labels, tmp_path, computed
+):
+    store = tmp_path / "frozen"
+    first = tiny(frozen_layers="all", cache=store).fit(images, labels)
+    (space,) = store.iterdir()  # one cut: 8 images x 2 views
+    files = sorted(space.rglob("*.npy"))
+    assert len(files) == 16
+    np.save(files[0], np.full(np.load(files[0]).shape, np.nan, np.float32))
+    again = clone(first).fit(images, labels)
+    assert computed == [8, 1]  # only the damaged image
+    np.testing.assert_allclose(  # (its row alone in a batch: the last bits)
+        again.predict_proba(images), first.predict_proba(images), atol=1e-6
+    )
+
+
+def test_no_store_with_cache_none(images, labels, computed):
+    tiny(frozen_layers="all", cache=None).fit(images, labels)
+    tiny(frozen_layers="all", cache=None).fit(images, labels)
+    assert computed == [8, 8]
+    assert _rows.memory_store().nbytes == 0
+
+
+@pytest.mark.parametrize("cuts, from_pixels", [(["all", 3], 16), ([3, "all"], 8)])
+def test_grid_search_computes_each_image_once_per_cut_point(
+    cuts, from_pixels, images, labels, computed
+):
+    """Per cut point each image once (a fold's test images were the other
+    fold's training images; other rates and the refit find them). The head
+    trains alone on the same stored outputs as a head-only candidate: the
+    top group's candidates compute those from their own, when they come
+    first."""
+    search = GridSearchCV(
+        tiny(max_epochs=1), {"frozen_layers": cuts, "lr": [1e-3, 1e-2]}, cv=2
+    ).fit(images, labels)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert sum(computed) == from_pixels
+
+
+# ------------------------------------------------------ reproducible fits
+def test_fits_beside_each_other_in_threads_are_reproducible(images, labels):
+    def fit(seed):  # dropout in the trained part and in the head
+        clf = tiny(frozen_layers=3, head_epochs=2, max_epochs=2, random_state=seed)
+        return clf.fit(images, labels).predict_proba(images)
+
+    alone = {seed: fit(seed) for seed in (1, 2)}
+    assert not np.array_equal(alone[1], alone[2])
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            together = dict(zip((1, 2), pool.map(fit, (1, 2)), strict=True))
+            for seed in (1, 2):
+                np.testing.assert_array_equal(together[seed], alone[seed])
+
+
+def test_other_fits_in_the_process_change_nothing(images, labels, monkeypatch):
+    """No process-wide memory (of heads, traced graphs, ...) changes what a
+    fit does: after a grid search's other candidates, it trains the same
+    way (no estimator fitted in it, none skipped) to the same model, bit for
+    bit."""
+    fits = []
+    fit_method = FineTuneClassifier.fit
+    monkeypatch.setattr(
+        FineTuneClassifier, "fit", lambda *a, **k: fits.append(1) or fit_method(*a, **k)
+    )
+    weights = np.array([1, 1, 1, 3, 1, 1, 7, 1]) / 7  # renormalised inexactly
+
+    def fit(**params):
+        fits.clear()
+        clf = tiny(frozen_layers=3, head_epochs=3, max_epochs=1, **params)
+        clf.fit(images, labels, sample_weight=weights)
+        assert len(fits) == 1 and clf.history[:, "phase"].count("head") == 3
+        return clf.predict_proba(images)
+
+    alone = fit()
+    tiny(frozen_layers="all", max_epochs=3).fit(images, labels, sample_weight=weights)
+    tiny(frozen_layers=2).fit(images, labels)
+    np.testing.assert_array_equal(fit(), alone)
+    np.testing.assert_array_equal(fit(cache=None), alone)
+
+
+# ---------------------------------------------------------- skorch's contract
+def test_dataset_and_predict_nonlinearity_are_refused(images, labels):
+    with pytest.raises(ValueError, match=r"dataset=.*not supported"):
+        tiny(dataset=torch.utils.data.TensorDataset).fit(images, labels)
+    with pytest.raises(ValueError, match=r"dataset__\* are not supported"):
+        tiny(dataset__length=8).fit(images, labels)
+    with pytest.raises(ValueError, match="predict_nonlinearity=None is not supported"):
+        tiny(predict_nonlinearity=None).fit(images, labels)
+
+
+class _Rates(Callback):
+    def initialize(self):
+        self.rates_ = []
+        return self
+
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training:
+            self.rates_.append(net.optimizer_.param_groups[0]["lr"])
+
+
+def test_a_users_lr_scheduler_sets_the_rates(images, labels):
+    rates = _Rates()
+    step = LRScheduler(policy="StepLR", step_size=1, gamma=0.5)
+    tiny(frozen_layers="all", max_epochs=3, lr=0.1, callbacks=[step, rates]).fit(
+        images, labels
+    )
+    assert rates.rates_ == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+
+
+def test_sample_weight_is_routed_through_a_pipeline(images, labels):
+    weights = np.r_[np.ones(4), np.full(4, 3.0)]
+    direct = tiny(frozen_layers="all").fit(images, labels, sample_weight=weights)
+    with sklearn.config_context(enable_metadata_routing=True):
+        clf = tiny(frozen_layers="all").set_fit_request(sample_weight=True)
+        pipe = Pipeline([("clf", clf)]).fit(images, labels, sample_weight=weights)
+    np.testing.assert_array_equal(
+        pipe.predict_proba(images), direct.predict_proba(images)
+    )
+
+
+def test_private_state_is_no_parameter(images, labels):
+    clf = tiny(frozen_layers=3).fit(images, labels)
+    assert set(clf.get_params()) == set(tiny().get_params())
