@@ -222,6 +222,7 @@ def test_discriminative_learning_rates(images, labels):
 # ------------------------------------------------------------ frozen prefix
 def test_frozen_prefix_computed_once_matches_uncached(images, labels):
     params = dict(frozen_layers=3, augment=False, max_epochs=2, lr=1e-2, image_size=64)
+    params |= dict(head_epochs=2)
     start = _AtStart()
     cached = FineTuneClassifier(
         "resnet18", weights=None, batch_size=4, random_state=0, device="cpu", **params

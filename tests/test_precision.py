@@ -221,6 +221,7 @@ def test_frozen_prefix_under_bfloat16_matches_the_full_network(
         frozen_layers=3,
         augment=False,
         max_epochs=2,
+        head_epochs=2,
         batch_size=4,
         image_size=64,
         device="cpu",

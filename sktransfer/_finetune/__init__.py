@@ -4,9 +4,10 @@ One module a job: the public estimator (:mod:`.estimator`), the skorch net
 behind it (:mod:`.net`), the phases of a fit as callbacks (:mod:`.phases`),
 the new head (:mod:`.head`), freezing and training modes (:mod:`.freeze`),
 running a network from a stored activation (:mod:`.cut`) and keeping those
-activations (:mod:`.rows`), datasets and batches (:mod:`.data`, with CUDA
-read-ahead in :mod:`.loader`), devices (:mod:`.device`), sample weights
-(:mod:`.weighting`) and each fit's own random numbers (:mod:`.randomness`).
+activations (:mod:`.rows`), what skorch is fed (:mod:`.feeding`), datasets and
+batches (:mod:`.data`, with CUDA read-ahead in :mod:`.loader`), devices
+(:mod:`.device`), sample weights (:mod:`.weighting`) and each fit's own
+random numbers (:mod:`.randomness`).
 docs/architecture.md tells a fit's flow.
 """
 

@@ -1,0 +1,253 @@
+"""What a fine-tuning fit feeds its network: the cuts, their rows, the datasets.
+
+:class:`Feeding` is the part of :class:`~sktransfer._finetune.net.FineTuneNet`
+that skorch asks for data (``get_dataset``, ``get_split_datasets``,
+``get_iterator``): the fit's images and, computed once, the rows of each
+phase's cut (:mod:`~sktransfer._finetune.cut`, :mod:`~sktransfer._finetune.rows`),
+split for validation; to predict, the training cut's rows batch by batch.
+It fits the new head's standardisation to the training images' embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from skorch.dataset import ValidSplit
+from torch.utils.data import DataLoader, Subset
+
+from .._devices import autocast
+from .._images import Images, check_images
+from .._tap import forward_tap
+from . import rows as _rows
+from .cut import Cut, plan_cut
+from .data import Collate, FitData, PredictData, channels_last
+from .freeze import set_train_modes
+from .head import standardizer
+from .loader import DeviceLoader
+from .phases import phase_of
+
+
+class Feeding:
+    """skorch's data hooks of :class:`~sktransfer._finetune.net.FineTuneNet`
+    (which gives ``_trains``, ``_fixed`` and ``_set_training``)."""
+
+    def _augment(self):
+        """``augment`` resolved: ``True`` is the fixed views when groups are
+        frozen (their rows computed once), else random crops."""
+        if self.augment is True:
+            return "flip" if self.n_frozen_groups_ > 0 else "random"
+        return self.augment
+
+    def _views(self) -> tuple[str, ...]:
+        """The fixed views of each image: with mirror images where training
+        flips images."""
+        return (
+            ("center", "flip") if self._augment() in ("flip", "random") else ("center",)
+        )
+
+    def _eval_views(self) -> tuple[str, ...]:
+        """The views whose predictions are averaged (``tta``)."""
+        return self._views() if self.tta else ("center",)
+
+    def _cut(self, phase: str) -> Cut | None:
+        """The cut before what trains in ``phase``, planned once per network;
+        ``None`` where rows are not used (``cache_frozen=False``, ``compile``)
+        or cannot give the whole network's outputs (then it runs whole)."""
+        cuts = self.__dict__.setdefault("_cuts", {})
+        if phase not in cuts:
+            cuts[phase] = None
+            if self.cache_frozen and not self.compile:
+                cuts[phase] = self._plan(phase)
+        return cuts[phase]
+
+    def _plan(self, phase: str) -> Cut | None:
+        if phase == "train" and self.n_frozen_groups_ == 0:
+            return None
+        if phase == "train" and self._head_only():
+            return self._cut("head")
+        trains = self._trains(phase)
+        fixed = self._fixed(phase)
+        device = self._device()
+        cut, why = plan_cut(
+            self.module_,
+            self.preprocessing_.crop_size,
+            trained={id(p) for p in self.module_.parameters() if trains(p)},
+            training_modes=lambda: set_train_modes(self.module_, fixed, self.bn),
+            main_only=phase == "head",
+            device=device,
+            dtype=self._autocast_dtype(device),
+        )
+        self.__dict__.pop("_modes", None)  # the probe left the network in eval mode
+        if cut is None:
+            warnings.warn(
+                f"{self.backbone_name_} cannot run from the output of what stays "
+                f"fixed {'while the head trains alone' if phase == 'head' else ''} "
+                f"({why}): the whole network runs in every step instead, which "
+                "gives the same results more slowly.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return cut
+
+    def _rows(self, images: Images, phases, views) -> list:
+        """:func:`~sktransfer._finetune.rows.compute_rows` of ``phases``' cuts."""
+        self._set_training(False)
+        device = self._device()
+        return _rows.compute_rows(
+            images,
+            [self._cut(phase) for phase in phases],
+            views,
+            preprocessing=self.preprocessing_,
+            batch_size=self._batch_size(len(images)),
+            device=device,
+            dtype=self._autocast_dtype(device),
+            store=_rows.resolve_store(self.cache),
+        )
+
+    # ---------------------------------------------------------------- data
+    def get_dataset(self, X, y=None):
+        """The images of ``X`` (a fit's :class:`FitData`, built by
+        :meth:`get_split_datasets`, passes through); to predict with a
+        network that has a cut, fetched as its rows, from the ``cache``
+        store where it has them."""
+        if isinstance(X, (FitData, PredictData)):
+            return X
+        images = X.images if isinstance(X, Weighted) else X
+        if not isinstance(images, Images):
+            images = check_images(images, n_channels=self.n_channels_in_)
+        cut = None  # the rows that training took, where it took any
+        if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
+            cut = self._cut("train")
+        fetch = None
+        if cut is not None:
+            views = self._eval_views()
+            fetch = lambda batch: self._rows(batch, ["train"], views)[0].data  # noqa: E731
+        return PredictData(images, fetch, draft=self._draft())
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        """A fit's data: its images, and the rows of each phase's cut,
+        computed once (or taken from the ``cache`` store), split by
+        ``train_split`` or, for early stopping, a stratified
+        ``validation_fraction``; a new head's standardisation is fitted to
+        the training part."""
+        images = X.images
+        data = FitData(
+            images, y, X.weights, draft=self._draft(), pin=self._device().type == "cuda"
+        )
+        phases = []
+        if self._augment() in ("flip", False) and self._cut("train") is not None:
+            phases.append("train")
+        if self.head_epochs_ and self._cut("head") is not None:
+            phases.append("head")
+        self.__dict__["_fit_data"] = data  # released when the fit ends
+        computed = self._rows(images, phases, self._views()) if phases else []
+        data.rows = dict(zip(phases, computed, strict=True))
+        self.prefix_cached_ = "train" in data.rows
+        train, valid = self._split(data, y, **fit_params)
+        if self.__dict__.pop("_fresh", False):
+            self._start_head(data, _indices(train))
+        return train, valid
+
+    def _draft(self) -> int:
+        # JPEGs decode in the DCT domain to at least the resize size; random
+        # crops keep twice that, so a crop of a quarter of the area stays sharp.
+        draft = self.preprocessing_.resize_size
+        return 2 * draft if self._augment() not in ("flip", False) else draft
+
+    def _split(self, dataset, y, **fit_params):
+        if self.train_split is not None:
+            return self.train_split(dataset, y, **fit_params)
+        if self._patience() is None:
+            return dataset, None
+        if self.validation_fraction is None:
+            raise ValueError(
+                f"early_stopping={self.early_stopping!r} needs held-out data, but "
+                "validation_fraction=None and train_split=None. Set "
+                "validation_fraction (e.g. 0.1) or pass a train_split."
+            )
+        n, n_classes = len(y), len(self.classes_)
+        n_valid = math.ceil(self.validation_fraction * n)
+        if n_valid < n_classes or n - n_valid < n_classes:
+            raise ValueError(
+                "early_stopping holds out validation_fraction="
+                f"{self.validation_fraction} of {n} images = {n_valid}, but a "
+                f"stratified split needs at least {n_classes} images (one per "
+                "class) on each side. Change validation_fraction, add images, or "
+                "disable early_stopping."
+            )
+        split = ValidSplit(
+            self.validation_fraction, stratified=True, random_state=self.seed_
+        )
+        return split(dataset, y, **fit_params)
+
+    def _start_head(self, data: FitData, indices: np.ndarray) -> None:
+        """Fit the new head's standardisation to the embeddings (its input,
+        the pretrained network in eval mode) of every view of the training
+        images: from the deepest rows computed, else from the images."""
+        head = self.module_.get_submodule(self.head_)
+        scaler = standardizer(head)
+        if scaler is None:
+            return
+        self._set_training(False)
+        device = self._device()
+        size = self._batch_size(len(indices))
+        found = []
+        with torch.inference_mode(), autocast(device, self._autocast_dtype(device)):
+            for phase in ("head", "train"):
+                if phase in data.rows:
+                    cut, rows = self._cut(phase), data.rows[phase]
+                    for start in range(0, len(indices), size):
+                        block = rows.take(indices[start : start + size]).to(device)
+                        for v in range(block.shape[1]):
+                            found.append(cut(block[:, v], head, take_input=True))
+                    break
+            else:
+                images = data.images.subset(indices)
+                for batch in images.batches(self.preprocessing_, size):
+                    batch = channels_last(batch.to(device))
+                    for view in self._views():
+                        x = _rows.VIEWS[view](batch)
+                        found.append(
+                            forward_tap(self.module_, x, head, take_input=True)
+                        )
+        scaler.fit(torch.cat([f.float().flatten(1).cpu() for f in found]))
+
+    def get_iterator(self, dataset, training=False):
+        """skorch's iterator; a ``DataLoader`` gets sktransfer's collate
+        function, and on CUDA loads ahead (:class:`DeviceLoader`)."""
+        prefix = "iterator_train" if training else "iterator_valid"
+        iterator = self.iterator_train if training else self.iterator_valid
+        kwargs = self.get_params_for(prefix)
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        loader_class = isinstance(iterator, type) and issubclass(iterator, DataLoader)
+        if loader_class:
+            kwargs.setdefault("collate_fn", Collate(self.classes_))
+        loader = iterator(dataset, **kwargs)
+        device = self._device()
+        if loader_class and device.type == "cuda":
+            return DeviceLoader(
+                loader, device, next_epoch=training, phase=lambda: phase_of(self)
+            )
+        return loader
+
+
+class Weighted:
+    """A fit's images and their weights, as skorch's ``X``."""
+
+    def __init__(self, images: Images, weights: np.ndarray | None):
+        self.images = images
+        self.weights = weights
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _indices(dataset) -> np.ndarray:
+    if isinstance(dataset, Subset):
+        return np.asarray(dataset.indices)
+    return np.arange(len(dataset))
