@@ -342,6 +342,7 @@ def time_finetune_epoch(cfg: Config, images: np.ndarray, augment: bool) -> float
         cfg.model,
         weights=None,
         frozen_layers=0,
+        head_epochs=0,  # every epoch trains the whole network
         augment=augment,
         image_size=cfg.train_size,
         batch_size=cfg.batch_size,

@@ -281,9 +281,14 @@ def test_disk_store_shared_and_damaged_rows_recomputed(
 ):
     store = tmp_path / "frozen"
     first = tiny(frozen_layers="all", cache=store).fit(images, labels)
-    (space,) = store.iterdir()  # one cut: 8 images x 2 views
-    files = sorted(space.rglob("*.npy"))
-    assert len(files) == 16
+    # the fit's cut, and the one a group earlier (stored on the way): 8
+    # images x 2 views each
+    spaces = {
+        np.load(next(space.rglob("*.npy"))).ndim: space for space in store.iterdir()
+    }
+    assert sorted(spaces) == [1, 3]  # embeddings; feature maps
+    assert [len(list(space.rglob("*.npy"))) for space in spaces.values()] == [16, 16]
+    files = sorted(spaces[1].rglob("*.npy"))
     np.save(files[0], np.full(np.load(files[0]).shape, np.nan, np.float32))
     again = clone(first).fit(images, labels)
     assert computed == [8, 1]  # only the damaged image
@@ -313,6 +318,24 @@ def test_grid_search_computes_each_image_once_per_cut_point(
     ).fit(images, labels)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
     assert sum(computed) == from_pixels
+
+
+@pytest.mark.parametrize("cuts", [["all", 5], [5, "all"]])
+def test_neighbouring_cut_points_share_the_frozen_work(cuts, images, labels, computed):
+    """``"all"`` (6 groups) and the top group's cut: the head's outputs are
+    computed through the top group's input, which is stored on the way, or
+    from it; each image goes through the frozen part once, in either order."""
+    grid = {"frozen_layers": cuts, "lr": [1e-3, 1e-2]}
+    search = GridSearchCV(tiny(max_epochs=1), grid, cv=2).fit(images, labels)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert sum(computed) == len(images)
+
+
+def test_rows_on_the_way_are_kept_within_a_bound(images, labels, computed, monkeypatch):
+    monkeypatch.setattr(_rows, "LOWER_BYTES", 0)
+    for cut in ("all", 5):
+        tiny(frozen_layers=cut).fit(images, labels)
+    assert sum(computed) == 2 * len(images)
 
 
 # ------------------------------------------------------ reproducible fits

@@ -86,7 +86,9 @@ class Cut:
         self.module = module
         self.skipped = skipped
         self.boundary = next(reversed(skipped))
+        self._modules = [module.get_submodule(name) for name in skipped]
         self.input_shape = input_shape
+        self.spaces: dict = {}  # store namespaces (rows.namespace)
         self._lock = threading.Lock()  # one stubbed call at a time
 
     @property
@@ -121,7 +123,7 @@ class Cut:
 
     @contextlib.contextmanager
     def _stubbed(self, rows: torch.Tensor):
-        modules = [self.module.get_submodule(name) for name in self.skipped]
+        modules = self._modules
         n, device = len(rows), rows.device
         stubs = [_nan_stub(a, n, device) for a in self.skipped.values()]
         stubs[-1] = lambda *args, **kwargs: rows
@@ -172,72 +174,76 @@ def plan_cut(
     )
     x = x.to(device).contiguous(memory_format=torch.channels_last)
     buffers = {name: b.clone() for name, b in module.named_buffers()}
+
+    def restore():  # running statistics, as they were
+        for name, value in module.named_buffers():
+            value.copy_(buffers[name])
+
     try:  # its own random numbers: the fit's are not drawn from
-        with torch.no_grad(), autocast(device, dtype), FitRandomness(0):
+        with torch.no_grad(), autocast(device, dtype):
             training_modes()
-            names, why = _skippable(module, x, trained)
+            with FitRandomness(0):
+                entered, trained_whole = _entered(module, x)
+            restore()
+            names, why = _skippable(module, entered, trained)
+            if not names:
+                return None, why
             module.eval()
-            skipped = _activations(module, x, names) if names else {}
+            skipped, rows, whole = _eval_pass(module, x, names)
             if not skipped:
-                return None, why or "a skipped module is called twice"
+                return None, "a skipped module does not run exactly once"
             cut = Cut(module, skipped, tuple(x.shape[1:]))
-            rows = cut.rows(x)
-            if not _same(module(x), cut(rows)):
+            if not _same(whole, cut(rows)):
                 return None, "the rest of the network needs more than the cut"
             training_modes()
             with FitRandomness(0):
-                whole = module(x)
-            with FitRandomness(0):
                 from_rows = cut(rows)
             if main_only:
-                whole, from_rows = _tensors(whole)[:1], _tensors(from_rows)[:1]
-            if not _same(whole, from_rows):
+                trained_whole = _tensors(trained_whole)[:1]
+                from_rows = _tensors(from_rows)[:1]
+            if not _same(trained_whole, from_rows):
                 return None, "what runs before the cut differs in training"
             return cut, ""
     except Exception as exc:  # a forward that the stubs upset: run it whole
         return None, f"{type(exc).__name__}: {exc}"
     finally:
         with torch.no_grad():
-            for name, value in module.named_buffers():
-                value.copy_(buffers[name])
+            restore()
         module.eval()
 
 
-def _skippable(module: nn.Module, x, trained: set[int]) -> tuple[list[str], str]:
-    """The outermost modules entered before the first one with a trained
-    parameter of its own, whose every submodule is in eval mode and holds no
-    trained parameter, in the order they are entered (or ``[]`` and why)."""
+def _entered(module: nn.Module, x) -> tuple[list[str], object]:
+    """The names of the modules in the order they are entered, and the
+    output, of one forward pass."""
+    entered: list[str] = []
+    handles = [
+        sub.register_forward_pre_hook(lambda *_, name=name: entered.append(name))
+        for name, sub in module.named_modules()
+        if name
+    ]
+    try:
+        out = module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return entered, out
+
+
+def _skippable(module: nn.Module, entered: list[str], trained: set[int]):
+    """The outermost of the modules ``entered`` before the first one with a
+    trained parameter of its own, whose every submodule is in eval mode (or
+    computes alike in both modes) and holds no trained parameter, in that
+    order; or ``[]`` and why there are none."""
+    modules = dict(module.named_modules())
 
     def trains(sub: nn.Module, recurse: bool) -> bool:
         return any(id(p) in trained for p in sub.parameters(recurse=recurse))
 
-    entered: list[str] = []
-
-    class _Trained(Exception):
-        pass
-
-    def enter(name: str, sub: nn.Module):
-        def hook(*_):
-            if trains(sub, recurse=False):
-                raise _Trained
-            entered.append(name)
-
-        return hook
-
-    modules = dict(module.named_modules())
-    handles = [
-        sub.register_forward_pre_hook(enter(n, sub)) for n, sub in modules.items() if n
-    ]
-    try:
-        module(x)
-    except _Trained:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
     outermost: list[str] = []
     for name in entered:
         sub = modules[name]
+        if trains(sub, recurse=False):
+            break
         fixed = not trains(sub, True) and all(
             not m.training or isinstance(m, _DETERMINISTIC) for m in sub.modules()
         )
@@ -247,19 +253,19 @@ def _skippable(module: nn.Module, x, trained: set[int]) -> tuple[list[str], str]
         parts = name.split(".")
         ancestors = [".".join(parts[:i]) for i in range(len(parts))]
         if any(trains(modules[a], recurse=False) for a in ancestors):
-            return (
-                [],
-                f"{type(modules[ancestors[-1]]).__name__} trains parameters of its own",
-            )
+            owner = type(modules[ancestors[-1]]).__name__
+            return [], f"{owner} trains parameters of its own"
     if not outermost:
         return [], "no module runs before the first trained one"
     return outermost, ""
 
 
-def _activations(module: nn.Module, x, names: list[str]) -> dict[str, Activation]:
-    """What each of ``names`` gives one image of ``x``, in the order they
-    run (they do not nest: the last is the boundary); ``{}`` when one is
-    called twice or gives no batch of tensors."""
+def _eval_pass(module: nn.Module, x, names: list[str]):
+    """One forward pass of ``x`` in eval mode: what each of ``names`` gives
+    one image (they do not nest, so they finish in the order they are
+    entered: the last is the boundary), the boundary's output, and the
+    network's; ``({}, None, None)`` when one of them is not called exactly
+    once or gives no batch of tensors."""
     found: dict[str, list] = {name: [] for name in names}
 
     def record(name):
@@ -272,18 +278,17 @@ def _activations(module: nn.Module, x, names: list[str]) -> dict[str, Activation
         module.get_submodule(name).register_forward_hook(record(name)) for name in names
     ]
     try:
-        module(x)
+        whole = module(x)
     finally:
         for handle in handles:
             handle.remove()
-    out = {}
+    skipped = {}
     for name, outputs in found.items():
-        if len(outputs) != 1 or not isinstance(outputs[0], torch.Tensor):
-            return {}
-        if outputs[0].ndim == 0 or len(outputs[0]) != len(x):
-            return {}
-        out[name] = Activation.of(outputs[0])
-    return out
+        out = outputs[0] if len(outputs) == 1 else None
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or len(out) != len(x):
+            return {}, None, None
+        skipped[name] = Activation.of(out)
+    return skipped, found[names[-1]][0], whole
 
 
 def _tensors(out) -> list[torch.Tensor]:

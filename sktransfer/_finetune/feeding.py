@@ -24,7 +24,7 @@ from .._tap import forward_tap
 from . import rows as _rows
 from .cut import Cut, plan_cut
 from .data import Collate, FitData, PredictData, channels_last
-from .freeze import set_train_modes
+from .freeze import fixed_modules, set_train_modes, trainable
 from .head import standardizer
 from .loader import DeviceLoader
 from .phases import phase_of
@@ -68,8 +68,15 @@ class Feeding:
             return None
         if phase == "train" and self._head_only():
             return self._cut("head")
-        trains = self._trains(phase)
-        fixed = self._fixed(phase)
+        groups = self.layer_groups_
+        if phase == "lower":  # the cut of a fit that trains the top group too
+            if len(groups) < 2:
+                return None
+            ids = trainable(self.module_, groups, len(groups) - 1, (self.head_,))
+            trains = lambda p: id(p) in ids  # noqa: E731
+            fixed = fixed_modules(self.module_, trains, groups[:-1])
+        else:
+            trains, fixed = self._trains(phase), self._fixed(phase)
         device = self._device()
         cut, why = plan_cut(
             self.module_,
@@ -81,7 +88,7 @@ class Feeding:
             dtype=self._autocast_dtype(device),
         )
         self.__dict__.pop("_modes", None)  # the probe left the network in eval mode
-        if cut is None:
+        if cut is None and phase != "lower":
             warnings.warn(
                 f"{self.backbone_name_} cannot run from the output of what stays "
                 f"fixed {'while the head trains alone' if phase == 'head' else ''} "
@@ -92,19 +99,29 @@ class Feeding:
             )
         return cut
 
-    def _rows(self, images: Images, phases, views) -> list:
-        """:func:`~sktransfer._finetune.rows.compute_rows` of ``phases``' cuts."""
+    def _rows(self, images: Images, phases, views, set_size=None) -> list:
+        """:func:`~sktransfer._finetune.rows.compute_rows` of ``phases``' cuts
+        (of ``set_size`` images, of which ``images`` are a batch). Images
+        that go through the head's cut leave the rows of the cut one group
+        earlier in the store on the way, for a grid search's candidates that
+        train the top group."""
         self._set_training(False)
         device = self._device()
+        cuts = [self._cut(phase) for phase in phases]
+        lower = None
+        if cuts[0] is self._cut("head"):
+            lower = lambda: self._cut("lower")  # noqa: E731
         return _rows.compute_rows(
             images,
-            [self._cut(phase) for phase in phases],
+            cuts,
             views,
             preprocessing=self.preprocessing_,
             batch_size=self._batch_size(len(images)),
             device=device,
             dtype=self._autocast_dtype(device),
             store=_rows.resolve_store(self.cache),
+            lower=lower,
+            set_size=set_size,
         )
 
     # ---------------------------------------------------------------- data
@@ -123,8 +140,8 @@ class Feeding:
             cut = self._cut("train")
         fetch = None
         if cut is not None:
-            views = self._eval_views()
-            fetch = lambda batch: self._rows(batch, ["train"], views)[0].data  # noqa: E731
+            views, n = self._eval_views(), len(images)
+            fetch = lambda batch: self._rows(batch, ["train"], views, n)[0].data  # noqa: E731
         return PredictData(images, fetch, draft=self._draft())
 
     def get_split_datasets(self, X, y=None, **fit_params):

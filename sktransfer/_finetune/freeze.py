@@ -53,24 +53,37 @@ def freeze(
     heads: tuple[str, ...],
     trained: tuple[str, ...] = (),
 ) -> None:
-    """Freeze the first ``n_frozen`` groups.
+    """Freeze the first ``n_frozen`` groups (see :func:`trainable`)."""
+    trains = trainable(module, groups, n_frozen, heads, trained)
+    for param in module.parameters():
+        param.requires_grad_(id(param) in trains)
 
-    Every other parameter is made trainable; ``heads`` and the ``trained``
-    modules (auxiliary branches) always are. When every group is frozen
-    (``"all"``), parameters outside any group and outside those are frozen
-    too, so that only the new heads train.
-    """
+
+def trainable(
+    module: nn.Module,
+    groups: list[list[str]],
+    n_frozen: int,
+    heads: tuple[str, ...],
+    trained: tuple[str, ...] = (),
+) -> set[int]:
+    """The ids of the parameters that train when the first ``n_frozen``
+    groups are frozen: ``heads`` and the ``trained`` modules (auxiliary
+    branches) always, the other groups' parameters, and those outside any
+    group unless every group is frozen (``"all"``: only the heads train)."""
     frozen_entries = [entry for group in groups[:n_frozen] for entry in group]
     grouped = [entry for group in groups for entry in group]
     freeze_rest = n_frozen == len(groups)
+    ids = set()
     for name, param in module.named_parameters():
         if is_under(name, heads) or is_under(name, trained):
-            frozen = False
+            trains = True
         elif is_under(name, grouped):
-            frozen = is_under(name, frozen_entries)
+            trains = not is_under(name, frozen_entries)
         else:
-            frozen = freeze_rest
-        param.requires_grad_(not frozen)
+            trains = not freeze_rest
+        if trains:
+            ids.add(id(param))
+    return ids
 
 
 def fixed_modules(

@@ -296,10 +296,12 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         scaler = self._grad_scaler()
         (loss if scaler is None else scaler.scale(loss)).backward()
-        if phase_of(self) == "head":  # only the head trains (whole network runs)
-            head = {id(p) for p in self.module_.get_submodule(self.head_).parameters()}
+        if phase_of(self) == "head" and split_batch(Xi)[0] is None:
+            # the whole network ran: only the head trains in its phase
+            head = self.module_.get_submodule(self.head_)
+            kept = {id(p) for p in head.parameters()}
             for param in self.module_.parameters():
-                if id(param) not in head:
+                if id(param) not in kept:
                     param.grad = None
         return {"loss": loss, "y_pred": self._outputs(y_pred)[0]}
 

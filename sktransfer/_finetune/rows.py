@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tempfile
 import weakref
@@ -38,6 +39,9 @@ MEMORY_LIMIT_BYTES = 2 * 1024**3
 # The in-process store behind cache="memory" (its own bound: rows of early
 # cuts are large and must not evict the embedding cache's).
 STORE_BYTES = 2 * 1024**3
+# Rows of a lower cut kept on the way (see compute_rows) only for sets of
+# images whose come to at most this: a quarter of the store.
+LOWER_BYTES = STORE_BYTES // 4
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "center": lambda batch: batch,
@@ -61,9 +65,21 @@ def namespace(cut: Cut, **context) -> str:
     """The store namespace of ``cut``'s rows: a digest of the skipped
     modules (structure, weights and buffers), the code around them (the
     classes and settings of their ancestors), what the boundary gives, and
-    ``context`` (preprocessing, autocast dtype, device pipeline)."""
-    digest = hashlib.blake2b(digest_size=16)
+    ``context`` (preprocessing, autocast dtype, device pipeline).
+
+    Kept on the cut while none of the skipped tensors changes (their
+    version counters, which every in-place change moves, are part of the
+    key): the weights are hashed once, not once per batch predicted."""
     module = cut.module
+    tensors = [
+        t
+        for name in cut.skipped
+        for t in module.get_submodule(name).state_dict(keep_vars=True).values()
+    ]
+    key = (repr(sorted(context.items())), tuple(t._version for t in tensors))
+    if key in cut.spaces:
+        return cut.spaces[key]
+    digest = hashlib.blake2b(digest_size=16)
     for name in cut.skipped:
         digest.update(f"{name}:{cut.skipped[name]}".encode())
         sub = module.get_submodule(name)
@@ -74,22 +90,26 @@ def namespace(cut: Cut, **context) -> str:
         for name in cut.skipped
         for i in range(1, name.count(".") + 1)
     }
-    digest.update(
-        _structure(module.get_submodule(a) for a in sorted(ancestors)).encode()
-    )
-    digest.update(repr(sorted((k, repr(v)) for k, v in context.items())).encode())
-    return digest.hexdigest()
+    around = (module.get_submodule(a) for a in sorted(ancestors))
+    digest.update(_structure(around).encode())
+    digest.update(key[0].encode())
+    cut.spaces[key] = digest.hexdigest()
+    return cut.spaces[key]
 
 
 def _structure(modules) -> str:
-    """Classes and plain settings (numbers, strings, flags) of ``modules``."""
+    """Classes and settings of ``modules``: plain values (numbers, strings,
+    flags) and tensors that are no parameter or buffer (their bytes)."""
     parts = []
     for m in modules:
-        settings = sorted(
-            (k, v)
-            for k, v in vars(m).items()
-            if not k.startswith("_") and k != "training" and _plain(v)
-        )
+        settings = []
+        for k, v in sorted(vars(m).items()):
+            if k.startswith("_") or k == "training":
+                continue
+            if isinstance(v, torch.Tensor):
+                v = hashlib.sha256(v.detach().cpu().contiguous().numpy()).hexdigest()
+            if _plain(v):
+                settings.append((k, v))
         parts.append(f"{type(m).__module__}.{type(m).__qualname__}{settings}")
     return "|".join(parts)
 
@@ -147,11 +167,19 @@ def compute_rows(
     dtype: torch.dtype | None,
     store=None,
     keys: list[str] | None = None,
+    lower: Callable[[], Cut | None] | None = None,
+    set_size: int | None = None,
 ) -> list[Rows]:
     """The rows of every image and view for each cut of a chain (each cut's
     boundary after the previous one's), in eval mode: from ``store`` where
     it has them (``keys``: the images' content keys, computed when not
-    given), else computed, and put there."""
+    given), else computed, and put there.
+
+    ``lower()``, asked when images must go through the first cut, may give
+    a cut whose boundary that pass goes through (the neighbouring cut point
+    of a grid search): its rows are put in the store on the way, at no
+    cost, when the whole set's (``set_size`` images, of which ``images``
+    are a part) come to at most :data:`LOWER_BYTES`."""
     context = dict(
         preprocessing=preprocessing, autocast=str(dtype), pipeline=device.type
     )
@@ -165,33 +193,31 @@ def compute_rows(
         if store is not None:
             space = namespace(cut, **context)
             missing = _take_stored(rows, store, space, keys, views, shape)
-        if missing:
-            if index == 0:
-                _from_images(
-                    rows,
-                    cut,
-                    images,
-                    missing,
-                    views,
-                    preprocessing,
-                    batch_size,
-                    device,
-                    dtype,
-                )
-            else:
-                _from_rows(
-                    rows,
-                    cut,
-                    out[-1],
-                    cuts[index - 1],
-                    missing,
-                    batch_size,
-                    device,
-                    dtype,
-                )
-            if store is not None:
-                for i in missing:
-                    store.put(space, _row_keys(keys[i], views), _numpy(rows.data[i]))
+        if missing and index == 0:
+            on_the_way = None
+            by = lower() if lower is not None and store is not None else None
+            size = (set_size or len(images)) * len(views) * 4
+            if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
+                on_the_way = (by, store, namespace(by, **context), keys)
+            _from_images(
+                rows,
+                cut,
+                images,
+                missing,
+                views,
+                preprocessing,
+                batch_size,
+                device,
+                dtype,
+                on_the_way,
+            )
+        elif missing:
+            _from_rows(
+                rows, cut, out[-1], cuts[index - 1], missing, batch_size, device, dtype
+            )
+        if missing and store is not None:
+            for i in missing:
+                store.put(space, _row_keys(keys[i], views), _numpy(rows.data[i]))
         out.append(rows)
     return out
 
@@ -218,20 +244,52 @@ def _take_stored(rows: Rows, store, space, keys, views, shape) -> list[int]:
 
 
 def _from_images(
-    rows, cut, images, missing, views, preprocessing, batch_size, device, dtype
+    rows,
+    cut,
+    images,
+    missing,
+    views,
+    preprocessing,
+    batch_size,
+    device,
+    dtype,
+    on_the_way=None,
 ) -> None:
+    """Rows ``missing`` of ``cut`` from the images; with ``on_the_way``
+    (another cut whose boundary the pass goes through, a store, its
+    namespace, the images' keys), that cut's rows are put in the store too."""
     todo = images if len(missing) == len(images) else images.subset(missing)
     batches = preprocessed_batches(todo, preprocessing, batch_size, device)
+    captured: list[torch.Tensor] = []
+    hook = None
+    if on_the_way is not None:
+        tap = cut.module.get_submodule(on_the_way[0].boundary)
+        hook = tap.register_forward_hook(lambda m, a, out: captured.append(_cpu(out)))
     start = 0
-    with contextlib.closing(batches), torch.inference_mode(), autocast(device, dtype):
-        for batch in batches:
-            batch = batch.to(device, non_blocking=True)
-            block = torch.stack(
-                [_cpu(cut.rows(_layout(VIEWS[view](batch)))) for view in views], dim=1
-            )
-            for offset, row in enumerate(block):
-                rows.write(missing[start + offset], row)
-            start += len(batch)
+    try:
+        with (
+            contextlib.closing(batches),
+            torch.inference_mode(),
+            autocast(device, dtype),
+        ):
+            for batch in batches:
+                batch = batch.to(device, non_blocking=True)
+                block = torch.stack(
+                    [_cpu(cut.rows(_layout(VIEWS[v](batch)))) for v in views], dim=1
+                )
+                chunk = missing[start : start + len(batch)]
+                for i, row in zip(chunk, block, strict=True):
+                    rows.write(i, row)
+                if on_the_way is not None and len(captured) == len(views):
+                    _, store, space, keys = on_the_way
+                    lower = torch.stack(captured, dim=1).numpy()
+                    for i, row in zip(chunk, lower, strict=True):
+                        store.put(space, _row_keys(keys[i], views), row)
+                    captured.clear()
+                start += len(batch)
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 def _from_rows(
