@@ -15,6 +15,13 @@ from .exceptions import (
     WeightsError,
     WeightsNotAvailableError,
 )
+from .inspection import (
+    explain,
+    plot_confusion_matrix,
+    plot_explanation,
+    plot_top_losses,
+)
+from .persistence import load_model, save_model
 
 __version__ = "0.1.0.dev0"
 
@@ -30,9 +37,15 @@ __all__ = [
     "WeightsError",
     "WeightsNotAvailableError",
     "__version__",
+    "explain",
     "layer_groups",
     "list_backbones",
     "load_image_folder",
+    "load_model",
+    "plot_confusion_matrix",
+    "plot_explanation",
+    "plot_top_losses",
+    "save_model",
     "top_k_scorer",
     "top_k_scorers",
 ]

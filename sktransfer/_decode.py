@@ -88,7 +88,9 @@ def _read_bytes(name: str) -> bytes:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"Image file {name!r} does not exist.") from exc
     except IsADirectoryError as exc:
-        raise ImageDecodeError(f"{name!r} is a directory, not an image file.") from exc
+        raise ImageDecodeError(
+            f"{name!r} is a directory, not an image file.", path=name
+        ) from exc
 
 
 def decode_file(path: str | os.PathLike, draft: int | None = None) -> torch.Tensor:
@@ -116,12 +118,13 @@ def _decode_bytes(data: bytes, path: str, draft: int | None) -> torch.Tensor:
             return pil_to_tensor(image, name=name)
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
-            f"Cannot decode {name}: not an image format Pillow can read."
+            f"Cannot decode {name}: not an image format Pillow can read.", path=path
         ) from exc
-    except ImageDecodeError:
-        raise  # already names the file
+    except ImageDecodeError as exc:  # already names the file
+        exc.path = path
+        raise
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"Cannot decode {name}: {exc}") from exc
+        raise ImageDecodeError(f"Cannot decode {name}: {exc}", path=path) from exc
 
 
 def pil_to_tensor(image: Image.Image, name: str) -> torch.Tensor:

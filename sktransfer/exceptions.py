@@ -33,4 +33,9 @@ class InvalidImageError(SktransferError, ValueError):
 
 
 class ImageDecodeError(SktransferError, ValueError):
-    """An image file that exists but cannot be decoded."""
+    """An image file that exists but cannot be decoded; ``path`` names it
+    (``None`` for an in-memory image)."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path

@@ -58,7 +58,7 @@ def photo_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["models"], ["embed"], ["evaluate"], ["predict"]]
+    "command", [[], ["models"], ["embed"], ["evaluate"], ["fit"], ["predict"]]
 )
 def test_help(capsys, command):
     code, out, _ = run(capsys, *command, "--help")
@@ -85,7 +85,8 @@ def test_unknown_classifier(capsys, image_folder):
         (["evaluate", "x", "--cv", "two"], "expected an integer, got 'two'"),
         (["predict", "x.jpg", "--top", "0"], "--top: must be at least 1"),
         (["embed", "x.jpg"], "the following arguments are required: -o/--output"),
-        (["fit", "x"], "invalid choice: 'fit'"),
+        (["fit", "x"], "the following arguments are required: -o/--output"),
+        (["train", "x"], "invalid choice: 'train'"),
         (["evaluate", "x", "--image-size", "8"], "--image-size: must be at least 16"),
         (
             ["evaluate", "x", "--backbone-lr-ratio", "0"],
@@ -278,7 +279,7 @@ def _reference_top1(root, classifier):
     from sklearn.model_selection import StratifiedKFold
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer
+    from sklearn.preprocessing import Normalizer, StandardScaler
 
     from sktransfer import CNNFeatureExtractor, load_image_folder
 
@@ -292,7 +293,9 @@ def _reference_top1(root, classifier):
             Normalizer(), KNeighborsClassifier(n_neighbors=2, weights="distance")
         )
     else:
-        model = LogisticRegression(max_iter=2000)
+        model = make_pipeline(
+            StandardScaler(), LogisticRegression(C=0.1, max_iter=3000)
+        )
     scores = []
     for train, test in StratifiedKFold(2, shuffle=True, random_state=0).split(X, y):
         fitted = model.fit(X[train], y[train])
@@ -384,7 +387,7 @@ def test_predict_prints_top_k_per_file(capsys, jpeg_paths):
 def test_predict_top_too_large(capsys, jpeg_paths):
     code, _, err = run(capsys, "predict", jpeg_paths[0], "--top", 1001, *FAST)
     assert_one_line_error(
-        code, err, "k must be an integer from 1 to the number of categories"
+        code, err, "--top 1001 is more than the 1000 classes of the model", status=2
     )
 
 

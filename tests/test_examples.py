@@ -126,3 +126,17 @@ def test_finetune_vs_features(tmp_path):
     # or two either side.
     assert features > 0.6 and head_only >= features - 0.05, out
     assert png(tmp_path / "finetune_vs_features.png")
+
+
+@pytest.mark.slow
+@needs_lite0
+def test_keep_and_explain(tmp_path):
+    out = run_example("plot_keep_and_explain.py", tmp_path)
+    scores = dict(re.findall(r"^(.+?): accuracy ([\d.]+) on 100 held-out", out, re.M))
+    assert set(scores) == {"features + LogReg", "fine-tuned"}, out
+    assert all(float(s) > 0.8 for s in scores.values()), out  # chance: 0.5
+    assert "trained on {'face': 50, 'other': 50}" in out
+    assert (tmp_path / "faces_features.joblib").is_file()
+    assert png(tmp_path / "explain_faces.png") and png(tmp_path / "confusion_faces.png")
+    wrong = int(re.search(r"most confidently wrong: (\d+) photos", out).group(1))
+    assert png(tmp_path / "top_losses_faces.png") == (wrong > 0)
