@@ -414,7 +414,7 @@ class FineTuneClassifier(FineTuneNet):
         images = check_images(X, n_channels=None if fresh else self.n_channels_in_)
         y = _check_labels(y, len(images))
         if fresh:
-            classes = self._classes_from(y)
+            classes = _classes_of(y, self.classes)
             self.classes_inferred_ = classes
             self.class_index_ = {label: i for i, label in enumerate(classes.tolist())}
         y_index = self._encode(y)
@@ -485,32 +485,6 @@ class FineTuneClassifier(FineTuneNet):
         name = self.model if isinstance(self.model, str) else type(self.model).__name__
         resolve_frozen_layers(self.frozen_layers, groups, name)
 
-    def _classes_from(self, y: np.ndarray) -> np.ndarray:
-        if self.classes is not None and len(self.classes):
-            classes = np.asarray(self.classes)
-            unknown = sorted({str(v) for v in set(y.tolist()) - set(classes.tolist())})
-            if unknown:
-                raise ValueError(
-                    f"y contains labels {unknown[:5]} that are not in classes="
-                    f"{classes.tolist()[:10]}; add them to classes or drop those "
-                    "samples."
-                )
-        else:
-            try:
-                classes = np.unique(y)
-            except TypeError as exc:
-                raise ValueError(
-                    "Labels in y must be of one comparable type (all str or all "
-                    "numbers); "
-                    f"got a mix: {sorted({type(v).__name__ for v in y.tolist()})}."
-                ) from exc
-        if len(classes) < 2:
-            raise ValueError(
-                f"FineTuneClassifier needs at least 2 classes in y; got {len(classes)} "
-                f"class {classes.tolist()}. Add images of another class."
-            )
-        return classes
-
     def _encode(self, y: np.ndarray) -> np.ndarray:
         try:
             return np.fromiter(
@@ -560,20 +534,7 @@ class FineTuneClassifier(FineTuneNet):
 
     def __repr__(self):
         """``FineTuneClassifier('resnet18', frozen_layers=2, ...)``: changed params."""
-        signature = inspect.signature(type(self).__init__).parameters
-        shown = []
-        for name, value in self.get_params(deep=False).items():
-            if name in ("model", "_params_to_validate"):
-                continue
-            default = signature[name].default if name in signature else None
-            if name == "iterator_train__shuffle" and value is True:
-                continue
-            if name in signature and _same(value, default):
-                continue
-            if name not in signature and "__" not in name:
-                continue  # skorch parameters left at skorch's defaults
-            shown.append(f"{name}={value!r}")
-        return f"{type(self).__name__}({', '.join([repr(self.model), *shown])})"
+        return _repr(self)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -581,6 +542,52 @@ class FineTuneClassifier(FineTuneNet):
         tags.input_tags.string = True
         tags.non_deterministic = True
         return tags
+
+
+def _repr(estimator) -> str:
+    """The estimator's class, model, and the parameters not at their default."""
+    signature = inspect.signature(type(estimator).__init__).parameters
+    shown = []
+    for name, value in estimator.get_params(deep=False).items():
+        if name in ("model", "_params_to_validate"):
+            continue
+        default = signature[name].default if name in signature else None
+        if name == "iterator_train__shuffle" and value is True:
+            continue
+        if name in signature and _same(value, default):
+            continue
+        if name not in signature and "__" not in name:
+            continue  # skorch parameters left at skorch's defaults
+        shown.append(f"{name}={value!r}")
+    return f"{type(estimator).__name__}({', '.join([repr(estimator.model), *shown])})"
+
+
+def _classes_of(y: np.ndarray, given) -> np.ndarray:
+    """The classes: ``given`` (checked against ``y``), else ``y``'s sorted labels."""
+    if given is not None and len(given):
+        classes = np.asarray(given)
+        unknown = sorted({str(v) for v in set(y.tolist()) - set(classes.tolist())})
+        if unknown:
+            raise ValueError(
+                f"y contains labels {unknown[:5]} that are not in classes="
+                f"{classes.tolist()[:10]}; add them to classes or drop those "
+                "samples."
+            )
+    else:
+        try:
+            classes = np.unique(y)
+        except TypeError as exc:
+            raise ValueError(
+                "Labels in y must be of one comparable type (all str or all "
+                "numbers); "
+                f"got a mix: {sorted({type(v).__name__ for v in y.tolist()})}."
+            ) from exc
+    if len(classes) < 2:
+        raise ValueError(
+            f"FineTuneClassifier needs at least 2 classes in y; got {len(classes)} "
+            f"class {classes.tolist()}. Add images of another class."
+        )
+    return classes
 
 
 def _same(value, default) -> bool:
