@@ -16,6 +16,8 @@ ImageNet weights of EfficientNet-Lite0 (8 layer groups), without augmentation
 so that the frozen groups' output is computed once per fit, and at 112 px
 instead of the weights' 224 px (the patches are only 32 px wide): four times
 less computation, so that the example runs in a few minutes on a laptop CPU.
+Epochs are the defaults': the new head alone first (``head_epochs``), then 5
+epochs of the unfrozen groups with it.
 """
 
 import os
@@ -64,11 +66,7 @@ print(
 start = time.perf_counter()
 search = GridSearchCV(
     FineTuneClassifier(
-        "efficientnet_lite0",
-        augment=False,
-        image_size=112,
-        max_epochs=8,
-        random_state=0,
+        "efficientnet_lite0", augment=False, image_size=112, random_state=0
     ),
     {"frozen_layers": ["all", 7, 6, 5]},
     scoring=top_k_scorers((1, 5)),  # top-1 and top-5 accuracy

@@ -78,8 +78,8 @@ models = {
         StandardScaler(),
         LogisticRegression(C=0.1, max_iter=3000),
     ),
-    "fine-tuned": FineTuneClassifier(
-        "efficientnet_lite0", image_size=128, device="cpu", random_state=0
+    "fine-tuned": FineTuneClassifier(  # 96 px: the photos have 25
+        "efficientnet_lite0", image_size=96, device="cpu", random_state=0
     ),
 }
 loaded = {}

@@ -75,9 +75,13 @@ def cpu_bfloat16() -> bool:
     older torch (the project admits 2.4) is asked through the kernel's CPU
     flags on Linux; anywhere else the answer is ``False``: float32 is never
     the slow choice. Without oneDNN the bfloat16 convolutions are not the
-    native ones either.
+    native ones either, nor where torch's kernels are held below AVX-512
+    (``ATEN_CPU_CAPABILITY=avx2``).
     """
     if not torch.backends.mkldnn.is_available():
+        return False
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    if capability in ("DEFAULT", "AVX2", "NO AVX"):
         return False
     probe = getattr(torch.cpu, "get_capabilities", None)
     if probe is not None:

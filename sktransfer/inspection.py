@@ -134,29 +134,33 @@ def _scorer(estimator) -> _Scorer:
     if isinstance(estimator, FineTuneClassifier):
         if not getattr(estimator, "initialized_", False):
             raise NotFittedError(_unfitted(estimator))
-        module = estimator.module_
-        return _Scorer(
-            module,
+        return _network(
+            estimator.module_,
             estimator.preprocessing_,
-            np.asarray(estimator.classes_),
-            lambda x: _logits(module(x)),
-            module.get_submodule(estimator.head_),
+            estimator.classes_,
+            estimator.head_,
         )
     if isinstance(estimator, ImageNetClassifier):
         backbone = _fitted(estimator, "backbone_")
-        module = backbone.module
-        return _Scorer(
-            module,
-            backbone.preprocessing,
-            np.asarray(estimator.classes_),
-            lambda x: _logits(module(x)),
-            module.get_submodule(backbone.head),
+        return _network(
+            backbone.module, backbone.preprocessing, estimator.classes_, backbone.head
         )
     if isinstance(estimator, Pipeline) and isinstance(
         estimator.steps[0][1], CNNFeatureExtractor
     ):
         return _pipeline_scorer(estimator)
     raise TypeError(f"explain supports {_SUPPORTED}; got {type(estimator).__name__}.")
+
+
+def _network(module: nn.Module, preprocessing, classes, head: str) -> _Scorer:
+    """A network whose outputs are the class scores (logits)."""
+    return _Scorer(
+        module,
+        preprocessing,
+        np.asarray(classes),
+        lambda x: _logits(module(x)),
+        module.get_submodule(head),
+    )
 
 
 def _pipeline_scorer(pipeline) -> _Scorer:

@@ -9,8 +9,10 @@ an sktransfer model, or one that another version wrote and this one cannot
 load, with a message that names both versions.
 
 Loading a pickle runs code that the file chooses: load only model files you
-trust. (skops' safer format cannot hold these estimators: it knows
-scikit-learn's types, not torch modules and tensors.)
+trust. (skops' safer format is no way out here: it cannot write a pipeline
+of a CNNFeatureExtractor, whose torch tensors it cannot construct, and it
+writes a FineTuneClassifier only with skorch's own torch pickles inside,
+to be loaded by trusting 18 types, ``builtins.print`` among them.)
 """
 
 from __future__ import annotations

@@ -8,16 +8,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# One torch thread pool per test process keeps 2-core CI machines responsive.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One torch thread pool per test process keeps 2-core CI machines responsive;
+# with pytest-xdist's workers (one a core) each takes one thread.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``cuda`` on machines without a CUDA GPU.
+    """Run the slow tests first (pytest-xdist's workers then finish together),
+    and skip tests marked ``cuda`` on machines without a CUDA GPU.
 
     Every other test pins ``device="cpu"`` wherever it compares with a CPU
     reference or needs exact equality, so the suite passes with or without CUDA.
     """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     marked = [item for item in items if item.get_closest_marker("cuda") is not None]
     if not marked:
         return

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .._devices import autocast
 from .._images import Images, check_images
+from .._pipeline import preprocessed_batches
 from .._tap import forward_tap
 from . import rows as _rows
 from .cut import Cut, plan_cut
@@ -89,11 +90,11 @@ class Feeding:
         )
         self.__dict__.pop("_modes", None)  # the probe left the network in eval mode
         if cut is None and phase != "lower":
+            when = " while the head trains alone" if phase == "head" else ""
             warnings.warn(
                 f"{self.backbone_name_} cannot run from the output of what stays "
-                f"fixed {'while the head trains alone' if phase == 'head' else ''} "
-                f"({why}): the whole network runs in every step instead, which "
-                "gives the same results more slowly.",
+                f"fixed{when} ({why}): the whole network runs in every step "
+                "instead, which gives the same results more slowly.",
                 UserWarning,
                 stacklevel=4,
             )
@@ -109,7 +110,7 @@ class Feeding:
         device = self._device()
         cuts = [self._cut(phase) for phase in phases]
         lower = None
-        if cuts[0] is self._cut("head"):
+        if phases[0] == "head" or self._head_only():  # the head's cut first
             lower = lambda: self._cut("lower")  # noqa: E731
         return _rows.compute_rows(
             images,
@@ -223,7 +224,10 @@ class Feeding:
                     break
             else:
                 images = data.images.subset(indices)
-                for batch in images.batches(self.preprocessing_, size):
+                batches = preprocessed_batches(
+                    images, self.preprocessing_, size, device
+                )
+                for batch in batches:
                     batch = channels_last(batch.to(device))
                     for view in self._views():
                         x = _rows.VIEWS[view](batch)
