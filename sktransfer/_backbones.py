@@ -152,7 +152,7 @@ def trainable_backbone(
 ) -> Backbone:
     """A backbone whose module is the caller's own, to train: a copy of the
     last build of the same (model, weights) (:func:`cached_backbone`), which
-    costs about a third of building Lite0 again, weights file and all
+    costs a third to a half of building Lite0 again, weights file and all
     (``benchmarks/bench_fit_overheads.py``); the fits of a grid search each
     take one."""
     backbone = cached_backbone(model, weights, aux_logits=aux_logits)
