@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sktransfer import CNNFeatureExtractor, FineTuneClassifier, _cache, _families
+from sktransfer._finetune import cut as _cut
 from sktransfer._finetune import rows as _rows
 from sktransfer._groups import children_groups
 from sktransfer._images import check_images
@@ -193,6 +194,25 @@ def test_a_timm_model(images, labels):
     clf = tiny(model="timm/resnet18", frozen_layers=3).fit(images, labels)
     assert clf.prefix_cached_
     _same_as_whole(clf, images, labels)
+
+
+def test_a_plan_is_probed_once_per_network_structure(images, labels, monkeypatch):
+    probes = []
+    probe = _cut._probe
+    monkeypatch.setattr(_cut, "_probe", lambda *a: probes.append(1) or probe(*a))
+    monkeypatch.setattr(_cut, "_plans", type(_cut._plans)(max_items=64))
+    first = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)
+    second = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)
+    assert len(probes) == 1  # another network of the same structure
+    assert second._cut("train") is not first._cut("train")
+    assert second._cut("train").module is second.module_
+    np.testing.assert_array_equal(
+        first.predict_proba(images), second.predict_proba(images)
+    )
+    tiny(frozen_layers=2, head_epochs=0).fit(images, labels)  # other parts train
+    tiny(frozen_layers=3, head_epochs=0, image_size=48).fit(images, labels)
+    tiny(frozen_layers=3, head_epochs=0, head_hidden=None).fit(images, labels)
+    assert len(probes) == 4
 
 
 @pytest.mark.parametrize("frozen_layers", [3, "all"])

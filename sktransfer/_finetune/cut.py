@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .._devices import autocast
+from .._lru import LRU
 from .._tap import forward_tap
 from .randomness import FitRandomness
 
@@ -168,7 +169,65 @@ def plan_cut(
     eval mode and in the training modes (running statistics are restored
     afterwards; the network is left in eval mode). ``main_only``: only the
     main output counts (auxiliary heads do not train then).
+
+    What the probe finds depends on the network's structure, not on its
+    weights (a NaN never compares true, whatever the weights): a network of
+    the same structure (:func:`structure`: classes, settings, shapes, what
+    trains and the modes, with the same input, dtype and device) takes the
+    plan of the first (:data:`_plans`), as another fold's copy of it does.
     """
+    key = structure(module, trained, training_modes, crop, device, dtype, main_only)
+    plan = _plans.get(key)
+    if plan is None:
+        cut, why = _probe(
+            module, crop, trained, training_modes, main_only, device, dtype
+        )
+        plan = (None, why) if cut is None else (cut.skipped, cut.input_shape)
+        _plans.put(key, plan)
+        return cut, why
+    if plan[0] is None:
+        return None, plan[1]
+    return Cut(module, plan[0], plan[1]), ""
+
+
+# Plans by the structure of the network they were probed on (plan_cut).
+_plans: LRU[tuple] = LRU(max_items=64)
+
+
+def structure(module, trained, training_modes, crop, device, dtype, main_only) -> tuple:
+    """All that a plan depends on: per module, its name, class, plain settings,
+    mode in training, and its own tensors' names, shapes, dtypes and whether
+    they train; the probe's input size, dtype, device and ``main_only``."""
+    training_modes()
+    parts = []
+    for name, m in module.named_modules():
+        settings = tuple(
+            (k, (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else v)
+            for k, v in sorted(vars(m).items())
+            if not k.startswith("_")
+            and k != "training"
+            and (isinstance(v, torch.Tensor) or _plain(v))
+        )
+        tensors = tuple(
+            (n, tuple(t.shape), str(t.dtype), id(t) in trained)
+            for n, t in [
+                *m.named_parameters(recurse=False),
+                *m.named_buffers(recurse=False),
+            ]
+        )
+        parts.append((name, type(m), settings, m.training, tensors))
+    module.eval()
+    return (tuple(parts), crop, str(device), str(dtype), main_only)
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, tuple) and all(_plain(v) for v in value)
+
+
+def _probe(module, crop, trained, training_modes, main_only, device, dtype):
+    """Probe ``module`` for :func:`plan_cut` (see there)."""
     x = torch.randn(
         _PROBE_IMAGES, 3, crop, crop, generator=torch.Generator().manual_seed(0)
     )
