@@ -70,7 +70,7 @@ def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Ten
     """``(N, C, H, W)`` -> float ``(N, 3, crop, crop)`` on the 0-255 or 0-1 scale."""
     batch = to_rgb(batch).float()
     height, width = batch.shape[-2:]
-    size = _resized_size(height, width, preprocessing.resize_size)
+    size = preprocessing.resized_size(height, width)
     factor = min(height / size[0], width / size[1])
     steps = 1
     if factor > MAX_RESIZE_FACTOR:
@@ -81,13 +81,6 @@ def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Ten
         target = [round(size[0] * ratio**step), round(size[1] * ratio**step)]
         batch = F.resize(batch, target, interpolation=mode, antialias=True)
     return F.center_crop(batch, [preprocessing.crop_size, preprocessing.crop_size])
-
-
-def _resized_size(height: int, width: int, shorter: int) -> tuple[int, int]:
-    """The size torchvision's ``resize(image, [shorter])`` gives."""
-    if height <= width:
-        return shorter, int(shorter * width / height)
-    return int(shorter * height / width), shorter
 
 
 @functools.lru_cache(maxsize=32)

@@ -71,6 +71,13 @@ class Preprocessing:
         images = F.center_crop(images, [self.crop_size, self.crop_size])
         return self.normalize(images)
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The ``(height, width)`` that resizing an image of this size gives
+        (as torchvision's ``resize(image, [resize_size])``), before the crop."""
+        if height <= width:
+            return self.resize_size, int(self.resize_size * width / height)
+        return int(self.resize_size * height / width), self.resize_size
+
     def at_size(self, crop_size: int | None) -> Preprocessing:
         """The same preprocessing cropping ``crop_size`` (resized alike);
         ``None``: as it is."""

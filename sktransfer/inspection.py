@@ -322,15 +322,7 @@ def _on_photo(cam: torch.Tensor, size, preprocessing: Preprocessing) -> np.ndarr
     """A map over the preprocessed crop -> over the photo as displayed: the
     crop's place in the resized photo, resized back to the photo's size."""
     height, width = int(size[0]), int(size[1])
-    short = min(height, width)
-    resized = (
-        (preprocessing.resize_size, int(preprocessing.resize_size * width / short))
-        if height <= width
-        else (
-            int(preprocessing.resize_size * height / short),
-            preprocessing.resize_size,
-        )
-    )
+    resized = preprocessing.resized_size(height, width)
     crop = preprocessing.crop_size
     top = int(round((resized[0] - crop) / 2.0))
     left = int(round((resized[1] - crop) / 2.0))
