@@ -203,10 +203,7 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
     for name, m in module.named_modules():
         settings = tuple(
             (k, (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else v)
-            for k, v in sorted(vars(m).items())
-            if not k.startswith("_")
-            and k != "training"
-            and (isinstance(v, torch.Tensor) or _plain(v))
+            for k, v in settings_of(m)
         )
         tensors = tuple(
             (n, tuple(t.shape), str(t.dtype), id(t) in trained)
@@ -218,6 +215,19 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
         parts.append((name, type(m), settings, m.training, tensors))
     module.eval()
     return (tuple(parts), crop, str(device), str(dtype), main_only)
+
+
+def settings_of(module: nn.Module) -> list[tuple[str, object]]:
+    """``module``'s own settings by name: its public attributes that are
+    tensors (no parameter or buffer) or plain values (numbers, strings,
+    flags, ``None``, tuples of them), without ``training``."""
+    return [
+        (k, v)
+        for k, v in sorted(vars(module).items())
+        if not k.startswith("_")
+        and k != "training"
+        and (isinstance(v, torch.Tensor) or _plain(v))
+    ]
 
 
 def _plain(value) -> bool:

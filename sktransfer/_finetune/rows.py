@@ -32,7 +32,7 @@ from .. import _cache
 from .._devices import autocast
 from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
-from .cut import Cut
+from .cut import Cut, settings_of
 
 # A fit's rows larger than this go to a temporary file (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -102,22 +102,16 @@ def _structure(modules) -> str:
     flags) and tensors that are no parameter or buffer (their bytes)."""
     parts = []
     for m in modules:
-        settings = []
-        for k, v in sorted(vars(m).items()):
-            if k.startswith("_") or k == "training":
-                continue
-            if isinstance(v, torch.Tensor):
-                v = hashlib.sha256(v.detach().cpu().contiguous().numpy()).hexdigest()
-            if _plain(v):
-                settings.append((k, v))
+        settings = [
+            (k, _bytes_digest(v) if isinstance(v, torch.Tensor) else v)
+            for k, v in settings_of(m)
+        ]
         parts.append(f"{type(m).__module__}.{type(m).__qualname__}{settings}")
     return "|".join(parts)
 
 
-def _plain(value) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    return isinstance(value, tuple) and all(_plain(v) for v in value)
+def _bytes_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy()).hexdigest()
 
 
 class Rows:
