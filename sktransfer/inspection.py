@@ -489,6 +489,11 @@ def probabilities(estimator, images) -> np.ndarray:
     scores = np.asarray(estimator.decision_function(images), dtype=np.float64)
     if scores.ndim == 1:
         scores = np.stack([-scores, scores], axis=1)
+    return softmax(scores)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Rows of decision scores -> probabilities (float64)."""
     scores = np.exp(scores - scores.max(1, keepdims=True))
     return scores / scores.sum(1, keepdims=True)
 

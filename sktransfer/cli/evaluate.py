@@ -122,6 +122,7 @@ def _cross_validate(args, classifier, X, y, cv, ks) -> Folds:
     from tqdm.auto import tqdm
 
     from .._scoring import _scores, top_k_accuracy
+    from ..inspection import softmax
 
     folds = Folds(
         scores={k: [] for k in ks},
@@ -149,9 +150,8 @@ def _cross_validate(args, classifier, X, y, cv, ks) -> Folds:
         folds.fold[test] = index
         if args.report:  # the probability of the predicted class
             proba = np.asarray(scores, dtype=np.float64)
-            if not hasattr(fitted, "predict_proba"):  # decision scores: softmax
-                proba = np.exp(proba - proba.max(1, keepdims=True))
-                proba /= proba.sum(1, keepdims=True)
+            if not hasattr(fitted, "predict_proba"):  # decision scores
+                proba = softmax(proba)
             folds.confidence[test] = proba.max(1)
             folds.estimators.append(fitted)
     return folds
