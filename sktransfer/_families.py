@@ -310,8 +310,7 @@ def present_aux(module: nn.Module) -> tuple[AuxHead, ...]:
 def drop_aux(module: nn.Module) -> None:
     """Remove the auxiliary branches (and torchvision's ``aux_logits`` flag)."""
     for aux in family_of(module).aux:
-        parent, _, attr = aux.branch.rpartition(".")
-        owner = module.get_submodule(parent) if parent else module
+        owner, attr = owner_of(module, aux.branch)
         if getattr(owner, attr, None) is not None:
             setattr(owner, attr, None)
     if hasattr(module, "aux_logits"):
@@ -329,12 +328,18 @@ def trained_aux(
     )
 
 
+def owner_of(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The submodule that holds the submodule ``name`` of ``module``, and the
+    attribute it holds it under."""
+    parent, _, attr = name.rpartition(".")
+    return (module.get_submodule(parent) if parent else module), attr
+
+
 def replace_head(
     module: nn.Module, name: str, n_classes: int, dropout: float = 0.0
 ) -> None:
     """Put a new, randomly initialised classifier for ``n_classes`` at ``name``."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = module.get_submodule(parent_name) if parent_name else module
+    parent, attr = owner_of(module, name)
     old = getattr(parent, attr)
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, n_classes)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._families import replace_head
+from .._families import owner_of, replace_head
 
 HEAD_EPOCHS = 20  # epochs of a head trained alone, at least ...
 HEAD_STEPS = 100  # ... and at least this many optimizer steps (small sets)
@@ -80,8 +80,7 @@ def install_head(
 ) -> None:
     """The new main head at ``name``: :func:`new_head` in place of a ``Linear``
     classifier, else (SqueezeNet's convolution) a new layer of the same kind."""
-    parent, _, attr = name.rpartition(".")
-    owner = module.get_submodule(parent) if parent else module
+    owner, attr = owner_of(module, name)
     old = getattr(owner, attr)
     if not isinstance(old, nn.Linear):
         replace_head(module, name, n_classes, dropout)
