@@ -28,6 +28,8 @@ import joblib
 import numpy as np
 from sklearn.utils import Bunch
 
+from . import __version__
+
 FORMAT = "sktransfer-model"
 FORMAT_VERSION = 1
 
@@ -112,7 +114,7 @@ def load_model(path) -> Bunch:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Model file {str(path)!r} does not exist.")
-    ours = _versions()["sktransfer"]
+    ours = __version__
     with open(path, "rb") as file:
         try:
             header = pickle.load(file)
@@ -194,8 +196,6 @@ def _versions() -> dict:
     import skorch
     import torch
     import torchvision
-
-    from . import __version__
 
     return {
         "sktransfer": __version__,

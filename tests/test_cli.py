@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import sktransfer
 from sktransfer.cli import main, sidecar_path
 
 FAST = ["--model", "resnet18", "--weights", "none", "--device", "cpu", "-q"]
@@ -426,3 +427,31 @@ def test_console_script_missing_folder(tmp_path):
     assert missing.stderr.strip().count("\n") == 0
     assert missing.stderr.startswith("sktransfer: error: Image folder")
     assert "Traceback" not in missing.stderr and missing.stdout == ""
+
+
+def test_help_imports_no_torch_and_package_names_load_on_use():
+    """``sktransfer --help`` answers without importing torch; the package's
+    public names load when first used."""
+    code = (
+        "import sys; from sktransfer.cli import main; "
+        "status = main(['predict', '--help']); "
+        "import sktransfer; loaded = 'torch' in sys.modules; "
+        "sktransfer.load_model; "
+        "print(status, loaded, 'skorch' in sys.modules, sorted(sktransfer.__all__) "
+        "== sorted(n for n in sktransfer.__all__ if hasattr(sktransfer, n)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "0 False False True", out.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        sktransfer.nothing  # noqa: B018
+
+
+def test_console_exits_with_the_status_of_main(tmp_path):
+    run = subprocess.run(
+        [*_script(), "predict", str(tmp_path / "nowhere.jpg")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "does not exist" in run.stderr

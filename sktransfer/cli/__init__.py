@@ -10,6 +10,7 @@ files); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import warnings
@@ -18,7 +19,20 @@ from . import embed, evaluate, fit, models, predict
 from ._shared import PROG, Parser, UsageError
 from .embed import sidecar_path
 
-__all__ = ["main", "sidecar_path"]
+__all__ = ["console", "main", "sidecar_path"]
+
+
+def console() -> None:
+    """The ``sktransfer`` executable: :func:`main`, then exit with its status.
+
+    At exit CPython collects every object that torch, torchvision and
+    scikit-learn made while importing (2 s of a 12 s ``predict`` on a 2-core
+    CPU); frozen, they are left to the operating system. ``atexit`` handlers
+    and finalizers still run.
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)
 
 
 def main(argv=None) -> int:
@@ -98,4 +112,4 @@ def _build_parser() -> Parser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

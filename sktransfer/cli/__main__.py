@@ -1,7 +1,5 @@
 """``python -m sktransfer.cli``: the ``sktransfer`` command."""
 
-import sys
+from . import console
 
-from . import main
-
-sys.exit(main())
+console()
