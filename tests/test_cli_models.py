@@ -7,10 +7,12 @@ import csv
 import re
 
 import joblib
+import numpy as np
 import pytest
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
 
-from sktransfer import load_model
+from sktransfer import load_model, save_model
 from sktransfer.cli import main
 
 FAST = ["--model", "resnet18", "--weights", "none", "--device", "cpu", "-q"]
@@ -139,6 +141,10 @@ def test_predict_refuses_bad_model_files_and_tops(
     joblib.dump([1, 2, 3], other)
     code, _, err = run(capsys, "predict", folder, "--estimator", other)
     one_line_error(code, err, "is not an sktransfer model file")
+    tabular = tmp_path / "tabular.joblib"
+    save_model(LogisticRegression().fit(np.eye(2), [0, 1]), tabular)
+    code, _, err = run(capsys, "predict", folder, "--estimator", tabular)
+    one_line_error(code, err, "holds LogisticRegression, which does not classify image")
     code, _, err = run(capsys, "predict", folder, "--estimator", model_file, "--top", 4)
     one_line_error(code, err, "--top 4 is more than the 3 classes of the model", 2)
 

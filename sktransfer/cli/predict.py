@@ -101,6 +101,7 @@ def _estimator(args, filenames):
         from ..persistence import load_model
 
         estimator = load_model(args.estimator).estimator
+        _check_takes_images(estimator, args.estimator)
         if hasattr(estimator, "set_params") and "device" in estimator.get_params():
             estimator.set_params(device=args.device)  # saved on a GPU, here a CPU
         return estimator
@@ -114,6 +115,24 @@ def _estimator(args, filenames):
         device=args.device,
     )
     return clf.fit(filenames[:1])
+
+
+def _check_takes_images(estimator, path) -> None:
+    """A model file's estimator must take image files (its first step, in a
+    pipeline, tagged for string input: the paths)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.utils import get_tags
+
+    first = estimator
+    while isinstance(first, Pipeline):
+        first = first.steps[0][1]
+    if not get_tags(first).input_tags.string or not hasattr(estimator, "classes_"):
+        raise ValueError(
+            f"Model file {str(path)!r} holds {type(estimator).__name__}, which does "
+            "not classify image files; predict needs a FineTuneClassifier, an "
+            "ImageNetClassifier or a Pipeline starting with a CNNFeatureExtractor "
+            "(what 'sktransfer fit' saves)."
+        )
 
 
 def _predict(
