@@ -34,22 +34,12 @@ from .randomness import FitRandomness
 
 _PROBE_IMAGES = 2  # BatchNorm in training mode needs more than one
 # Modules without state that compute alike in both modes (dropout does not).
-_DETERMINISTIC = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.SiLU,
-    nn.GELU,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Identity,
-    nn.Flatten,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
+_DETERMINISTIC = tuple(
+    getattr(nn, name)
+    for name in (
+        "ReLU ReLU6 LeakyReLU SiLU GELU Hardswish Hardsigmoid Sigmoid Tanh Identity "
+        "Flatten MaxPool2d AvgPool2d AdaptiveAvgPool2d AdaptiveMaxPool2d"
+    ).split()
 )
 
 

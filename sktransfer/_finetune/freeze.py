@@ -46,19 +46,6 @@ def resolve_frozen_layers(
     return int(frozen_layers)
 
 
-def freeze(
-    module: nn.Module,
-    groups: list[list[str]],
-    n_frozen: int,
-    heads: tuple[str, ...],
-    trained: tuple[str, ...] = (),
-) -> None:
-    """Freeze the first ``n_frozen`` groups (see :func:`trainable`)."""
-    trains = trainable(module, groups, n_frozen, heads, trained)
-    for param in module.parameters():
-        param.requires_grad_(id(param) in trains)
-
-
 def trainable(
     module: nn.Module,
     groups: list[list[str]],

@@ -26,14 +26,10 @@ class DeviceLoader:
     skorch iterates one loader every epoch. With ``next_epoch`` (training),
     the next epoch's first batches start loading as soon as this epoch's are
     all used, while validation and callbacks run: no epoch starts by waiting
-    for its first batch. Each epoch's order is drawn from the sampler in the
-    iterating thread, before the loading thread starts (:func:`epoch_batches`):
-    with a ``random_state`` a fit draws its random numbers (shuffling here,
-    augmentation in the training step) in the same order every time.
-    Runs on the CPU too (no streams, no pinning), which is how tests check it.
-    ``phase()`` names what the dataset gives now: an epoch loaded ahead in
-    another phase (the head's, before the rest of the network trains) is
-    dropped.
+    for its first batch. Runs on the CPU too (no streams, no pinning), which
+    is how tests check it. ``phase()`` names what the dataset gives now: an
+    epoch loaded ahead in another phase (the head's, before the rest of the
+    network trains) is dropped.
     """
 
     def __init__(

@@ -38,7 +38,7 @@ from .data import (
 )
 from .device import DeviceMixin
 from .feeding import Feeding
-from .freeze import fixed_modules, freeze, resolve_frozen_layers, set_train_modes
+from .freeze import fixed_modules, resolve_frozen_layers, set_train_modes, trainable
 from .head import install_head
 from .phases import HeadPhase, LRSchedule, PhaseEarlyStopping, phase_of
 from .randomness import drawing_globally
@@ -84,7 +84,11 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
                 stacklevel=2,
             )
         heads = (backbone.head, *(a.head for a in aux))
-        freeze(module, groups, n_frozen, heads, trained=tuple(a.branch for a in aux))
+        trains = trainable(
+            module, groups, n_frozen, heads, tuple(a.branch for a in aux)
+        )
+        for param in module.parameters():  # frozen: no gradient, not optimised
+            param.requires_grad_(id(param) in trains)
         float32_grouped_convolutions(module)  # their bfloat16 backward is slow
         if self._device().type == "cuda":  # the layout of its input batches
             module.to(memory_format=torch.channels_last)

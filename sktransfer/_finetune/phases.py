@@ -109,21 +109,17 @@ class LRSchedule(Callback):
     def on_batch_begin(self, net, training=False, **kwargs):
         if not (training and self.active_ and self.phase_ is not None):
             return
-        factor = cosine_factor(self.step_, self.total_)
-        for group, base in zip(
-            net.optimizer_.param_groups, self.base_lrs_, strict=True
-        ):
-            group["lr"] = base * factor
+        self._scale(net, cosine_factor(self.step_, self.total_))
         self.step_ += 1
 
     def on_train_end(self, net, **kwargs):
-        if not self.active_:
-            return
-        # the optimizer's rates as configured, for a later partial_fit
-        for group, base in zip(
-            net.optimizer_.param_groups, self.base_lrs_, strict=True
-        ):
-            group["lr"] = base
+        if self.active_:  # the rates as configured, for a later partial_fit
+            self._scale(net, 1.0)
+
+    def _scale(self, net, factor: float) -> None:
+        groups = net.optimizer_.param_groups
+        for group, base in zip(groups, self.base_lrs_, strict=True):
+            group["lr"] = base * factor
 
 
 class PhaseEarlyStopping(EarlyStopping):

@@ -26,33 +26,21 @@ from torch.overrides import TorchFunctionMode
 
 # Functions and methods that take ``generator=``: the fit's is added.
 _TAKE_GENERATOR = {
-    torch.rand,
-    torch.randn,
-    torch.randint,
-    torch.randperm,
-    torch.bernoulli,
-    torch.normal,
-    torch.multinomial,
-    torch.poisson,
-    torch.Tensor.uniform_,
-    torch.Tensor.normal_,
-    torch.Tensor.bernoulli_,
-    torch.Tensor.bernoulli,
-    torch.Tensor.random_,
-    torch.Tensor.exponential_,
-    torch.Tensor.geometric_,
-    torch.Tensor.log_normal_,
-    torch.Tensor.cauchy_,
-    torch.Tensor.multinomial,
-    torch.nn.init.uniform_,
-    torch.nn.init.normal_,
-    torch.nn.init.trunc_normal_,
-    torch.nn.init.kaiming_uniform_,
-    torch.nn.init.kaiming_normal_,
-    torch.nn.init.xavier_uniform_,
-    torch.nn.init.xavier_normal_,
-    torch.nn.init.orthogonal_,
-    torch.nn.init.sparse_,
+    getattr(namespace, name)
+    for namespace, names in [
+        (torch, "rand randn randint randperm bernoulli normal multinomial poisson"),
+        (
+            torch.Tensor,
+            "uniform_ normal_ bernoulli_ bernoulli random_ exponential_ geometric_ "
+            "log_normal_ cauchy_ multinomial",
+        ),
+        (
+            torch.nn.init,
+            "uniform_ normal_ trunc_normal_ kaiming_uniform_ kaiming_normal_ "
+            "xavier_uniform_ xavier_normal_ orthogonal_ sparse_",
+        ),
+    ]
+    for name in names.split()
 }
 # ``*_like`` draws, as the factory draw of the same shape (older torch
 # releases take no generator there).

@@ -24,6 +24,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -177,6 +178,7 @@ def compute_rows(
     context = dict(
         preprocessing=preprocessing, autocast=str(dtype), pipeline=device.type
     )
+    run = _Run(preprocessing, batch_size, device, dtype)
     if store is not None and keys is None:
         keys = _cache.image_keys(images)
     out: list[Rows] = []
@@ -193,22 +195,9 @@ def compute_rows(
             size = (set_size or len(images)) * len(views) * 4
             if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
                 on_the_way = (by, store, namespace(by, **context), keys)
-            _from_images(
-                rows,
-                cut,
-                images,
-                missing,
-                views,
-                preprocessing,
-                batch_size,
-                device,
-                dtype,
-                on_the_way,
-            )
+            _from_images(rows, cut, images, missing, views, run, on_the_way)
         elif missing:
-            _from_rows(
-                rows, cut, out[-1], cuts[index - 1], missing, batch_size, device, dtype
-            )
+            _from_rows(rows, cut, out[-1], cuts[index - 1], missing, run)
         if missing and store is not None:
             for i in missing:
                 store.put(space, _row_keys(keys[i], views), _numpy(rows.data[i]))
@@ -237,23 +226,21 @@ def _take_stored(rows: Rows, store, space, keys, views, shape) -> list[int]:
     return missing
 
 
-def _from_images(
-    rows,
-    cut,
-    images,
-    missing,
-    views,
-    preprocessing,
-    batch_size,
-    device,
-    dtype,
-    on_the_way=None,
-) -> None:
+class _Run(NamedTuple):
+    """How rows are computed."""
+
+    preprocessing: Preprocessing
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype | None
+
+
+def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> None:
     """Rows ``missing`` of ``cut`` from the images; with ``on_the_way``
     (another cut whose boundary the pass goes through, a store, its
     namespace, the images' keys), that cut's rows are put in the store too."""
     todo = images if len(missing) == len(images) else images.subset(missing)
-    batches = preprocessed_batches(todo, preprocessing, batch_size, device)
+    batches = preprocessed_batches(todo, run.preprocessing, run.batch_size, run.device)
     captured: list[torch.Tensor] = []
     hook = None
     if on_the_way is not None:
@@ -264,10 +251,10 @@ def _from_images(
         with (
             contextlib.closing(batches),
             torch.inference_mode(),
-            autocast(device, dtype),
+            autocast(run.device, run.dtype),
         ):
             for batch in batches:
-                batch = batch.to(device, non_blocking=True)
+                batch = batch.to(run.device, non_blocking=True)
                 block = torch.stack(
                     [_cpu(cut.rows(_layout(VIEWS[v](batch)))) for v in views], dim=1
                 )
@@ -286,14 +273,12 @@ def _from_images(
             hook.remove()
 
 
-def _from_rows(
-    rows, cut, lower: Rows, lower_cut: Cut, missing, batch_size, device, dtype
-) -> None:
+def _from_rows(rows, cut, lower: Rows, lower_cut: Cut, missing, run: _Run) -> None:
     tap = cut.module.get_submodule(cut.boundary)
-    with torch.inference_mode(), autocast(device, dtype):
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            block = lower.take(chunk).to(device, non_blocking=True)
+    with torch.inference_mode(), autocast(run.device, run.dtype):
+        for start in range(0, len(missing), run.batch_size):
+            chunk = missing[start : start + run.batch_size]
+            block = lower.take(chunk).to(run.device, non_blocking=True)
             out = torch.stack(
                 [_cpu(lower_cut(block[:, v], tap)) for v in range(block.shape[1])],
                 dim=1,
