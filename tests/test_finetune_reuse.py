@@ -10,6 +10,10 @@ fit in the process, and the head's phase that skorch could not see.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -444,3 +448,62 @@ def test_sample_weight_is_routed_through_a_pipeline(images, labels):
 def test_private_state_is_no_parameter(images, labels):
     clf = tiny(frozen_layers=3).fit(images, labels)
     assert set(clf.get_params()) == set(tiny().get_params())
+
+
+# ------------------------------------------------- threads and processes
+def test_two_threads_predicting_with_one_estimator_run_their_own_network(
+    images, labels
+):
+    """A cut replaces the skipped modules' forward while it runs: another
+    thread's pass through the same network waits meanwhile instead of
+    running through the replacements (and storing what they gave)."""
+    clf = tiny(model=Plain(), frozen_layers="all", head_epochs=0, cache=None)
+    clf.fit(images, labels)
+    cut = clf._cut("train")
+    batch = clf.preprocessing_(torch.from_numpy(images).permute(0, 3, 1, 2))
+    expected = cut.rows(batch)
+    inside, go = threading.Event(), threading.Event()
+
+    def hold(module, args):  # thread A stops inside its cut's pass
+        if threading.current_thread().name == "A":
+            inside.set()
+            go.wait(10)
+
+    head = clf.module_.get_submodule(clf.head_)
+    handle = head.register_forward_pre_hook(hold)
+    a = threading.Thread(target=cut, args=(torch.ones_like(expected),), name="A")
+    a.start()
+    try:
+        assert inside.wait(10)
+        with ThreadPoolExecutor(1) as pool:
+            rows = pool.submit(cut.rows, batch)
+            time.sleep(0.3)  # without the lock it ran through A's stubs by now
+            go.set()
+            torch.testing.assert_close(rows.result(10), expected, rtol=0, atol=0)
+    finally:
+        go.set()
+        a.join()
+        handle.remove()
+
+
+def test_loader_workers_forked_after_a_fit_do_not_hang(tmp_path):
+    """The thread pool that gathers batches is the process's own: a forked
+    DataLoader worker makes a new one instead of waiting on the parent's."""
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from sktransfer import FineTuneClassifier\n"
+        "from sktransfer._finetune import data\n"
+        "X = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)\n"
+        "y = ['a', 'b'] * 4\n"
+        "import time\n"
+        "list(data._pool().map(time.sleep, [0.2] * 8))  # all its threads, idle\n"
+        "FineTuneClassifier('mobilenet_v3_small', weights=None, max_epochs=1,\n"
+        "    head_epochs=0, cache_frozen=False, image_size=32, device='cpu',\n"
+        "    iterator_train__num_workers=2).fit(X, y)\n"
+        "print('fitted')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90
+    )
+    assert "fitted" in done.stdout, done.stderr[-2000:]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,21 @@ _DETERMINISTIC = tuple(
         "Flatten MaxPool2d AvgPool2d AdaptiveAvgPool2d AdaptiveMaxPool2d"
     ).split()
 )
+
+
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_locks_lock = threading.Lock()
+
+
+def module_lock(module: nn.Module) -> threading.RLock:
+    """The lock of ``module``'s forward passes: a cut replaces its skipped
+    modules' ``forward`` for all threads, so no other pass through the
+    network may run meanwhile (two threads predicting with one estimator)."""
+    with _locks_lock:
+        lock = _locks.get(module)
+        if lock is None:
+            lock = _locks[module] = threading.RLock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ class Cut:
         self._modules = [module.get_submodule(name) for name in skipped]
         self.input_shape = input_shape
         self.spaces: dict = {}  # store namespaces (rows.namespace)
-        self._lock = threading.Lock()  # one stubbed call at a time
+        self.lock = module_lock(module)
 
     @property
     def activation(self) -> Activation:
@@ -91,7 +107,8 @@ class Cut:
         """The boundary's output for preprocessed images (the network stops
         there)."""
         tap = self.module.get_submodule(self.boundary)
-        return forward_tap(self.module, batch, tap, take_input=False)
+        with self.lock:
+            return forward_tap(self.module, batch, tap, take_input=False)
 
     def __call__(
         self,
@@ -105,7 +122,7 @@ class Cut:
         n = len(rows)
         boundary = self.activation
         rows = rows.to(boundary.dtype).contiguous(memory_format=boundary.layout)
-        with self._lock, self._stubbed(rows):
+        with self.lock, self._stubbed(rows):
             x = torch.full((), float("nan"), device=rows.device)
             x = x.expand(n, *self.input_shape)
             if tap is None:

@@ -196,6 +196,16 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_WORKERS = min(8, os.cpu_count() or 1)
 
 
+def _forget_pool() -> None:
+    """In a forked child (a DataLoader worker): the parent's pool has no
+    threads there, so the child makes its own."""
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:

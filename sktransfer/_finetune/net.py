@@ -29,6 +29,7 @@ from .._devices import autocast, float32_grouped_convolutions
 from .._families import drop_aux, family_of, replace_head, trained_aux
 from .._groups import is_under
 from . import rows as _rows
+from .cut import module_lock
 from .data import (
     channels_last,
     default_augmentation,
@@ -245,7 +246,7 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
             views = [_choose(views, pick)]
         elif training:
             views = views[:1]
-        with autocast(device, self._autocast_dtype(device)):
+        with module_lock(self.module_), autocast(device, self._autocast_dtype(device)):
             outputs = [_as_float(network(v, **fit_params)) for v in views]
         if len(outputs) == 1:
             return outputs[0]

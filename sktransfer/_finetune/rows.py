@@ -249,6 +249,7 @@ def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> No
     start = 0
     try:
         with (
+            cut.lock,  # the hook above fires in every thread's pass
             contextlib.closing(batches),
             torch.inference_mode(),
             autocast(run.device, run.dtype),
