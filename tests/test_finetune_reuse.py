@@ -10,6 +10,7 @@ fit in the process, and the head's phase that skorch could not see.
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import threading
@@ -507,3 +508,27 @@ def test_loader_workers_forked_after_a_fit_do_not_hang(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=90
     )
     assert "fitted" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_warm_start_follows_settings_changed_after_the_fit(images, labels):
+    """Cuts and training modes are kept per the settings they depend on: a
+    warm start after ``set_params(bn="train")`` trains the frozen groups'
+    BatchNorm statistics, with a cut or without, as a fresh copy does."""
+
+    def warm(clf):
+        clf.set_params(bn="train").fit(images, labels)
+        return {k: v.clone() for k, v in clf.module_.state_dict().items()}
+
+    def fitted(cache_frozen):
+        clf = tiny(frozen_layers=3, head_epochs=0, warm_start=True, lr=1e-4)
+        return clf.set_params(cache_frozen=cache_frozen, cache=None).fit(images, labels)
+
+    whole = fitted(False)
+    copy = pickle.loads(pickle.dumps(whole))  # nothing kept from the first fit
+    expected = warm(copy)
+    cut = fitted(True)
+    with pytest.warns(UserWarning, match="cannot run from the output"):
+        from_cut = warm(cut)  # BatchNorm trains before the cut: none is kept
+    for state in (warm(whole), from_cut):
+        for name, tensor in expected.items():
+            torch.testing.assert_close(state[name], tensor, atol=1e-6, rtol=0)

@@ -54,15 +54,18 @@ class Feeding:
         return self._views() if self.tta else ("center",)
 
     def _cut(self, phase: str) -> Cut | None:
-        """The cut before what trains in ``phase``, planned once per network;
-        ``None`` where rows are not used (``cache_frozen=False``, ``compile``)
-        or cannot give the whole network's outputs (then it runs whole)."""
+        """The cut before what trains in ``phase``, planned once per network
+        and settings it depends on; ``None`` where rows are not used
+        (``cache_frozen=False``, ``compile``) or cannot give the whole
+        network's outputs (then it runs whole)."""
         cuts = self.__dict__.setdefault("_cuts", {})
-        if phase not in cuts:
-            cuts[phase] = None
+        device = self._device()
+        key = (phase, self.bn, self._autocast_dtype(device), str(device))
+        if key not in cuts:
+            cuts[key] = None
             if self.cache_frozen and not self.compile:
-                cuts[phase] = self._plan(phase)
-        return cuts[phase]
+                cuts[key] = self._plan(phase)
+        return cuts[key]
 
     def _plan(self, phase: str) -> Cut | None:
         if phase == "train" and self.n_frozen_groups_ == 0:

@@ -209,7 +209,7 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         stored rows, so modes already set are left as they are."""
         module = self.__dict__.get("module_")
         phase = phase_of(self) if training else None
-        state = (training, phase, id(module))
+        state = (training, phase, self.bn, id(module))
         if self.__dict__.get("_modes") == state and module.training == training:
             return
         super()._set_training(training)
