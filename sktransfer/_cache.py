@@ -39,9 +39,14 @@ def namespace(**identity) -> str:
 
 
 def module_digest(module) -> str:
-    """A digest of a module's parameter/buffer names, shapes and values."""
+    """A digest of a module's parameters and buffers (names, shapes, values)."""
+    return tensors_digest([*module.named_parameters(), *module.named_buffers()])
+
+
+def tensors_digest(named) -> str:
+    """A digest of ``(name, tensor)`` pairs: names, shapes, dtypes, values."""
     digest = hashlib.sha256()  # hardware-accelerated on most CPUs
-    for name, tensor in module.state_dict().items():
+    for name, tensor in named:
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(  # the tensor's bytes, not a copy of them
             tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()

@@ -239,3 +239,7 @@ def _warm(device: torch.device) -> None:
         gpu_decoder(device)  # probed once per process and device, then cached
     except Exception:  # the first real use reports it
         return
+
+
+# The hooks of float32_grouped_convolutions: they act under CPU autocast only.
+CPU_AUTOCAST_HOOKS = (_leave_cpu_autocast, _resume_cpu_autocast)

@@ -52,6 +52,10 @@ def _capture_output(module: nn.Module, _args, output) -> None:
         raise _Captured
 
 
+# They change no output (they only stop the pass that asked for a capture).
+OUTPUT_NEUTRAL_HOOKS = (_capture_input, _capture_output)
+
+
 def _install_tap_hooks(tap: nn.Module) -> None:
     with _install_lock:
         if not getattr(tap, "_sktransfer_tap_hooks", False):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,7 +30,8 @@ from skorch.callbacks import Callback, LRScheduler
 from torch import nn
 from torch.nn import functional as F
 
-from sktransfer import CNNFeatureExtractor, FineTuneClassifier, _cache, _families
+from sktransfer import CNNFeatureExtractor, FineTuneClassifier, _cache, _families, _tap
+from sktransfer._devices import float32_grouped_convolutions
 from sktransfer._finetune import cut as _cut
 from sktransfer._finetune import rows as _rows
 from sktransfer._groups import children_groups
@@ -532,3 +534,109 @@ def test_a_warm_start_follows_settings_changed_after_the_fit(images, labels):
     for state in (warm(whole), from_cut):
         for name, tensor in expected.items():
             torch.testing.assert_close(state[name], tensor, atol=1e-6, rtol=0)
+
+
+# ------------------------------------- what keys a plan and a cut's rows
+class Shifted(Plain):
+    """The root shifts its input by a buffer of its own, before the stem."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x):
+        x = self.body(self.stem(x - self.shift))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Scale(nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class Routed(Plain):
+    """A private flag decides whether the stem's output reaches the head."""
+
+    def __init__(self, skip: bool):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+        self._skip = skip
+
+    def forward(self, x):
+        a = self.stem(x)
+        b = self.body(a) + (a if self._skip else 0)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(b, 1), 1))
+
+
+def _shifted(shift: float) -> Shifted:
+    torch.manual_seed(0)
+    network = Shifted()
+    network.shift.fill_(shift)
+    return network
+
+
+def _scaled(scale: float) -> Plain:
+    torch.manual_seed(0)
+    network = Plain()
+    network.stem.insert(0, Scale(scale))
+    return network
+
+
+@pytest.mark.parametrize(
+    "make", [_shifted, _scaled], ids=["ancestor's buffer", "non-persistent buffer"]
+)
+def test_rows_are_keyed_by_every_tensor_before_the_cut(make, images, labels):
+    """Networks that differ only in a tensor of a module around the skipped
+    ones, or in a buffer that is not saved, get rows of their own."""
+    head_only = dict(frozen_layers="all", head_epochs=0)
+    tiny(model=make(0.0), **head_only).fit(images, labels)  # rows in the store
+    served = tiny(model=make(3.0), **head_only).fit(images, labels)
+    alone = tiny(model=make(3.0), cache=None, **head_only).fit(images, labels)
+    np.testing.assert_array_equal(
+        served.predict_proba(images), alone.predict_proba(images)
+    )
+
+
+def test_replaced_weights_are_digested_again(images, labels):
+    """The digest of what a cut skips is kept while its tensors are the same
+    objects, unchanged: weights loaded with ``assign=True`` are new ones."""
+    torch.manual_seed(0)
+    clf = tiny(model=Plain(), frozen_layers="all", head_epochs=0).fit(images, labels)
+    clf.predict_proba(images)  # digest kept, rows stored
+    conv = clf.module_.stem[0]
+    conv.load_state_dict({"weight": 2 * conv.weight, "bias": conv.bias}, assign=True)
+    served = clf.predict_proba(images)
+    computed = clf.set_params(cache=None).predict_proba(images)
+    np.testing.assert_array_equal(served, computed)
+
+
+def test_plans_are_shared_only_by_networks_that_run_alike(images, labels):
+    """A network whose forward reads a private flag is no structure twin of
+    one whose flag differs: it is probed itself (and runs whole)."""
+    head_only = dict(frozen_layers="all", head_epochs=0, cache=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiny(model=Routed(False), **head_only).fit(images, labels)
+    with pytest.warns(UserWarning, match="cannot run from the output"):
+        clf = tiny(model=Routed(True), **head_only).fit(images, labels)
+    assert clf._cut("train") is None
+    assert np.isfinite(clf.predict_proba(images)).all()
+
+
+def test_forward_hooks_key_plans_and_rows():
+    """Hooks that change what a module computes (trained depthwise
+    convolutions in float32 under CPU autocast) are part of its settings
+    where they act; sktransfer's tap hooks, which change nothing, are not."""
+    conv = nn.Conv2d(4, 4, 3, groups=4)
+    before = _cut.settings_of(conv)
+    _tap.forward_tap(nn.Sequential(conv), torch.ones(1, 4, 5, 5), conv, take_input=True)
+    assert _cut.settings_of(conv) == before
+    float32_grouped_convolutions(conv)
+    assert _cut.settings_of(conv) != before  # under CPU autocast
+    float32 = _cut.neutral_hooks(torch.device("cpu"), None)
+    assert _cut.settings_of(conv, float32) == before  # they act under it only

@@ -21,16 +21,19 @@ runs instead.
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
 import threading
+import types
 import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .._devices import autocast
+from .._devices import CPU_AUTOCAST_HOOKS, autocast
 from .._lru import LRU
-from .._tap import forward_tap
+from .._tap import OUTPUT_NEUTRAL_HOOKS, forward_tap
 from .randomness import FitRandomness
 
 _PROBE_IMAGES = 2  # BatchNorm in training mode needs more than one
@@ -95,7 +98,7 @@ class Cut:
         self.boundary = next(reversed(skipped))
         self._modules = [module.get_submodule(name) for name in skipped]
         self.input_shape = input_shape
-        self.spaces: dict = {}  # store namespaces (rows.namespace)
+        self.memo: dict = {}  # the digest of what it skips (rows.namespace)
         self.lock = module_lock(module)
 
     @property
@@ -207,11 +210,12 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
     they train; the probe's input size, dtype, device and ``main_only``."""
     training_modes()
     parts = []
+    neutral = neutral_hooks(torch.device(device), dtype)
     for name, m in module.named_modules():
         settings = tuple(
             (k, (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else v)
-            for k, v in settings_of(m)
-        )
+            for k, v in settings_of(m, neutral)
+        )  # a tensor's values decide no plan: a NaN never compares true
         tensors = tuple(
             (n, tuple(t.shape), str(t.dtype), id(t) in trained)
             for n, t in [
@@ -224,23 +228,63 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
     return (tuple(parts), crop, str(device), str(dtype), main_only)
 
 
-def settings_of(module: nn.Module) -> list[tuple[str, object]]:
-    """``module``'s own settings by name: its public attributes that are
-    tensors (no parameter or buffer) or plain values (numbers, strings,
-    flags, ``None``, tuples of them), without ``training``."""
-    return [
-        (k, v)
+def neutral_hooks(device: torch.device, dtype: torch.dtype | None) -> tuple:
+    """Forward hooks that change no output on ``device`` under autocast to
+    ``dtype``: sktransfer's taps, and the float32 steps of grouped
+    convolutions outside CPU autocast."""
+    if device.type == "cpu" and dtype is not None:
+        return OUTPUT_NEUTRAL_HOOKS
+    return (*OUTPUT_NEUTRAL_HOOKS, *CPU_AUTOCAST_HOOKS)
+
+
+def settings_of(
+    module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS
+) -> list[tuple[str, object]]:
+    """``module``'s own state besides submodules, parameters and buffers, by
+    name, as comparable values: every attribute (private ones too; tensors
+    as they are) and its forward hooks (``"forward hooks"``) but the
+    ``neutral`` ones (:func:`neutral_hooks`), which can all change what
+    ``forward`` does.
+
+    A value that cannot be compared across networks (a closure, an object
+    of a class of its own) is taken by identity: networks that hold it
+    share no plan or rows with others, which costs a probe or a computation,
+    never a result.
+    """
+    settings = [
+        (k, v if isinstance(v, torch.Tensor) else _fingerprint(v))
         for k, v in sorted(vars(module).items())
-        if not k.startswith("_")
-        and k != "training"
-        and (isinstance(v, torch.Tensor) or _plain(v))
+        if k not in _MODULE_STATE
     ]
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    hooks = [_fingerprint(h) for h in hooks if h not in neutral]
+    return [*settings, ("forward hooks", tuple(hooks))] if hooks else settings
 
 
-def _plain(value) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    return isinstance(value, tuple) and all(_plain(v) for v in value)
+# What every nn.Module holds (its modes, tensors, submodules, hooks), and the
+# flag of sktransfer's tap hooks, which change no output.
+_MODULE_STATE = {*vars(nn.Module()), "_sktransfer_tap_hooks"}
+
+
+def _fingerprint(value):
+    """``value`` as something that compares equal across networks exactly
+    when the values are the same settings (see :func:`settings_of`)."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+        return value
+    if isinstance(value, (torch.device, enum.Enum)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, *(_fingerprint(v) for v in value))
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return ("dict", *((repr(k), _fingerprint(v)) for k, v in items))
+    if isinstance(value, functools.partial):
+        return ("partial", *map(_fingerprint, (value.func, value.args, value.keywords)))
+    if isinstance(value, type) or (
+        isinstance(value, types.FunctionType) and value.__closure__ is None
+    ):
+        return f"{value.__module__}.{value.__qualname__}"
+    return (type(value).__qualname__, id(value))
 
 
 def _probe(module, crop, trained, training_modes, main_only, device, dtype):

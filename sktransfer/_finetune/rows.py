@@ -33,7 +33,7 @@ from .. import _cache
 from .._devices import autocast
 from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
-from .cut import Cut, settings_of
+from .cut import Cut, neutral_hooks, settings_of
 
 # A fit's rows larger than this go to a temporary file (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -62,50 +62,74 @@ def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
     return _memory if cache == "memory" else _cache.resolve(cache)
 
 
-def namespace(cut: Cut, **context) -> str:
+def namespace(cut: Cut, neutral: tuple, **context) -> str:
     """The store namespace of ``cut``'s rows: a digest of the skipped
-    modules (structure, weights and buffers), the code around them (the
-    classes and settings of their ancestors), what the boundary gives, and
-    ``context`` (preprocessing, autocast dtype, device pipeline).
-
-    Kept on the cut while none of the skipped tensors changes (their
-    version counters, which every in-place change moves, are part of the
-    key): the weights are hashed once, not once per batch predicted."""
+    modules (structure, settings, hooks, parameters and buffers), the code
+    around them (their ancestors' classes, settings, hooks and own
+    tensors), what the boundary gives, and ``context`` (preprocessing,
+    autocast dtype, device pipeline); ``neutral``: hooks that change no
+    output there (:func:`~.cut.neutral_hooks`)."""
     module = cut.module
-    tensors = [
-        t
-        for name in cut.skipped
-        for t in module.get_submodule(name).state_dict(keep_vars=True).values()
-    ]
-    key = (repr(sorted(context.items())), tuple(t._version for t in tensors))
-    if key in cut.spaces:
-        return cut.spaces[key]
+    ancestors = sorted(
+        {""}
+        | {
+            ".".join(name.split(".")[:i])
+            for name in cut.skipped
+            for i in range(1, name.count(".") + 1)
+        }
+    )
     digest = hashlib.blake2b(digest_size=16)
     for name in cut.skipped:
         digest.update(f"{name}:{cut.skipped[name]}".encode())
         sub = module.get_submodule(name)
-        digest.update(_structure(sub.modules()).encode())
-        digest.update(_cache.module_digest(sub).encode())
-    ancestors = {""} | {
-        ".".join(name.split(".")[:i])
+        digest.update(_structure(sub.modules(), neutral).encode())
+    around = (module.get_submodule(a) for a in ancestors)
+    digest.update(_structure(around, neutral).encode())
+    digest.update(_tensors_digest(cut, ancestors).encode())
+    digest.update(repr(sorted(context.items())).encode())
+    return digest.hexdigest()
+
+
+def _tensors_digest(cut: Cut, ancestors: list[str]) -> str:
+    """A digest of the skipped modules' parameters and buffers and their
+    ancestors' own, kept on the cut while they are the same tensors, in the
+    same storage, unchanged (their version counters, which every in-place
+    change moves): the weights are hashed once, not once per batch."""
+    module = cut.module
+    named = [
+        (f"{name}.{key}", tensor)
         for name in cut.skipped
-        for i in range(1, name.count(".") + 1)
-    }
-    around = (module.get_submodule(a) for a in sorted(ancestors))
-    digest.update(_structure(around).encode())
-    digest.update(key[0].encode())
-    cut.spaces[key] = digest.hexdigest()
-    return cut.spaces[key]
+        for key, tensor in _tensors(module.get_submodule(name), recurse=True)
+    ] + [
+        (f"{name}.{key}", tensor)
+        for name in ancestors
+        for key, tensor in _tensors(module.get_submodule(name), recurse=False)
+    ]
+    state = [(id(t), t.data_ptr(), t._version) for _, t in named]
+    kept = cut.memo.get("tensors")
+    if kept is not None and kept[0] == state:
+        if all(ref() is t for ref, (_, t) in zip(kept[1], named, strict=True)):
+            return kept[2]
+    value = _cache.tensors_digest(named)
+    cut.memo["tensors"] = (state, [weakref.ref(t) for _, t in named], value)
+    return value
 
 
-def _structure(modules) -> str:
-    """Classes and settings of ``modules``: plain values (numbers, strings,
-    flags) and tensors that are no parameter or buffer (their bytes)."""
+def _tensors(module, recurse: bool):
+    return [
+        *module.named_parameters(recurse=recurse),
+        *module.named_buffers(recurse=recurse),  # non-persistent ones too
+    ]
+
+
+def _structure(modules, neutral: tuple) -> str:
+    """Classes and settings of ``modules`` (:func:`~.cut.settings_of`; a
+    tensor that is no parameter or buffer by its bytes)."""
     parts = []
     for m in modules:
         settings = [
             (k, _bytes_digest(v) if isinstance(v, torch.Tensor) else v)
-            for k, v in settings_of(m)
+            for k, v in settings_of(m, neutral)
         ]
         parts.append(f"{type(m).__module__}.{type(m).__qualname__}{settings}")
     return "|".join(parts)
@@ -179,6 +203,7 @@ def compute_rows(
         preprocessing=preprocessing, autocast=str(dtype), pipeline=device.type
     )
     run = _Run(preprocessing, batch_size, device, dtype)
+    neutral = neutral_hooks(device, dtype)
     if store is not None and keys is None:
         keys = _cache.image_keys(images)
     out: list[Rows] = []
@@ -187,14 +212,14 @@ def compute_rows(
         rows = Rows((len(images), len(views), *shape))
         missing = list(range(len(images)))
         if store is not None:
-            space = namespace(cut, **context)
+            space = namespace(cut, neutral, **context)
             missing = _take_stored(rows, store, space, keys, views, shape)
         if missing and index == 0:
             on_the_way = None
             by = lower() if lower is not None and store is not None else None
             size = (set_size or len(images)) * len(views) * 4
             if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
-                on_the_way = (by, store, namespace(by, **context), keys)
+                on_the_way = (by, store, namespace(by, neutral, **context), keys)
             _from_images(rows, cut, images, missing, views, run, on_the_way)
         elif missing:
             _from_rows(rows, cut, out[-1], cuts[index - 1], missing, run)
