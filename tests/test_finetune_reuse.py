@@ -640,3 +640,20 @@ def test_forward_hooks_key_plans_and_rows():
     assert _cut.settings_of(conv) != before  # under CPU autocast
     float32 = _cut.neutral_hooks(torch.device("cpu"), None)
     assert _cut.settings_of(conv, float32) == before  # they act under it only
+
+
+@pytest.mark.parametrize("augment", ["random", lambda image: image.flip(-2)])
+def test_the_heads_phase_trains_on_fixed_views_whatever_the_augmentation(
+    augment, jpeg_paths, labels
+):
+    """The head trains alone on the fixed views whether their frozen output
+    is stored or the whole network runs: random crops (and a user's
+    augmentation) start with the unfrozen groups."""
+
+    def head(cache_frozen):
+        clf = tiny(frozen_layers=0, head_epochs=2, max_epochs=0, augment=augment)
+        clf.set_params(cache_frozen=cache_frozen, cache=None).fit(jpeg_paths, labels)
+        head = clf.module_.get_submodule(clf.head_)
+        return torch.cat([p.detach().flatten() for p in head.parameters()])
+
+    torch.testing.assert_close(head(True), head(False), atol=1e-6, rtol=0)

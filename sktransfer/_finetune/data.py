@@ -41,14 +41,15 @@ class FitData(torch.utils.data.Dataset):
         weights: np.ndarray | None = None,
         *,
         rows: dict | None = None,
-        draft: int | None = None,
+        draft: int | dict | None = None,
         pin: bool = False,
     ):
         self.images = images
         self.y_index = y_index
         self.weights = weights
         self.rows = rows or {}
-        self.draft = draft  # JPEGs decode in the DCT domain to at least this
+        # JPEGs decode in the DCT domain to at least this (per phase)
+        self.drafts = draft if isinstance(draft, dict) else {"train": draft}
         self.pin = pin  # array batches gathered into page-locked memory (CUDA)
         self.phase = "train"
 
@@ -79,7 +80,8 @@ class FitData(torch.utils.data.Dataset):
             else:
                 block = images.rows(np.asarray(indices))
             return self._fetched([{IMAGES: x} for x in block], indices, {IMAGES: block})
-        load = lambda i: images.image(i, self.draft)  # noqa: E731
+        draft = self.drafts.get(self.phase, self.drafts["train"])
+        load = lambda i: images.image(i, draft)  # noqa: E731
         if images.kind == "paths" and len(indices) > 1:
             loaded = list(_pool().map(load, indices))
         else:

@@ -104,8 +104,10 @@ class FineTuneClassifier(FineTuneNet):
         uint8 (or float in [0, 1]) tensor and returns an image, which then
         gets the backbone's usual preprocessing (on CUDA, the tensor is on
         the device). On CUDA the random augmentation runs as batched device
-        operations with per-image parameters. Validation and prediction are
-        never augmented.
+        operations with per-image parameters. The head's phase (see
+        ``head_epochs``) trains on the fixed views of ``"flip"`` (one view,
+        the image, with a callable); validation and prediction are never
+        augmented.
     bn : {"frozen", "eval", "train"}, default="frozen"
         BatchNorm policy. ``"frozen"``: frozen groups run in eval mode (fixed
         running statistics); trained groups update theirs. ``"eval"``: every

@@ -155,8 +155,9 @@ class Feeding:
         ``validation_fraction``; a new head's standardisation is fitted to
         the training part."""
         images = X.images
+        drafts = {"train": self._draft(), "head": self.preprocessing_.resize_size}
         data = FitData(
-            images, y, X.weights, draft=self._draft(), pin=self._device().type == "cuda"
+            images, y, X.weights, draft=drafts, pin=self._device().type == "cuda"
         )
         phases = []
         if self._augment() in ("flip", False) and self._cut("train") is not None:
@@ -174,7 +175,8 @@ class Feeding:
 
     def _draft(self) -> int:
         # JPEGs decode in the DCT domain to at least the resize size; random
-        # crops keep twice that, so a crop of a quarter of the area stays sharp.
+        # crops keep twice that, so a crop of a quarter of the area stays sharp
+        # (the head's phase, on fixed views, decodes as its rows do).
         draft = self.preprocessing_.resize_size
         return 2 * draft if self._augment() not in ("flip", False) else draft
 

@@ -256,7 +256,8 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         """Images -> preprocessed batch on ``device``; random crops or a
         user's augmentation in training (the views are picked by ``infer``)."""
         augment = self._augment() if training else False
-        augment = False if augment == "flip" else augment
+        if augment == "flip" or phase_of(self) == "head":
+            augment = False  # fixed views (picked by infer), as from rows
         if device.type == "cuda":  # "random": the built-in crops, on the device
             on_device = True if augment == "random" else augment
             return prepare_on_device(x, self.preprocessing_, on_device, device)
