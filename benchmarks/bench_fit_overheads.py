@@ -26,7 +26,7 @@ from torch import nn
 
 from sktransfer._backbones import build_backbone, trainable_backbone
 from sktransfer._finetune.head import new_head
-from sktransfer._finetune.randomness import FitRandomness
+from sktransfer._randomness import FitRandomness
 
 
 def best_of(repeat: int, run, number: int = 1) -> float:

@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import _families, _weights
 from ._families import AuxHead
 from ._images import Preprocessing
+from ._randomness import FitRandomness
 from .exceptions import WeightsError, WeightsNotAvailableError
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
@@ -55,8 +55,9 @@ def _imagenet_preprocessing() -> Preprocessing:
 
 
 def _seeded(build):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_INIT_SEED)
+    # Generators of the build's own (the numbers torch.manual_seed would give),
+    # not torch's process-wide one, which builds in other threads draw from.
+    with FitRandomness(_INIT_SEED):
         return build()
 
 

@@ -30,7 +30,14 @@ from skorch.callbacks import Callback, LRScheduler
 from torch import nn
 from torch.nn import functional as F
 
-from sktransfer import CNNFeatureExtractor, FineTuneClassifier, _cache, _families, _tap
+from sktransfer import (
+    CNNFeatureExtractor,
+    FineTuneClassifier,
+    _builders,
+    _cache,
+    _families,
+    _tap,
+)
 from sktransfer._devices import float32_grouped_convolutions
 from sktransfer._finetune import cut as _cut
 from sktransfer._finetune import rows as _rows
@@ -657,3 +664,24 @@ def test_the_heads_phase_trains_on_fixed_views_whatever_the_augmentation(
         return torch.cat([p.detach().flatten() for p in head.parameters()])
 
     torch.testing.assert_close(head(True), head(False), atol=1e-6, rtol=0)
+
+
+def test_a_seeded_build_is_the_same_while_other_threads_draw():
+    """A network built with random weights (``weights=None``) draws from
+    generators of its own, not torch's process-wide one that other threads
+    (another fit's build) draw from meanwhile."""
+
+    def build(interfere: bool):
+        first = torch.rand(4)
+        if interfere:
+            other = threading.Thread(target=torch.rand, args=(1000,))
+            other.start()
+            other.join()
+        return torch.cat([first, torch.rand(4)])
+
+    torch.testing.assert_close(
+        _builders._seeded(lambda: build(True)),
+        _builders._seeded(lambda: build(False)),
+        rtol=0,
+        atol=0,
+    )

@@ -6,8 +6,8 @@ the new head (:mod:`.head`), freezing and training modes (:mod:`.freeze`),
 running a network from a stored activation (:mod:`.cut`) and keeping those
 activations (:mod:`.rows`), what skorch is fed (:mod:`.feeding`), datasets and
 batches (:mod:`.data`, with CUDA read-ahead in :mod:`.loader`), devices
-(:mod:`.device`), sample weights (:mod:`.weighting`) and each fit's own
-random numbers (:mod:`.randomness`).
+(:mod:`.device`) and sample weights (:mod:`.weighting`); each fit draws its
+random numbers from generators of its own (:mod:`sktransfer._randomness`).
 docs/architecture.md tells a fit's flow.
 """
 

@@ -33,8 +33,8 @@ from torch import nn
 
 from .._devices import CPU_AUTOCAST_HOOKS, autocast
 from .._lru import LRU
+from .._randomness import FitRandomness
 from .._tap import OUTPUT_NEUTRAL_HOOKS, forward_tap
-from .randomness import FitRandomness
 
 _PROBE_IMAGES = 2  # BatchNorm in training mode needs more than one
 # Modules without state that compute alike in both modes (dropout does not).

@@ -23,12 +23,12 @@ from .. import _params
 from .._backbones import check_model, layer_groups
 from .._devices import resolve_device
 from .._images import check_images
+from .._randomness import FitRandomness, seed_for_fit
 from .feeding import Weighted
 from .freeze import BN_POLICIES, resolve_frozen_layers
 from .head import head_epochs_for
 from .net import FineTuneNet
 from .phases import SCHEDULES
-from .randomness import FitRandomness, seed_for_fit
 from .weighting import training_weights
 
 _AUTO_EPOCHS_TUNE = 5  # pretrained groups train too (after the head alone)

@@ -28,6 +28,7 @@ from .._device_transforms import to_device
 from .._devices import autocast, float32_grouped_convolutions
 from .._families import drop_aux, family_of, replace_head, trained_aux
 from .._groups import is_under
+from .._randomness import drawing_globally
 from . import rows as _rows
 from .cut import module_lock
 from .data import (
@@ -42,7 +43,6 @@ from .feeding import Feeding
 from .freeze import fixed_modules, resolve_frozen_layers, set_train_modes, trainable
 from .head import install_head
 from .phases import HeadPhase, LRSchedule, PhaseEarlyStopping, phase_of
-from .randomness import drawing_globally
 from .weighting import weighted_loss
 
 _DEFAULT_PATIENCE = 5

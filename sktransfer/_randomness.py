@@ -7,7 +7,9 @@ which acts in the thread that enters it only: while a fit runs, every random
 draw that does not name a generator (initialising the new head, shuffling,
 picking a view, augmenting, dropout anywhere in the network) takes the fit's
 generator for the tensor's device instead. A seeded fit then gives the same
-model alone, after other fits, or beside them in threads.
+model alone, after other fits, or beside them in threads. A network built
+with random weights (``weights=None``) draws from generators of its own
+alike (``_builders._seeded``).
 
 Dropout is redrawn here from those generators (torch's fused dropout takes
 none): a mask of float32 uniforms (``>= p``), scaled by ``1 / (1 - p)``: the
