@@ -20,7 +20,9 @@ same distribution, and drawn 2-3x faster on the CPU than torch's
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
+import warnings
 
 import torch
 from torch.nn import functional as F
@@ -55,6 +57,22 @@ _DROPOUT = {
     F.dropout2d: True,
     F.dropout3d: True,
 }
+# Alpha dropout (self-normalising networks) likewise, keeping mean and variance.
+_ALPHA_DROPOUT = {
+    F.alpha_dropout: False,
+    torch.alpha_dropout: False,
+    F.feature_alpha_dropout: True,
+    torch.feature_alpha_dropout: True,
+}
+_SELU_SATURATION = 1.7580993408473766  # SELU's scale * alpha, as torch's
+# Functions whose dropout draws inside them, where no mode reaches: the
+# position of their dropout probability (and of ``training``, where they
+# take one). A fit that runs them with dropout warns: it is reproducible
+# alone, not beside other fits in threads.
+_UNREACHED = {
+    F.scaled_dot_product_attention: (4, None),
+    F.multi_head_attention_forward: (10, 13),
+}
 
 _active = threading.local()  # this thread's FitRandomness, while a fit runs
 
@@ -68,6 +86,7 @@ class FitRandomness(TorchFunctionMode):
         self.seed = int(seed)
         self.generators: dict[torch.device, torch.Generator] = {}
         self.paused = False
+        self.warned = False
 
     def __enter__(self):
         self._outer = getattr(_active, "mode", None)
@@ -103,19 +122,59 @@ class FitRandomness(TorchFunctionMode):
             return _LIKE[func](like.shape, **kwargs)
         elif func in _DROPOUT:
             return self._dropout(*args, per_channel=_DROPOUT[func], **kwargs)
+        elif func in _ALPHA_DROPOUT:
+            per_channel = _ALPHA_DROPOUT[func]
+            return self._dropout(*args, per_channel=per_channel, alpha=True, **kwargs)
+        elif func is F.rrelu:
+            return self._rrelu(*args, **kwargs)
+        elif func in _UNREACHED and not self.warned and _drops(func, args, kwargs):
+            self.warned = True
+            warnings.warn(
+                f"{func.__name__} draws its dropout from torch's process-wide "
+                "generator, which the fit's own generators cannot replace: this "
+                "fit is reproducible alone, not beside other fits in threads.",
+                UserWarning,
+                stacklevel=2,
+            )
         return func(*args, **kwargs)
 
-    def _dropout(self, x, p=0.5, training=True, inplace=False, *, per_channel):
+    def _dropout(
+        self, x, p=0.5, training=True, inplace=False, *, per_channel, alpha=False
+    ):
         # torch.dropout(input, p, train) and F.dropout(input, p, training, inplace)
         if not training or p == 0:
             return x
-        if p == 1:
+        if p == 1 and not alpha:
             return x.mul_(0) if inplace else x * 0
         shape = (*x.shape[:2], *([1] * (x.ndim - 2))) if per_channel else x.shape
         generator = self.generator(x.device)
         mask = torch.empty(shape, device=x.device).uniform_(generator=generator)
-        mask = mask.ge_(p).mul_(1 / (1 - p)).to(x.dtype)
-        return x.mul_(mask) if inplace else x * mask
+        keep = mask.ge_(p)
+        if not alpha:
+            mask = keep.mul_(1 / (1 - p)).to(x.dtype)
+            return x.mul_(mask) if inplace else x * mask
+        # dropped units take SELU's saturation value; a and b keep the moments
+        a = 1 / math.sqrt((_SELU_SATURATION**2 * p + 1) * (1 - p))
+        b = (keep - 1).mul_(_SELU_SATURATION * a).add_(_SELU_SATURATION * a * p)
+        scale = keep.mul_(a).to(x.dtype)
+        return x.mul_(scale).add_(b) if inplace else x * scale + b.to(x.dtype)
+
+    def _rrelu(self, x, lower=1 / 8, upper=1 / 3, training=False, inplace=False):
+        generator = self.generator(x.device)
+        rrelu = torch.rrelu_ if inplace else torch.rrelu
+        return rrelu(x, lower, upper, training, generator=generator)
+
+
+def _drops(func, args, kwargs) -> bool:
+    """Whether a call of a function of :data:`_UNREACHED` drops out."""
+    p_at, training_at = _UNREACHED[func]
+    p = args[p_at] if len(args) > p_at else kwargs.get("dropout_p", 0.0)
+    if training_at is None:
+        return bool(p)
+    training = (
+        args[training_at] if len(args) > training_at else kwargs.get("training", True)
+    )
+    return bool(p) and bool(training)
 
 
 def _device_of(args, kwargs):

@@ -685,3 +685,46 @@ def test_a_seeded_build_is_the_same_while_other_threads_draw():
         rtol=0,
         atol=0,
     )
+
+
+class Mixing(nn.Module):
+    """Patches mixed by a layer that draws random numbers in training."""
+
+    def __init__(self, mix: nn.Module):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 8, stride=8)
+        self.mix = mix
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        if isinstance(self.mix, nn.MultiheadAttention):
+            tokens = self.mix(tokens, tokens, tokens, need_weights=False)[0]
+        else:
+            tokens = self.mix(tokens)
+        return self.fc(tokens.mean(1))
+
+
+@pytest.mark.parametrize("mix", [nn.RReLU(), nn.AlphaDropout(0.2)], ids=type)
+def test_random_layers_draw_from_the_fits_generators(mix, images, labels):
+    """RReLU's slopes and alpha dropout's masks come from the fit's own
+    generators: whatever torch's global seed, one ``random_state``, one model."""
+
+    def fit(global_seed):
+        torch.manual_seed(0)
+        network = Mixing(mix)
+        torch.manual_seed(global_seed)
+        clf = tiny(model=network, frozen_layers=0, head_epochs=0, max_epochs=2)
+        return clf.fit(images, labels).predict_proba(images)
+
+    np.testing.assert_array_equal(fit(1), fit(2))
+
+
+def test_attention_dropout_out_of_reach_warns(images, labels):
+    """Dropout inside fused attention draws where no mode reaches: the fit
+    says that it is reproducible alone only."""
+    torch.manual_seed(0)
+    network = Mixing(nn.MultiheadAttention(16, 2, dropout=0.2, batch_first=True))
+    clf = tiny(model=network, frozen_layers=0, head_epochs=0, max_epochs=1)
+    with pytest.warns(UserWarning, match="reproducible alone, not beside other"):
+        clf.fit(images, labels)
