@@ -144,7 +144,7 @@ class FitRandomness(TorchFunctionMode):
         # torch.dropout(input, p, train) and F.dropout(input, p, training, inplace)
         if not training or p == 0:
             return x
-        if p == 1 and not alpha:
+        if p == 1:  # as torch: zeros, alpha dropout too
             return x.mul_(0) if inplace else x * 0
         shape = (*x.shape[:2], *([1] * (x.ndim - 2))) if per_channel else x.shape
         generator = self.generator(x.device)

@@ -43,6 +43,7 @@ from sktransfer._finetune import cut as _cut
 from sktransfer._finetune import rows as _rows
 from sktransfer._groups import children_groups
 from sktransfer._images import check_images
+from sktransfer._randomness import FitRandomness
 
 TINY = "mobilenet_v3_small"
 
@@ -728,3 +729,23 @@ def test_attention_dropout_out_of_reach_warns(images, labels):
     clf = tiny(model=network, frozen_layers=0, head_epochs=0, max_epochs=1)
     with pytest.warns(UserWarning, match="reproducible alone, not beside other"):
         clf.fit(images, labels)
+
+
+@pytest.mark.parametrize("p", [0.2, 1.0])
+def test_alpha_dropout_of_the_fits_generators_follows_torchs(p):
+    """Kept units scaled, dropped ones at SELU's saturation (all zero at
+    ``p=1``), as torch's own alpha dropout gives them."""
+    x = torch.randn(4000)
+    with FitRandomness(0):
+        ours = F.alpha_dropout(x, p, training=True)
+    theirs = F.alpha_dropout(x, p, training=True)
+    if p == 1:
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        return
+    saturation = 1.7580993408473766
+    a = ((saturation**2 * p + 1) * (1 - p)) ** -0.5
+    for out in (ours, theirs):
+        kept = torch.isclose(out, a * x + saturation * a * p)
+        assert abs(float(kept.float().mean()) - (1 - p)) < 0.03
+        dropped = torch.full_like(out[~kept], -saturation * a * (1 - p))
+        torch.testing.assert_close(out[~kept], dropped)
