@@ -62,14 +62,19 @@ def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
     return _memory if cache == "memory" else _cache.resolve(cache)
 
 
-def namespace(cut: Cut, neutral: tuple, **context) -> str:
+def namespace(
+    cut: Cut,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> str:
     """The store namespace of ``cut``'s rows: a digest of the skipped
-    modules (structure, settings, hooks, parameters and buffers), the code
-    around them (their ancestors' classes, settings, hooks and own
-    tensors), what the boundary gives, and ``context`` (preprocessing,
-    autocast dtype, device pipeline); ``neutral``: hooks that change no
-    output there (:func:`~.cut.neutral_hooks`)."""
+    modules (structure, settings, hooks that act on ``device`` under
+    ``dtype``, parameters and buffers), the code around them (their
+    ancestors' classes, settings, hooks and own tensors), what the boundary
+    gives, the preprocessing, the autocast dtype and the device pipeline."""
     module = cut.module
+    neutral = neutral_hooks(device, dtype)
     ancestors = sorted(
         {""}
         | {
@@ -86,7 +91,7 @@ def namespace(cut: Cut, neutral: tuple, **context) -> str:
     around = (module.get_submodule(a) for a in ancestors)
     digest.update(_structure(around, neutral).encode())
     digest.update(_tensors_digest(cut, ancestors).encode())
-    digest.update(repr(sorted(context.items())).encode())
+    digest.update(f"{preprocessing!r}|{dtype}|{device.type}".encode())
     return digest.hexdigest()
 
 
@@ -199,11 +204,7 @@ def compute_rows(
     of a grid search): its rows are put in the store on the way, at no
     cost, when the whole set's (``set_size`` images, of which ``images``
     are a part) come to at most :data:`LOWER_BYTES`."""
-    context = dict(
-        preprocessing=preprocessing, autocast=str(dtype), pipeline=device.type
-    )
     run = _Run(preprocessing, batch_size, device, dtype)
-    neutral = neutral_hooks(device, dtype)
     if store is not None and keys is None:
         keys = _cache.image_keys(images)
     out: list[Rows] = []
@@ -212,14 +213,19 @@ def compute_rows(
         rows = Rows((len(images), len(views), *shape))
         missing = list(range(len(images)))
         if store is not None:
-            space = namespace(cut, neutral, **context)
+            space = namespace(cut, preprocessing, device, dtype)
             missing = _take_stored(rows, store, space, keys, views, shape)
         if missing and index == 0:
             on_the_way = None
             by = lower() if lower is not None and store is not None else None
             size = (set_size or len(images)) * len(views) * 4
             if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
-                on_the_way = (by, store, namespace(by, neutral, **context), keys)
+                on_the_way = (
+                    by,
+                    store,
+                    namespace(by, preprocessing, device, dtype),
+                    keys,
+                )
             _from_images(rows, cut, images, missing, views, run, on_the_way)
         elif missing:
             _from_rows(rows, cut, out[-1], cuts[index - 1], missing, run)
