@@ -10,7 +10,10 @@ folder, times in fresh processes, alternating, ``--repeat`` times:
 * the whole command ``sktransfer predict LIST.txt --estimator MODEL -q``
   (start-up, imports, loading the model, reading the files, printing);
 * the same command on one photo: its fixed cost (Python, torch,
-  torchvision and scikit-learn imports, loading the model).
+  torchvision and scikit-learn imports, loading the model);
+* ``sktransfer predict --help``, and the imports a saved model needs, each
+  in the order unpickling meets them (torch, torchvision, scikit-learn,
+  timm: the time of each on top of those before it).
 
 Two ratios of the baseline's median: over the whole command's (the
 command's speed end to end), and over the whole command's less its fixed
@@ -40,6 +43,16 @@ estimator = load_model(sys.argv[2]).estimator
 start = time.perf_counter()
 estimator.predict(files)
 print(json.dumps(time.perf_counter() - start))
+"""
+
+IMPORTS = """
+import json, time
+seconds = {}
+for name in ("torch", "torchvision", "sklearn.linear_model", "timm"):
+    start = time.perf_counter()
+    __import__(name)
+    seconds[name] = time.perf_counter() - start
+print(json.dumps(seconds))
 """
 
 
@@ -95,8 +108,18 @@ def main() -> None:
         )  # fmt: skip
         return time.perf_counter() - start
 
-    python, cli, fixed = [], [], []
+    python, cli, fixed, helps, imports = [], [], [], [], []
     for _ in range(args.repeat):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "sktransfer.cli", "predict", "--help"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        helps.append(time.perf_counter() - start)
+        out = subprocess.run(
+            [sys.executable, "-c", IMPORTS], check=True, capture_output=True, text=True
+        )
+        imports.append(json.loads(out.stdout.strip().splitlines()[-1]))
         out = subprocess.run(
             [sys.executable, "-c", BASELINE, str(listed), str(model)],
             check=True, capture_output=True, text=True,
@@ -116,6 +139,10 @@ def main() -> None:
         "speed of the command vs Python, photos:     "
         f"{t_python / max(t_cli - t_fixed, 1e-9):6.2f}x"
     )
+    print(f"sktransfer predict --help:                {np.median(helps):6.2f} s")
+    for name in imports[0]:
+        seconds = float(np.median([run[name] for run in imports]))
+        print(f"  import {name + ':':<34}{seconds:6.2f} s")
 
 
 if __name__ == "__main__":
