@@ -15,8 +15,15 @@ Groups = list[list[str]]
 
 
 def is_under(name: str, prefixes: Iterable[str]) -> bool:
-    """Whether ``name`` is one of ``prefixes`` or a module/parameter inside one."""
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+    """Whether ``name`` is one of ``prefixes`` or a module/parameter inside one
+    (looked up by its dotted ancestors: a network's hundreds of parameters
+    against a group list each)."""
+    prefixes = prefixes if isinstance(prefixes, (set, frozenset)) else set(prefixes)
+    while name not in prefixes:
+        name, dot, _ = name.rpartition(".")
+        if not dot:
+            return False
+    return True
 
 
 def group_index(groups: Groups, name: str) -> int | None:

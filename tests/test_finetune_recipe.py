@@ -113,6 +113,11 @@ def test_verbose_prints_the_heads_epochs(images, labels, capsys):
     table = capsys.readouterr().out
     assert "phase" in table.splitlines()[0]
     assert table.count(" head ") == 2 and table.count(" train ") == 1
+    tiny(frozen_layers=3, head_epochs=2, max_epochs=1).fit(images, labels)
+    assert capsys.readouterr().out == ""  # quiet: no table made or shown
+    lines = []
+    tiny(max_epochs=2, callbacks__print_log__sink=lines.append).fit(images, labels)
+    assert len(lines) == 4 and "train_loss" in lines[0]  # a user's sink: always
 
 
 def test_the_head_phase_leaves_the_body_untouched(images, labels):

@@ -251,6 +251,25 @@ def test_predictions_through_the_store_equal_the_whole_network(images, labels):
     np.testing.assert_allclose(unstored, whole, atol=1e-6)
 
 
+def test_a_prediction_finds_its_rows_namespace_once(images, labels, monkeypatch):
+    """Not once per batch: it walks every skipped module; and a later
+    prediction, after the weights changed, finds it again."""
+    clf = tiny(frozen_layers=3, max_epochs=1).fit(images, labels)
+    found = []
+    namespace = _rows.namespace
+    monkeypatch.setattr(
+        _rows, "namespace", lambda *a: found.append(namespace(*a)) or found[-1]
+    )
+    clf.set_params(batch_size=2).predict_proba(images)
+    assert len(found) == 1 and len(images) > 2
+    with torch.no_grad():
+        next(clf.module_.get_submodule(clf.frozen_modules_[0]).parameters()).mul_(2)
+    after = clf.predict_proba(images)
+    assert len(found) == 2 and found[1] != found[0]
+    whole = clf.set_params(cache_frozen=False).predict_proba(images)
+    np.testing.assert_allclose(after, whole, atol=1e-6)
+
+
 # ------------------------------------------------------ what keys the store
 def test_a_checkpoint_gets_its_own_rows(tmp_path, images, labels):
     paths = []

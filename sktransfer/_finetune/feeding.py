@@ -103,9 +103,10 @@ class Feeding:
             )
         return cut
 
-    def _rows(self, images: Images, phases, views, set_size=None) -> list:
+    def _rows(self, images: Images, phases, views, set_size=None, spaces=None):
         """:func:`~sktransfer._finetune.rows.compute_rows` of ``phases``' cuts
-        (of ``set_size`` images, of which ``images`` are a batch). Images
+        (of ``set_size`` images, of which ``images`` are a batch; ``spaces``:
+        the cuts' namespaces, kept across a prediction's batches). Images
         that go through the head's cut leave the rows of the cut one group
         earlier in the store on the way, for a grid search's candidates that
         train the top group."""
@@ -126,6 +127,7 @@ class Feeding:
             store=_rows.resolve_store(self.cache),
             lower=lower,
             set_size=set_size,
+            namespaces=spaces,
         )
 
     # ---------------------------------------------------------------- data
@@ -143,9 +145,12 @@ class Feeding:
         if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
             cut = self._cut("train")
         fetch = None
-        if cut is not None:
-            views, n = self._eval_views(), len(images)
-            fetch = lambda batch: self._rows(batch, ["train"], views, n)[0].data  # noqa: E731
+        if cut is not None:  # what keys the rows, found once per prediction
+            views, n, spaces = self._eval_views(), len(images), {}
+
+            def fetch(batch):
+                return self._rows(batch, ["train"], views, n, spaces)[0].data
+
         return PredictData(images, fetch, draft=self._draft())
 
     def get_split_datasets(self, X, y=None, **fit_params):

@@ -57,8 +57,8 @@ def trainable(
     groups are frozen: ``heads`` and the ``trained`` modules (auxiliary
     branches) always, the other groups' parameters, and those outside any
     group unless every group is frozen (``"all"``: only the heads train)."""
-    frozen_entries = [entry for group in groups[:n_frozen] for entry in group]
-    grouped = [entry for group in groups for entry in group]
+    frozen_entries = {entry for group in groups[:n_frozen] for entry in group}
+    grouped = {entry for group in groups for entry in group}
     freeze_rest = n_frozen == len(groups)
     ids = set()
     for name, param in module.named_parameters():

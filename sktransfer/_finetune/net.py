@@ -42,7 +42,7 @@ from .device import DeviceMixin
 from .feeding import Feeding
 from .freeze import fixed_modules, resolve_frozen_layers, set_train_modes, trainable
 from .head import install_head
-from .phases import HeadPhase, LRSchedule, PhaseEarlyStopping, phase_of
+from .phases import HeadPhase, LRSchedule, PhaseEarlyStopping, PrintLog, phase_of
 from .weighting import weighted_loss
 
 _DEFAULT_PATIENCE = 5
@@ -161,7 +161,7 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
 
     @property
     def _default_callbacks(self):
-        callbacks = list(super()._default_callbacks)
+        callbacks = [*super()._default_callbacks[:-1], ("print_log", PrintLog())]
         # before print_log, in this order: the phase first names the epoch
         callbacks.insert(-1, ("head_phase", HeadPhase()))
         schedule = LRSchedule(getattr(self, "lr_schedule", "cosine"))

@@ -193,6 +193,7 @@ def compute_rows(
     keys: list[str] | None = None,
     lower: Callable[[], Cut | None] | None = None,
     set_size: int | None = None,
+    namespaces: dict | None = None,
 ) -> list[Rows]:
     """The rows of every image and view for each cut of a chain (each cut's
     boundary after the previous one's), in eval mode: from ``store`` where
@@ -203,8 +204,17 @@ def compute_rows(
     a cut whose boundary that pass goes through (the neighbouring cut point
     of a grid search): its rows are put in the store on the way, at no
     cost, when the whole set's (``set_size`` images, of which ``images``
-    are a part) come to at most :data:`LOWER_BYTES`."""
+    are a part) come to at most :data:`LOWER_BYTES`. ``namespaces`` keeps
+    the cuts' namespaces across calls for the same network and settings
+    (the batches of one prediction)."""
     run = _Run(preprocessing, batch_size, device, dtype)
+    namespaces = {} if namespaces is None else namespaces
+
+    def space_of(cut: Cut) -> str:
+        if cut not in namespaces:
+            namespaces[cut] = namespace(cut, preprocessing, device, dtype)
+        return namespaces[cut]
+
     if store is not None and keys is None:
         keys = _cache.image_keys(images)
     out: list[Rows] = []
@@ -213,19 +223,14 @@ def compute_rows(
         rows = Rows((len(images), len(views), *shape))
         missing = list(range(len(images)))
         if store is not None:
-            space = namespace(cut, preprocessing, device, dtype)
+            space = space_of(cut)
             missing = _take_stored(rows, store, space, keys, views, shape)
         if missing and index == 0:
             on_the_way = None
             by = lower() if lower is not None and store is not None else None
             size = (set_size or len(images)) * len(views) * 4
             if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
-                on_the_way = (
-                    by,
-                    store,
-                    namespace(by, preprocessing, device, dtype),
-                    keys,
-                )
+                on_the_way = (by, store, space_of(by), keys)
             _from_images(rows, cut, images, missing, views, run, on_the_way)
         elif missing:
             _from_rows(rows, cut, out[-1], cuts[index - 1], missing, run)
