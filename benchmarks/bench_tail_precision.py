@@ -31,9 +31,10 @@ import torch
 from sktransfer import FineTuneClassifier, _devices
 
 
-def trained_part(model: str, frozen_layers: int, batch_size: int):
-    """The training tail of a fitted classifier, a batch of stored outputs
-    for it, and its trainable parameters."""
+def trained_part(model: str, frozen_layers, batch_size: int, precision: str):
+    """The network of a fitted classifier, the cut that its training steps
+    run (the rest of the network from the frozen part's stored output), a
+    batch of stored outputs for it, and its trainable parameters."""
     images = np.random.default_rng(0).integers(0, 255, (4, 224, 224, 3), np.uint8)
     clf = FineTuneClassifier(
         model,
@@ -42,14 +43,15 @@ def trained_part(model: str, frozen_layers: int, batch_size: int):
         max_epochs=1,
         head_epochs=0,
         device="cpu",
+        precision=precision,
         random_state=0,
     ).fit(images, np.arange(4) % 2)
-    split = clf._split_plan()
-    shape = split.shapes[clf.preprocessing_.crop_size]
-    features = torch.randn(batch_size, *shape)
-    features = features.contiguous(memory_format=torch.channels_last)
+    cut = clf._cut("train")
+    boundary = cut.activation
+    features = torch.randn(batch_size, *boundary.shape)
+    features = features.contiguous(memory_format=boundary.layout)
     params = [p for p in clf.module_.parameters() if p.requires_grad]
-    return clf.module_, split.tail(True), features, params
+    return clf.module_, cut, features, params
 
 
 def without_float32_convolutions(module: torch.nn.Module):
@@ -72,19 +74,23 @@ def without_float32_convolutions(module: torch.nn.Module):
     return restore
 
 
-def step_time(tail, features, optimizer, dtype, steps: int = 5) -> float:
+def step_time(tail, features, optimizer, dtype, seconds: float = 0.5) -> float:
+    """The mean time of the steps that fit in ``seconds`` (at least 3)."""
+
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
             out = tail(features)
+        out = out[0] if isinstance(out, tuple) else out
         loss = out.float().logsumexp(1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
+    steps, start = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - start < seconds:
         step()
+        steps += 1
     return (time.perf_counter() - start) / steps
 
 
@@ -100,14 +106,19 @@ def main() -> None:
         "training step vs float32 (median of rounds, rounds in brackets)"
     )
     print(f"{'frozen_layers':>13s}  {'bfloat16 throughout':>24s}  {'default':>24s}")
-    for frozen in map(int, args.frozen.split(",")):
-        module, tail, features, params = trained_part(
-            args.model, frozen, args.batch_size
+    for frozen in args.frozen.split(","):
+        frozen = frozen if frozen == "all" else int(frozen)
+        _, tail32, features32, params32 = trained_part(
+            args.model, frozen, args.batch_size, "float32"
         )
+        module, tail, features, params = trained_part(
+            args.model, frozen, args.batch_size, "auto"
+        )
+        optimizer32 = torch.optim.AdamW(params32, lr=1e-4)
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         plain, default = [], []
         for _ in range(args.rounds):
-            t32 = step_time(tail, features, optimizer, None)
+            t32 = step_time(tail32, features32, optimizer32, None)
             restore = without_float32_convolutions(module)
             t_plain = step_time(tail, features, optimizer, torch.bfloat16)
             restore()
@@ -119,7 +130,7 @@ def main() -> None:
             rounds = ", ".join(f"{r:.2f}" for r in ratios)
             return f"{statistics.median(ratios):.2f}x ({rounds})"
 
-        print(f"{frozen:>13d}  {cell(plain):>24s}  {cell(default):>24s}")
+        print(f"{frozen!s:>13s}  {cell(plain):>24s}  {cell(default):>24s}")
 
 
 if __name__ == "__main__":
