@@ -1,21 +1,18 @@
 """A network run from a stored activation: the cut after its frozen part.
 
 In a fine-tuning step, the modules that run before the first trained one
-are in eval mode (frozen groups, or everything but the head while the head
-trains alone): their output for an image is the same in every epoch. A
-:class:`Cut` computes that output once (its *rows*), and runs the rest of the
+are in eval mode, so their output for an image is the same in every epoch.
+A :class:`Cut` computes it once (its *rows*) and runs the rest of the
 network from it: for the length of a call, the skipped modules' ``forward``
-is replaced by one that returns the rows (the last of them, the
-*boundary*), or NaN of the shape they give (the others, whose outputs then
-feed only skipped modules). Nothing is traced: the network's own ``forward``
-runs, with its own control flow.
+returns the rows (the last of them, the *boundary*) or NaN of the shape they
+give (the others, whose outputs then feed only skipped modules). Nothing is
+traced: the network's own ``forward`` runs, with its own control flow.
 
-:func:`plan_cut` finds the modules to skip from one probe forward pass, and
+:func:`plan_cut` finds the modules to skip from a probe forward pass and
 keeps the cut only if it gives what the whole network gives, in eval mode
 and in the training modes (the same random draws): a NaN that leaks, a
-module that draws random numbers or runs in training mode before the
-boundary, a skipped module called twice, any error, and the whole network
-runs instead.
+module that draws random numbers or trains before the boundary, a skipped
+module called twice, any error, and the whole network runs instead.
 """
 
 from __future__ import annotations
@@ -46,26 +43,22 @@ _DETERMINISTIC = tuple(
     ).split()
 )
 
-
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _locks_lock = threading.Lock()
 
 
 def module_lock(module: nn.Module) -> threading.RLock:
     """The lock of ``module``'s forward passes: a cut replaces its skipped
-    modules' ``forward`` for all threads, so no other pass through the
-    network may run meanwhile (two threads predicting with one estimator)."""
+    modules' ``forward`` for all threads, so no other pass may run meanwhile."""
     with _locks_lock:
-        lock = _locks.get(module)
-        if lock is None:
-            lock = _locks[module] = threading.RLock()
-        return lock
+        if module not in _locks:
+            _locks[module] = threading.RLock()
+        return _locks[module]
 
 
 @dataclass(frozen=True)
 class Activation:
-    """What a module gives one image: shape (without the batch), dtype and
-    memory layout."""
+    """What a module gives one image: shape, dtype and memory layout."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
@@ -84,17 +77,12 @@ class Activation:
 
 class Cut:
     """``module`` run from the output of its module ``boundary``; ``skipped``:
-    the modules that do not run then (the boundary last), with what each
-    gives one image; ``input_shape``: of one preprocessed image."""
+    the modules that do not run then (the boundary last) and what each gives
+    one image; ``input_shape``: of one preprocessed image."""
 
-    def __init__(
-        self,
-        module: nn.Module,
-        skipped: dict[str, Activation],
-        input_shape: tuple[int, ...],
-    ):
+    def __init__(self, module: nn.Module, skipped: dict, input_shape: tuple):
         self.module = module
-        self.skipped = skipped
+        self.skipped: dict[str, Activation] = skipped
         self.boundary = next(reversed(skipped))
         self._modules = [module.get_submodule(name) for name in skipped]
         self.input_shape = input_shape
@@ -113,38 +101,30 @@ class Cut:
         with self.lock:
             return forward_tap(self.module, batch, tap, take_input=False)
 
-    def __call__(
-        self,
-        rows: torch.Tensor,
-        tap: nn.Module | None = None,
-        *,
-        take_input: bool = False,
-    ):
-        """The network's output from ``rows`` of the boundary (any dtype; cast
-        to the boundary's), or the input/output of ``tap`` on the way."""
-        n = len(rows)
+    def __call__(self, rows: torch.Tensor, tap=None, *, take_input=False):
+        """The network's output from ``rows`` of the boundary (cast to its
+        dtype), or the input/output of module ``tap`` on the way."""
         boundary = self.activation
         rows = rows.to(boundary.dtype).contiguous(memory_format=boundary.layout)
         with self.lock, self._stubbed(rows):
             x = torch.full((), float("nan"), device=rows.device)
-            x = x.expand(n, *self.input_shape)
+            x = x.expand(len(rows), *self.input_shape)
             if tap is None:
                 return self.module(x)
             return forward_tap(self.module, x, tap, take_input=take_input)
 
     @contextlib.contextmanager
     def _stubbed(self, rows: torch.Tensor):
-        modules = self._modules
         n, device = len(rows), rows.device
         stubs = [_nan_stub(a, n, device) for a in self.skipped.values()]
         stubs[-1] = lambda *args, **kwargs: rows
-        saved = [m.__dict__.get("forward") for m in modules]
+        saved = [m.__dict__.get("forward") for m in self._modules]
         try:
-            for m, stub in zip(modules, stubs, strict=True):
+            for m, stub in zip(self._modules, stubs, strict=True):
                 m.__dict__["forward"] = stub
             yield
         finally:
-            for m, old in zip(modules, saved, strict=True):
+            for m, old in zip(self._modules, saved, strict=True):
                 if old is None:
                     m.__dict__.pop("forward", None)
                 else:
@@ -176,15 +156,14 @@ def plan_cut(
     are the outermost modules entered before the first trained one whose
     every submodule is then in eval mode and holds no trained parameter. The
     cut is kept if it gives the whole network's outputs on random images, in
-    eval mode and in the training modes (running statistics are restored
-    afterwards; the network is left in eval mode). ``main_only``: only the
-    main output counts (auxiliary heads do not train then).
+    eval mode and in the training modes (running statistics are restored;
+    the network is left in eval mode). ``main_only``: only the main output
+    counts (auxiliary heads do not train then).
 
     What the probe finds depends on the network's structure, not on its
-    weights (a NaN never compares true, whatever the weights): a network of
-    the same structure (:func:`structure`: classes, settings, shapes, what
-    trains and the modes, with the same input, dtype and device) takes the
-    plan of the first (:data:`_plans`), as another fold's copy of it does.
+    weights (a NaN never compares true): a network of the same
+    :func:`structure` takes the plan of the first, as another fold's copy
+    of it does.
     """
     key = structure(module, trained, training_modes, crop, device, dtype, main_only)
     plan = _plans.get(key)
@@ -192,20 +171,18 @@ def plan_cut(
         cut, why = _probe(
             module, crop, trained, training_modes, main_only, device, dtype
         )
-        plan = (None, why) if cut is None else (cut.skipped, cut.input_shape)
-        _plans.put(key, plan)
+        _plans.put(key, (None, why) if cut is None else (cut.skipped, cut.input_shape))
         return cut, why
     if plan[0] is None:
         return None, plan[1]
     return Cut(module, plan[0], plan[1]), ""
 
 
-# Plans by the structure of the network they were probed on (plan_cut).
-_plans: LRU[tuple] = LRU(max_items=64)
+_plans: LRU[tuple] = LRU(max_items=64)  # by the structure probed (plan_cut)
 
 
 def structure(module, trained, training_modes, crop, device, dtype, main_only) -> tuple:
-    """All that a plan depends on: per module, its name, class, plain settings,
+    """All that a plan depends on: per module, its name, class, settings,
     mode in training, and its own tensors' names, shapes, dtypes and whether
     they train; the probe's input size, dtype, device and ``main_only``."""
     training_modes()
@@ -237,14 +214,11 @@ def neutral_hooks(device: torch.device, dtype: torch.dtype | None) -> tuple:
     return (*OUTPUT_NEUTRAL_HOOKS, *CPU_AUTOCAST_HOOKS)
 
 
-def settings_of(
-    module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS
-) -> list[tuple[str, object]]:
-    """``module``'s own state besides submodules, parameters and buffers, by
-    name, as comparable values: every attribute (private ones too; tensors
-    as they are) and its forward hooks (``"forward hooks"``) but the
-    ``neutral`` ones (:func:`neutral_hooks`), which can all change what
-    ``forward`` does.
+def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> list:
+    """``module``'s own state but submodules, parameters and buffers, as
+    ``(name, comparable value)``: every attribute (private ones too; tensors
+    as they are) and its forward hooks but the ``neutral`` ones
+    (:func:`neutral_hooks`), all of which can change what ``forward`` does.
 
     A value that cannot be compared across networks (a closure, an object
     of a class of its own) is taken by identity: networks that hold it
@@ -267,8 +241,8 @@ _MODULE_STATE = {*vars(nn.Module()), "_sktransfer_tap_hooks"}
 
 
 def _fingerprint(value):
-    """``value`` as something that compares equal across networks exactly
-    when the values are the same settings (see :func:`settings_of`)."""
+    """``value`` as something equal across networks exactly when the values
+    are the same settings (see :func:`settings_of`)."""
     if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
         return value
     if isinstance(value, (torch.device, enum.Enum)):
@@ -302,8 +276,13 @@ def _probe(module, crop, trained, training_modes, main_only, device, dtype):
     try:  # its own random numbers: the fit's are not drawn from
         with torch.no_grad(), autocast(device, dtype):
             training_modes()
+            entered: list[str] = []
+
+            def enter(name, sub):  # the order in which modules are entered
+                return sub.register_forward_pre_hook(lambda *_: entered.append(name))
+
             with FitRandomness(0):
-                entered, trained_whole = _entered(module, x)
+                trained_whole = _hooked(module, x, enter)
             restore()
             names, why = _skippable(module, entered, trained)
             if not names:
@@ -332,21 +311,16 @@ def _probe(module, crop, trained, training_modes, main_only, device, dtype):
         module.eval()
 
 
-def _entered(module: nn.Module, x) -> tuple[list[str], object]:
-    """The names of the modules in the order they are entered, and the
-    output, of one forward pass."""
-    entered: list[str] = []
-    handles = [
-        sub.register_forward_pre_hook(lambda *_, name=name: entered.append(name))
-        for name, sub in module.named_modules()
-        if name
-    ]
+def _hooked(module: nn.Module, x, hook):
+    """``module(x)`` with ``hook(name, submodule)`` (which registers a hook
+    and returns its handle, or ``None``) applied to every submodule."""
+    handles = [hook(name, sub) for name, sub in module.named_modules() if name]
     try:
-        out = module(x)
+        return module(x)
     finally:
         for handle in handles:
-            handle.remove()
-    return entered, out
+            if handle is not None:
+                handle.remove()
 
 
 def _skippable(module: nn.Module, entered: list[str], trained: set[int]):
@@ -382,26 +356,17 @@ def _skippable(module: nn.Module, entered: list[str], trained: set[int]):
 
 def _eval_pass(module: nn.Module, x, names: list[str]):
     """One forward pass of ``x`` in eval mode: what each of ``names`` gives
-    one image (they do not nest, so they finish in the order they are
-    entered: the last is the boundary), the boundary's output, and the
-    network's; ``({}, None, None)`` when one of them is not called exactly
-    once or gives no batch of tensors."""
+    one image (they do not nest, so the last to finish is the boundary),
+    the boundary's output, and the network's; ``({}, None, None)`` when one
+    of them is not called exactly once or gives no batch of tensors."""
     found: dict[str, list] = {name: [] for name in names}
 
-    def record(name):
-        def hook(_module, _args, output):
-            found[name].append(output)
+    def record(name, sub):
+        if name in found:
+            return sub.register_forward_hook(lambda m, a, out: found[name].append(out))
+        return None
 
-        return hook
-
-    handles = [
-        module.get_submodule(name).register_forward_hook(record(name)) for name in names
-    ]
-    try:
-        whole = module(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    whole = _hooked(module, x, record)
     skipped = {}
     for name, outputs in found.items():
         out = outputs[0] if len(outputs) == 1 else None

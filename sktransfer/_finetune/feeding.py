@@ -1,11 +1,10 @@
 """What a fine-tuning fit feeds its network: the cuts, their rows, the datasets.
 
-:class:`Feeding` is the part of :class:`~sktransfer._finetune.net.FineTuneNet`
-that skorch asks for data (``get_dataset``, ``get_split_datasets``,
-``get_iterator``): the fit's images and, computed once, the rows of each
-phase's cut (:mod:`~sktransfer._finetune.cut`, :mod:`~sktransfer._finetune.rows`),
-split for validation; to predict, the training cut's rows batch by batch.
-It fits the new head's standardisation to the training images' embeddings.
+:class:`Feeding` answers skorch's requests for data (``get_dataset``,
+``get_split_datasets``, ``get_iterator``): a fit's images and, computed
+once, the rows of each phase's cut (:mod:`.cut`, :mod:`.rows`), split for
+validation; to predict, the training cut's rows batch by batch. It fits the
+new head's standardisation to the training images' embeddings.
 """
 
 from __future__ import annotations
@@ -43,11 +42,10 @@ class Feeding:
         return self.augment
 
     def _views(self) -> tuple[str, ...]:
-        """The fixed views of each image: with mirror images where training
-        flips images."""
-        return (
-            ("center", "flip") if self._augment() in ("flip", "random") else ("center",)
-        )
+        """The fixed views of each image: with its mirror image where
+        training flips images."""
+        flips = self._augment() in ("flip", "random")
+        return ("center", "flip") if flips else ("center",)
 
     def _eval_views(self) -> tuple[str, ...]:
         """The views whose predictions are averaged (``tta``)."""
@@ -55,7 +53,7 @@ class Feeding:
 
     def _cut(self, phase: str) -> Cut | None:
         """The cut before what trains in ``phase``, planned once per network
-        and settings it depends on; ``None`` where rows are not used
+        and the settings it depends on; ``None`` where rows are not used
         (``cache_frozen=False``, ``compile``) or cannot give the whole
         network's outputs (then it runs whole)."""
         cuts = self.__dict__.setdefault("_cuts", {})
@@ -104,21 +102,19 @@ class Feeding:
         return cut
 
     def _rows(self, images: Images, phases, views, set_size=None, spaces=None):
-        """:func:`~sktransfer._finetune.rows.compute_rows` of ``phases``' cuts
-        (of ``set_size`` images, of which ``images`` are a batch; ``spaces``:
-        the cuts' namespaces, kept across a prediction's batches). Images
-        that go through the head's cut leave the rows of the cut one group
-        earlier in the store on the way, for a grid search's candidates that
-        train the top group."""
+        """:func:`~.rows.compute_rows` of ``phases``' cuts (``images``: a
+        batch of ``set_size``; ``spaces``: the cuts' namespaces, kept across
+        a prediction's batches). Images that go through the head's cut leave
+        the rows of the cut one group earlier in the store on the way, for a
+        grid search's candidates that train the top group."""
         self._set_training(False)
         device = self._device()
-        cuts = [self._cut(phase) for phase in phases]
         lower = None
         if phases[0] == "head" or self._head_only():  # the head's cut first
             lower = lambda: self._cut("lower")  # noqa: E731
         return _rows.compute_rows(
             images,
-            cuts,
+            [self._cut(phase) for phase in phases],
             views,
             preprocessing=self.preprocessing_,
             batch_size=self._batch_size(len(images)),
@@ -132,16 +128,15 @@ class Feeding:
 
     # ---------------------------------------------------------------- data
     def get_dataset(self, X, y=None):
-        """The images of ``X`` (a fit's :class:`FitData`, built by
-        :meth:`get_split_datasets`, passes through); to predict with a
-        network that has a cut, fetched as its rows, from the ``cache``
-        store where it has them."""
+        """The images of ``X`` (a fit's :class:`FitData` passes through); to
+        predict with a network that trained from a cut, fetched as that
+        cut's rows (from the ``cache`` store where it has them)."""
         if isinstance(X, (FitData, PredictData)):
             return X
         images = X.images if isinstance(X, Weighted) else X
         if not isinstance(images, Images):
             images = check_images(images, n_channels=self.n_channels_in_)
-        cut = None  # the rows that training took, where it took any
+        cut = None
         if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
             cut = self._cut("train")
         fetch = None
@@ -149,16 +144,16 @@ class Feeding:
             views, n, spaces = self._eval_views(), len(images), {}
 
             def fetch(batch):
-                return self._rows(batch, ["train"], views, n, spaces)[0].data
+                rows = self._rows(batch, ["train"], views, n, spaces)[0]
+                return torch.from_numpy(rows.data)
 
         return PredictData(images, fetch, draft=self._draft())
 
     def get_split_datasets(self, X, y=None, **fit_params):
         """A fit's data: its images, and the rows of each phase's cut,
-        computed once (or taken from the ``cache`` store), split by
-        ``train_split`` or, for early stopping, a stratified
-        ``validation_fraction``; a new head's standardisation is fitted to
-        the training part."""
+        computed once (or taken from the store), split by ``train_split``
+        or, for early stopping, a stratified ``validation_fraction``; a new
+        head's standardisation is fitted to the training part."""
         images = X.images
         drafts = {"train": self._draft(), "head": self.preprocessing_.resize_size}
         data = FitData(
@@ -223,21 +218,19 @@ class Feeding:
         device = self._device()
         size = self._batch_size(len(indices))
         found = []
+        phase = next((p for p in ("head", "train") if p in data.rows), None)
         with torch.inference_mode(), autocast(device, self._autocast_dtype(device)):
-            for phase in ("head", "train"):
-                if phase in data.rows:
-                    cut, rows = self._cut(phase), data.rows[phase]
-                    for start in range(0, len(indices), size):
-                        block = rows.take(indices[start : start + size]).to(device)
-                        for v in range(block.shape[1]):
-                            found.append(cut(block[:, v], head, take_input=True))
-                    break
+            if phase is not None:
+                cut, rows = self._cut(phase), data.rows[phase]
+                for start in range(0, len(indices), size):
+                    block = rows.take(indices[start : start + size]).to(device)
+                    for v in range(block.shape[1]):
+                        found.append(cut(block[:, v], head, take_input=True))
             else:
                 images = data.images.subset(indices)
-                batches = preprocessed_batches(
+                for batch in preprocessed_batches(
                     images, self.preprocessing_, size, device
-                )
-                for batch in batches:
+                ):
                     batch = channels_last(batch.to(device))
                     for view in self._views():
                         x = _rows.VIEWS[view](batch)
@@ -248,7 +241,7 @@ class Feeding:
 
     def get_iterator(self, dataset, training=False):
         """skorch's iterator; a ``DataLoader`` gets sktransfer's collate
-        function, and on CUDA loads ahead (:class:`DeviceLoader`)."""
+        function, and on CUDA loads ahead (:class:`~.loader.DeviceLoader`)."""
         prefix = "iterator_train" if training else "iterator_valid"
         iterator = self.iterator_train if training else self.iterator_valid
         kwargs = self.get_params_for(prefix)
@@ -259,10 +252,12 @@ class Feeding:
         if loader_class:
             kwargs.setdefault("collate_fn", Collate(self.classes_))
         loader = iterator(dataset, **kwargs)
-        device = self._device()
-        if loader_class and device.type == "cuda":
+        if loader_class and self._device().type == "cuda":
             return DeviceLoader(
-                loader, device, next_epoch=training, phase=lambda: phase_of(self)
+                loader,
+                self._device(),
+                next_epoch=training,
+                phase=lambda: phase_of(self),
             )
         return loader
 

@@ -3,16 +3,12 @@ part once, kept by content across fits.
 
 The *views* of an image are fixed functions of the preprocessed image (the
 image, its mirror image), so its rows are the same in every fit, whatever
-the seed. In a store (``cache``: the in-process LRU or a folder) a row is
-keyed by the image's content (:func:`~sktransfer._cache.image_keys`: what
-decoding reads) and the view, inside a namespace that digests everything
-else that determines it (:func:`namespace`): the skipped modules' weights and
-structure, the code around them, the preprocessing, the autocast dtype and
-the device pipeline. A hit is therefore the value that computing gives.
-
-A chain of cuts (the cut of a fit's frozen groups, then the head's) is
-computed in one pass: the rows of each cut from the previous cut's rows,
-the first from the images.
+the seed. A store (``cache``: the in-process LRU or a folder) keys a row by
+the image's content (:func:`~sktransfer._cache.image_keys`: what decoding
+reads) and the view, inside a :func:`namespace` that digests all else that
+determines it, so that a hit is the value that computing gives. A chain of
+cuts (a fit's frozen groups, then the head's) is computed in one pass, each
+cut's rows from the previous cut's, the first from the images.
 """
 
 from __future__ import annotations
@@ -40,8 +36,8 @@ MEMORY_LIMIT_BYTES = 2 * 1024**3
 # The in-process store behind cache="memory" (its own bound: rows of early
 # cuts are large and must not evict the embedding cache's).
 STORE_BYTES = 2 * 1024**3
-# Rows of a lower cut kept on the way (see compute_rows) only for sets of
-# images whose come to at most this: a quarter of the store.
+# Rows of a lower cut are kept on the way (compute_rows) for sets whose rows
+# come to at most a quarter of the store.
 LOWER_BYTES = STORE_BYTES // 4
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -62,17 +58,12 @@ def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
     return _memory if cache == "memory" else _cache.resolve(cache)
 
 
-def namespace(
-    cut: Cut,
-    preprocessing: Preprocessing,
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> str:
-    """The store namespace of ``cut``'s rows: a digest of the skipped
-    modules (structure, settings, hooks that act on ``device`` under
-    ``dtype``, parameters and buffers), the code around them (their
-    ancestors' classes, settings, hooks and own tensors), what the boundary
-    gives, the preprocessing, the autocast dtype and the device pipeline."""
+def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str:
+    """The store namespace of ``cut``'s rows: a digest of the skipped modules
+    (classes, settings, the hooks that act on ``device`` under ``dtype``,
+    parameters and buffers), the code around them (their ancestors' classes,
+    settings, hooks and own tensors), what the boundary gives, the
+    preprocessing, the autocast dtype and the device pipeline."""
     module = cut.module
     neutral = neutral_hooks(device, dtype)
     ancestors = sorted(
@@ -86,29 +77,28 @@ def namespace(
     digest = hashlib.blake2b(digest_size=16)
     for name in cut.skipped:
         digest.update(f"{name}:{cut.skipped[name]}".encode())
-        sub = module.get_submodule(name)
-        digest.update(_structure(sub.modules(), neutral).encode())
-    around = (module.get_submodule(a) for a in ancestors)
-    digest.update(_structure(around, neutral).encode())
+        digest.update(_structure(module.get_submodule(name).modules(), neutral))
+    digest.update(_structure((module.get_submodule(a) for a in ancestors), neutral))
     digest.update(_tensors_digest(cut, ancestors).encode())
     digest.update(f"{preprocessing!r}|{dtype}|{device.type}".encode())
     return digest.hexdigest()
 
 
 def _tensors_digest(cut: Cut, ancestors: list[str]) -> str:
-    """A digest of the skipped modules' parameters and buffers and their
-    ancestors' own, kept on the cut while they are the same tensors, in the
-    same storage, unchanged (their version counters, which every in-place
-    change moves): the weights are hashed once, not once per batch."""
+    """A digest of the skipped modules' parameters and buffers (non-persistent
+    ones too) and their ancestors' own, kept on the cut while they are the
+    same tensors, in the same storage, unchanged (their version counters,
+    which every in-place change moves): weights are hashed once, not once
+    per prediction."""
     module = cut.module
     named = [
         (f"{name}.{key}", tensor)
-        for name in cut.skipped
-        for key, tensor in _tensors(module.get_submodule(name), recurse=True)
-    ] + [
-        (f"{name}.{key}", tensor)
-        for name in ancestors
-        for key, tensor in _tensors(module.get_submodule(name), recurse=False)
+        for names, recurse in ((cut.skipped, True), (ancestors, False))
+        for name in names
+        for key, tensor in [
+            *module.get_submodule(name).named_parameters(recurse=recurse),
+            *module.get_submodule(name).named_buffers(recurse=recurse),
+        ]
     ]
     state = [(id(t), t.data_ptr(), t._version) for _, t in named]
     kept = cut.memo.get("tensors")
@@ -120,14 +110,7 @@ def _tensors_digest(cut: Cut, ancestors: list[str]) -> str:
     return value
 
 
-def _tensors(module, recurse: bool):
-    return [
-        *module.named_parameters(recurse=recurse),
-        *module.named_buffers(recurse=recurse),  # non-persistent ones too
-    ]
-
-
-def _structure(modules, neutral: tuple) -> str:
+def _structure(modules, neutral: tuple) -> bytes:
     """Classes and settings of ``modules`` (:func:`~.cut.settings_of`; a
     tensor that is no parameter or buffer by its bytes)."""
     parts = []
@@ -137,7 +120,7 @@ def _structure(modules, neutral: tuple) -> str:
             for k, v in settings_of(m, neutral)
         ]
         parts.append(f"{type(m).__module__}.{type(m).__qualname__}{settings}")
-    return "|".join(parts)
+    return "|".join(parts).encode()
 
 
 def _bytes_digest(tensor: torch.Tensor) -> str:
@@ -145,14 +128,14 @@ def _bytes_digest(tensor: torch.Tensor) -> str:
 
 
 class Rows:
-    """``(n, views, ...)`` float32 rows of one cut: a CPU tensor, or a
+    """``(n, views, ...)`` float32 rows of one cut: an array, or a
     memory-mapped temporary file beyond :data:`MEMORY_LIMIT_BYTES`, removed by
     :meth:`release` (or garbage collection, should a fit end in an error)."""
 
     def __init__(self, shape: tuple[int, ...]):
         self._remove = weakref.finalize(self, lambda: None)
-        if 4 * int(np.prod(shape)) <= MEMORY_LIMIT_BYTES:
-            self.data = torch.empty(shape, dtype=torch.float32)
+        if 4 * math.prod(shape) <= MEMORY_LIMIT_BYTES:
+            self.data = np.empty(shape, np.float32)
             return
         fd, path = tempfile.mkstemp(prefix="sktransfer-rows-", suffix=".npy")
         os.close(fd)
@@ -165,19 +148,20 @@ class Rows:
     def take(self, indices) -> torch.Tensor:
         """The rows at ``indices`` (one gather) as a tensor."""
         rows = self.data[np.asarray(indices, dtype=np.int64)]
-        if isinstance(rows, torch.Tensor):
-            return rows
         return torch.from_numpy(np.ascontiguousarray(rows))
-
-    def write(self, index: int, row) -> None:
-        if isinstance(self.data, torch.Tensor):
-            self.data[index] = torch.as_tensor(row)
-        else:
-            self.data[index] = np.asarray(row)
 
     def release(self) -> None:
         self.data = None
         self._remove()
+
+
+class _Run(NamedTuple):
+    """How rows are computed."""
+
+    preprocessing: Preprocessing
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype | None
 
 
 def compute_rows(
@@ -200,14 +184,15 @@ def compute_rows(
     it has them (``keys``: the images' content keys, computed when not
     given), else computed, and put there.
 
-    ``lower()``, asked when images must go through the first cut, may give
-    a cut whose boundary that pass goes through (the neighbouring cut point
-    of a grid search): its rows are put in the store on the way, at no
-    cost, when the whole set's (``set_size`` images, of which ``images``
-    are a part) come to at most :data:`LOWER_BYTES`. ``namespaces`` keeps
-    the cuts' namespaces across calls for the same network and settings
-    (the batches of one prediction)."""
+    ``lower()``, asked when images go through the first cut, may give a cut
+    whose boundary that pass goes through (the neighbouring cut point of a
+    grid search): its rows go to the store on the way, at no cost, when the
+    whole set's (``set_size`` images, of which ``images`` are a part) come to
+    at most :data:`LOWER_BYTES`. ``namespaces`` keeps the cuts' namespaces
+    across calls (the batches of one prediction)."""
     run = _Run(preprocessing, batch_size, device, dtype)
+    if store is not None and keys is None:
+        keys = _cache.image_keys(images)
     namespaces = {} if namespaces is None else namespaces
 
     def space_of(cut: Cut) -> str:
@@ -215,20 +200,25 @@ def compute_rows(
             namespaces[cut] = namespace(cut, preprocessing, device, dtype)
         return namespaces[cut]
 
-    if store is not None and keys is None:
-        keys = _cache.image_keys(images)
     out: list[Rows] = []
     for index, cut in enumerate(cuts):
         shape = cut.activation.shape
         rows = Rows((len(images), len(views), *shape))
         missing = list(range(len(images)))
         if store is not None:
-            space = space_of(cut)
-            missing = _take_stored(rows, store, space, keys, views, shape)
+            width = len(views)
+            found = store.get(space_of(cut), _row_keys(keys, views), shape)
+            missing = []
+            for i in range(len(images)):
+                mine = found[i * width : (i + 1) * width]
+                if any(row is None for row in mine):
+                    missing.append(i)
+                else:
+                    rows.data[i] = np.stack(mine)
         if missing and index == 0:
-            on_the_way = None
             by = lower() if lower is not None and store is not None else None
             size = (set_size or len(images)) * len(views) * 4
+            on_the_way = None
             if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
                 on_the_way = (by, store, space_of(by), keys)
             _from_images(rows, cut, images, missing, views, run, on_the_way)
@@ -236,39 +226,13 @@ def compute_rows(
             _from_rows(rows, cut, out[-1], cuts[index - 1], missing, run)
         if missing and store is not None:
             for i in missing:
-                store.put(space, _row_keys(keys[i], views), _numpy(rows.data[i]))
+                store.put(space_of(cut), _row_keys([keys[i]], views), rows.data[i])
         out.append(rows)
     return out
 
 
-def _row_keys(key: str, views) -> list[str]:
-    return [f"{key}-{view}" for view in views]
-
-
-def _numpy(row) -> np.ndarray:
-    return row.numpy() if isinstance(row, torch.Tensor) else np.asarray(row)
-
-
-def _take_stored(rows: Rows, store, space, keys, views, shape) -> list[int]:
-    width = len(views)
-    found = store.get(space, [k for key in keys for k in _row_keys(key, views)], shape)
-    missing = []
-    for i in range(len(keys)):
-        mine = found[i * width : (i + 1) * width]
-        if any(row is None for row in mine):
-            missing.append(i)
-        else:
-            rows.write(i, np.stack(mine))
-    return missing
-
-
-class _Run(NamedTuple):
-    """How rows are computed."""
-
-    preprocessing: Preprocessing
-    batch_size: int
-    device: torch.device
-    dtype: torch.dtype | None
+def _row_keys(keys: list[str], views) -> list[str]:
+    return [f"{key}-{view}" for key in keys for view in views]
 
 
 def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> None:
@@ -296,13 +260,12 @@ def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> No
                     [_cpu(cut.rows(_layout(VIEWS[v](batch)))) for v in views], dim=1
                 )
                 chunk = missing[start : start + len(batch)]
-                for i, row in zip(chunk, block, strict=True):
-                    rows.write(i, row)
+                rows.data[chunk] = block.numpy()
                 if on_the_way is not None and len(captured) == len(views):
                     _, store, space, keys = on_the_way
                     lower = torch.stack(captured, dim=1).numpy()
                     for i, row in zip(chunk, lower, strict=True):
-                        store.put(space, _row_keys(keys[i], views), row)
+                        store.put(space, _row_keys([keys[i]], views), row)
                     captured.clear()
                 start += len(batch)
     finally:
@@ -316,12 +279,8 @@ def _from_rows(rows, cut, lower: Rows, lower_cut: Cut, missing, run: _Run) -> No
         for start in range(0, len(missing), run.batch_size):
             chunk = missing[start : start + run.batch_size]
             block = lower.take(chunk).to(run.device, non_blocking=True)
-            out = torch.stack(
-                [_cpu(lower_cut(block[:, v], tap)) for v in range(block.shape[1])],
-                dim=1,
-            )
-            for i, row in zip(chunk, out, strict=True):
-                rows.write(i, row)
+            out = [_cpu(lower_cut(block[:, v], tap)) for v in range(block.shape[1])]
+            rows.data[chunk] = torch.stack(out, dim=1).numpy()
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:
