@@ -1,19 +1,15 @@
 """Each fit draws its random numbers from generators of its own.
 
-torch's default generator is one per process: two fits in threads (joblib's
-threading backend, a Dask worker's threads) seeding and drawing from it would
-draw each other's numbers. :class:`FitRandomness` is a torch function mode,
-which acts in the thread that enters it only: while a fit runs, every random
-draw that does not name a generator (initialising the new head, shuffling,
-picking a view, augmenting, dropout anywhere in the network) takes the fit's
-generator for the tensor's device instead. A seeded fit then gives the same
-model alone, after other fits, or beside them in threads. A network built
-with random weights (``weights=None``) draws from generators of its own
-alike (``_builders._seeded``).
-
-Dropout is redrawn here from those generators (torch's fused dropout takes
-none): a mask of float32 uniforms (``>= p``), scaled by ``1 / (1 - p)``: the
-same distribution, and drawn 2-3x faster on the CPU than torch's
+torch's default generator is one per process: fits in threads (joblib's
+threading backend, a Dask worker's threads) would draw each other's numbers.
+:class:`FitRandomness`, a torch function mode, acts in the thread that
+enters it: every draw that names no generator (the new head's weights,
+shuffling, views, augmentation, dropout) takes the fit's generator for the
+tensor's device. A seeded fit then gives the same model alone, after other
+fits, or beside them in threads; seeded builds (``weights=None``) do alike
+(``_builders._seeded``). Dropout is redrawn from those generators (torch's
+fused dropout takes none) as a mask of float32 uniforms ``>= p`` scaled by
+``1 / (1 - p)``: the same distribution, 2-3x faster on the CPU than torch's
 ``bernoulli_`` mask (``benchmarks/bench_fit_overheads.py``).
 """
 
@@ -49,26 +45,20 @@ _TAKE_GENERATOR = {
 # ``*_like`` draws, as the factory draw of the same shape (older torch
 # releases take no generator there).
 _LIKE = {torch.rand_like: torch.rand, torch.randn_like: torch.randn}
-# Dropout whose mask is drawn here: ``function -> per-channel mask``.
+# Dropout whose mask is drawn here: ``function -> (per-channel mask, alpha)``;
+# alpha dropout (self-normalising networks) keeps mean and variance.
 _DROPOUT = {
-    F.dropout: False,
-    torch.dropout: False,
-    F.dropout1d: True,
-    F.dropout2d: True,
-    F.dropout3d: True,
-}
-# Alpha dropout (self-normalising networks) likewise, keeping mean and variance.
-_ALPHA_DROPOUT = {
-    F.alpha_dropout: False,
-    torch.alpha_dropout: False,
-    F.feature_alpha_dropout: True,
-    torch.feature_alpha_dropout: True,
+    **dict.fromkeys([F.dropout, torch.dropout], (False, False)),
+    **dict.fromkeys([F.dropout1d, F.dropout2d, F.dropout3d], (True, False)),
+    **dict.fromkeys([F.alpha_dropout, torch.alpha_dropout], (False, True)),
+    **dict.fromkeys(
+        [F.feature_alpha_dropout, torch.feature_alpha_dropout], (True, True)
+    ),
 }
 _SELU_SATURATION = 1.7580993408473766  # SELU's scale * alpha, as torch's
-# Functions whose dropout draws inside them, where no mode reaches: the
-# position of their dropout probability (and of ``training``, where they
-# take one). A fit that runs them with dropout warns: it is reproducible
-# alone, not beside other fits in threads.
+# Functions that draw their dropout where no mode reaches: the positions of
+# their dropout probability and ``training`` argument. A fit that drops out
+# through them warns: it is reproducible alone, not beside fits in threads.
 _UNREACHED = {
     F.scaled_dot_product_attention: (4, None),
     F.multi_head_attention_forward: (10, 13),
@@ -104,8 +94,7 @@ class FitRandomness(TorchFunctionMode):
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if device not in self.generators:
-            generator = torch.Generator(device=device)
-            self.generators[device] = generator.manual_seed(self.seed)
+            self.generators[device] = torch.Generator(device).manual_seed(self.seed)
         return self.generators[device]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -121,10 +110,8 @@ class FitRandomness(TorchFunctionMode):
             kwargs.pop("memory_format", None)
             return _LIKE[func](like.shape, **kwargs)
         elif func in _DROPOUT:
-            return self._dropout(*args, per_channel=_DROPOUT[func], **kwargs)
-        elif func in _ALPHA_DROPOUT:
-            per_channel = _ALPHA_DROPOUT[func]
-            return self._dropout(*args, per_channel=per_channel, alpha=True, **kwargs)
+            per_channel, alpha = _DROPOUT[func]
+            return self._dropout(*args, per_channel=per_channel, alpha=alpha, **kwargs)
         elif func is F.rrelu:
             return self._rrelu(*args, **kwargs)
         elif func in _UNREACHED and not self.warned and _drops(func, args, kwargs):
@@ -138,9 +125,7 @@ class FitRandomness(TorchFunctionMode):
             )
         return func(*args, **kwargs)
 
-    def _dropout(
-        self, x, p=0.5, training=True, inplace=False, *, per_channel, alpha=False
-    ):
+    def _dropout(self, x, p=0.5, training=True, inplace=False, *, per_channel, alpha):
         # torch.dropout(input, p, train) and F.dropout(input, p, training, inplace)
         if not training or p == 0:
             return x
@@ -185,9 +170,9 @@ def _device_of(args, kwargs):
 
 
 def seed_for_fit(random_state) -> int:
-    """The seed of a fit's generators: ``random_state`` (an int, or a number
-    drawn from a ``RandomState``), or, for ``None``, a number drawn from
-    torch's default generator (so ``torch.manual_seed`` still decides it)."""
+    """The seed of a fit's generators: ``random_state`` (an int, or drawn from
+    a ``RandomState``); for ``None``, drawn from torch's default generator
+    (so ``torch.manual_seed`` still decides it)."""
     from numbers import Integral
 
     from sklearn.utils import check_random_state
@@ -201,9 +186,8 @@ def seed_for_fit(random_state) -> int:
 
 @contextlib.contextmanager
 def drawing_globally():
-    """Within a fit, draw from torch's default generator again (building a
-    network: cached and fresh builds must not differ in what they take
-    from the fit's generators)."""
+    """Within a fit, draw from torch's default generator again: a build, cached
+    or fresh, takes nothing from the fit's generators."""
     mode = getattr(_active, "mode", None)
     if mode is None or mode.paused:
         yield

@@ -42,9 +42,9 @@ def empty_frozen_store():
     default ``cache="memory"`` is process-wide)."""
     from sktransfer._finetune import rows
 
-    rows.memory_store().clear()
+    rows.resolve_store("memory").clear()
     yield
-    rows.memory_store().clear()
+    rows.resolve_store("memory").clear()
 
 
 @pytest.fixture

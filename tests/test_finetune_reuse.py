@@ -355,7 +355,7 @@ def test_no_store_with_cache_none(images, labels, computed):
     tiny(frozen_layers="all", cache=None).fit(images, labels)
     tiny(frozen_layers="all", cache=None).fit(images, labels)
     assert computed == [8, 8]
-    assert _rows.memory_store().nbytes == 0
+    assert _rows.resolve_store("memory").nbytes == 0
 
 
 @pytest.mark.parametrize("cuts, from_pixels", [(["all", 3], 16), ([3, "all"], 8)])

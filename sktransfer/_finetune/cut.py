@@ -152,18 +152,14 @@ def plan_cut(
     """The cut of ``module`` before the first module whose parameters train
     (``trained``: their ids), or ``None`` and why there is none.
 
-    ``training_modes()`` puts the network in the modes it trains in. Skipped
-    are the outermost modules entered before the first trained one whose
-    every submodule is then in eval mode and holds no trained parameter. The
-    cut is kept if it gives the whole network's outputs on random images, in
-    eval mode and in the training modes (running statistics are restored;
-    the network is left in eval mode). ``main_only``: only the main output
-    counts (auxiliary heads do not train then).
-
-    What the probe finds depends on the network's structure, not on its
-    weights (a NaN never compares true): a network of the same
-    :func:`structure` takes the plan of the first, as another fold's copy
-    of it does.
+    ``training_modes()`` puts the network in its training modes. Skipped are
+    the outermost modules entered before the first trained one whose every
+    submodule is then in eval mode and holds no trained parameter. The cut
+    is kept if it gives the whole network's outputs on random images in eval
+    mode and in the training modes (running statistics restored; left in
+    eval mode); ``main_only``: the main output alone counts. What the probe
+    finds depends on the network's :func:`structure`, not on its weights (a
+    NaN never compares true): another fold's copy takes the first's plan.
     """
     key = structure(module, trained, training_modes, crop, device, dtype, main_only)
     plan = _plans.get(key)

@@ -1,12 +1,11 @@
 """The data of a fit: datasets, batches and the preprocessing of images.
 
-A batch is ``({"images": ...} or {"rows": ...}, labels)``, with
-``"sample_weight"`` beside the inputs when images are weighted. Images go
-through the same input path as :class:`~sktransfer.CNNFeatureExtractor`
+A batch is ``({"images" or "rows": ..., ["sample_weight": ...]}, labels)``.
+Images take the input path of :class:`~sktransfer.CNNFeatureExtractor`
 (:func:`~sktransfer._images.check_images`, the weights' own preprocessing);
-rows are a cut's stored activations (:mod:`~sktransfer._finetune.rows`), one
-per view of each image. The collate function turns class indices back into
-the labels of ``y``, so that skorch's scoring callbacks compare labels.
+rows are a cut's stored activations (:mod:`.rows`), one per view of each
+image. The collate function turns class indices back into the labels of
+``y``, so that skorch's scoring callbacks compare labels.
 """
 
 from __future__ import annotations
@@ -40,14 +39,13 @@ class FitData(torch.utils.data.Dataset):
         y_index: np.ndarray | None,
         weights: np.ndarray | None = None,
         *,
-        rows: dict | None = None,
         draft: int | dict | None = None,
         pin: bool = False,
     ):
         self.images = images
         self.y_index = y_index
         self.weights = weights
-        self.rows = rows or {}
+        self.rows: dict = {}  # set by the fit: rows of the phases' cuts
         # JPEGs decode in the DCT domain to at least this (per phase)
         self.drafts = draft if isinstance(draft, dict) else {"train": draft}
         self.pin = pin  # array batches gathered into page-locked memory (CUDA)
@@ -69,9 +67,9 @@ class FitData(torch.utils.data.Dataset):
         """A whole batch at once (``DataLoader`` asks for it): rows in one
         gather, array rows in one copy, files decoded in a thread pool."""
         indices = [int(i) for i in indices]
-        rows = self.rows.get(self.phase)
-        if rows is not None:
-            key, block = ROWS[self.phase], rows.take(indices)
+        stored = self._stored(indices)
+        if stored is not None:
+            key, block = stored
             return self._fetched([{key: r} for r in block], indices, {key: block})
         images = self.images
         if images.kind == "array":
@@ -88,6 +86,11 @@ class FitData(torch.utils.data.Dataset):
             loaded = [load(i) for i in indices]
         return self._fetched([{IMAGES: x} for x in loaded], indices)
 
+    def _stored(self, indices: list[int]):
+        """``(key, rows)`` of ``indices`` in this phase, where computed once."""
+        rows = self.rows.get(self.phase)
+        return None if rows is None else (ROWS[self.phase], rows.take(indices))
+
     def _fetched(self, xs: list, indices: list[int], stacked=None) -> Fetched:
         targets = [
             -1 if self.y_index is None else int(self.y_index[i]) for i in indices
@@ -98,27 +101,18 @@ class FitData(torch.utils.data.Dataset):
         return Fetched(list(zip(xs, targets, weights, strict=True)), stacked)
 
 
-class PredictData(torch.utils.data.Dataset):
-    """Images to predict; with ``rows`` (a function of a batch of images),
+class PredictData(FitData):
+    """Images to predict; with ``fetch`` (a function of a batch of images),
     fetched as their rows, batch by batch (memory holds a batch)."""
 
-    def __init__(self, images: Images, rows: Callable | None, draft: int | None):
-        self.images = images
-        self.rows = rows
-        self.fit_data = FitData(images, None, draft=draft)
+    def __init__(self, images: Images, fetch: Callable | None, draft: int | None):
+        super().__init__(images, None, draft=draft)
+        self.fetch = fetch
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, indices) -> Fetched:
-        if self.rows is None:
-            return self.fit_data.__getitems__(indices)
-        block = self.rows(self.images.subset([int(i) for i in indices]))
-        key = ROWS["train"]
-        return Fetched([({key: r}, -1) for r in block], {key: block})
+    def _stored(self, indices: list[int]):
+        if self.fetch is None:
+            return None
+        return ROWS["train"], self.fetch(self.images.subset(indices))
 
 
 class Fetched(list):
@@ -164,14 +158,10 @@ class Collate:
 
 
 def gather_rows(images: Images, indices: list[int], pin: bool) -> torch.Tensor:
-    """uint8 rows of an array as ``Images.rows`` gives them, copied once.
-
-    Numpy's fancy indexing then pinning copied each batch twice, on the
-    loading thread; here the rows go straight into their (page-locked, with
-    ``pin`` where CUDA is) batch, in the memory layout of the array (an NHWC
-    array's rows stay one block each), in the thread pool (numpy releases
-    the GIL while it copies). RGBA loses alpha in the copy.
-    """
+    """uint8 rows of an array as ``Images.rows`` gives them, copied once
+    (fancy indexing then pinning copied twice): straight into their batch
+    (page-locked with ``pin`` where CUDA is), in the array's memory layout,
+    in the thread pool (numpy copies without the GIL). RGBA loses alpha."""
     data = images.data  # (n, C, H, W), possibly a view of NHWC, or (n, H, W)
     grey = data.ndim == 3
     channels = 1 if grey else min(data.shape[1], 3)
@@ -199,8 +189,8 @@ _POOL_WORKERS = min(8, os.cpu_count() or 1)
 
 
 def _forget_pool() -> None:
-    """In a forked child (a DataLoader worker): the parent's pool has no
-    threads there, so the child makes its own."""
+    """In a forked child (a DataLoader worker), whose copy of the parent's
+    pool has no threads: the child makes its own."""
     global _POOL
     _POOL = None
 
@@ -258,14 +248,9 @@ def prepare_batch(
         else:
             batch = torch.stack([preprocessing(image[None])[0] for image in images])
     else:
-        out = []
-        for image in images:
-            image = augment(image)
-            if builtin:
-                out.append(preprocessing.normalize(image))
-            else:
-                out.append(preprocessing(image[None])[0])
-        batch = torch.stack(out)
+        one = lambda image: preprocessing(image[None])[0]  # noqa: E731
+        finish = preprocessing.normalize if builtin else one
+        batch = torch.stack([finish(augment(image)) for image in images])
     return channels_last(batch)
 
 

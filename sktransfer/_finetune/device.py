@@ -39,12 +39,9 @@ class DeviceMixin:
         return scaler
 
     def train_step(self, batch, **fit_params):
-        """skorch's step; with float16 autocast, a gradient-scaled one.
-
-        ``GradScaler.step`` takes no closure, so the scaled path runs the
-        single step, unscales the gradients (callbacks see true values), and
-        steps and updates the scaler itself (skorch's documented override).
-        """
+        """skorch's step; with float16 autocast, a gradient-scaled one (its
+        step takes no closure): gradients are unscaled before callbacks see
+        them (skorch's documented override)."""
         scaler = self._grad_scaler()
         if scaler is None:
             return super().train_step(batch, **fit_params)
@@ -105,11 +102,11 @@ class DeviceMixin:
         self.__dict__.pop("grad_scaler_", None)
 
     def __getstate__(self):
+        # Not kept: the device-bound gradient scaler (made again when training
+        # resumes), this process's modes and cuts, and a fit's data.
         state = super().__getstate__()
-        state.pop("grad_scaler_", None)  # device-bound; rebuilt when training resumes
-        state.pop("_modes", None)  # of this process's module (ids)
-        state.pop("_cuts", None)  # planned again for the loaded network
-        state.pop("_fit_data", None)  # alive only during a fit
+        for key in ("grad_scaler_", "_modes", "_cuts", "_fit_data"):
+            state.pop(key, None)
         return state
 
     def load_params(self, *args, **kwargs):

@@ -74,12 +74,11 @@ class FineTuneClassifier(FineTuneNet):
     working, except ``dataset`` (images are this estimator's input) and
     ``predict_nonlinearity`` (``predict_proba`` is the softmax).
 
-    Whatever is computed once (the output of what stays fixed, for each
-    image and view) gives what running the whole network gives: it is used
-    only where a probe shows that, kept by image content and by everything
-    that determines it, and a seeded fit draws its random numbers from
-    generators of its own, so that it gives the same model alone, after
-    other fits or beside them in threads.
+    What is computed once (the output of what stays fixed, per image and
+    view) is what running the whole network gives: used only where a probe
+    shows that, and kept by image content and all else that determines it.
+    A seeded fit draws from generators of its own: the same model alone,
+    after other fits or beside them in threads.
 
     Parameters
     ----------
@@ -95,19 +94,16 @@ class FineTuneClassifier(FineTuneNet):
         ``0..len(layer_groups(model))``.
     augment : bool, "flip", "random" or callable, default=True
         ``"flip"``: each training image and its mirror image are two fixed
-        *views*, and every epoch trains on one view of each image, at random;
-        the output of the frozen groups for both views is computed once
-        (see ``cache``). ``"random"``: a random-resized-crop (25-100 % of the
-        area) and flip of each image in every step, so the whole network
+        *views*; every epoch trains on one of them at random, and the frozen
+        groups' output for both is computed once (see ``cache``).
+        ``"random"``: a random-resized-crop (25-100 % of the area) and flip
+        in every step (on CUDA, batched on the device), so the whole network
         runs every step. ``True``: ``"flip"`` when groups are frozen, else
-        ``"random"``. ``False``: none. A callable takes one ``(3, H, W)``
-        uint8 (or float in [0, 1]) tensor and returns an image, which then
-        gets the backbone's usual preprocessing (on CUDA, the tensor is on
-        the device). On CUDA the random augmentation runs as batched device
-        operations with per-image parameters. The head's phase (see
-        ``head_epochs``) trains on the fixed views of ``"flip"`` (one view,
-        the image, with a callable); validation and prediction are never
-        augmented.
+        ``"random"``. ``False``: none. A callable maps one ``(3, H, W)``
+        uint8 (or float in [0, 1]) tensor, on the device, to an image that
+        then gets the usual preprocessing. The head's phase trains on the
+        fixed views (the image alone with a callable); validation and
+        prediction are never augmented.
     bn : {"frozen", "eval", "train"}, default="frozen"
         BatchNorm policy. ``"frozen"``: frozen groups run in eval mode (fixed
         running statistics); trained groups update theirs. ``"eval"``: every
@@ -133,14 +129,13 @@ class FineTuneClassifier(FineTuneNet):
         makes the head linear. The head standardises its input with the
         training images' statistics first.
     head_epochs : int or "auto", default="auto"
-        Epochs in which the new head trains alone, before the unfrozen
-        groups train with it (the ``"head"`` phase of ``history_``; its own
-        warm-up and cosine decay), so that the first gradients of an
-        untrained head do not distort pretrained layers. The head trains on
-        the output of the network before it, computed once (see ``cache``).
-        ``"auto"``: 20, or enough for 100 steps on small sets. Unused when
-        only the head trains and in ``partial_fit`` or warm starts; ``0``
-        (or ``callbacks__head_phase=None``) skips it.
+        Epochs in which the new head trains alone, on the output of the
+        network before it computed once, before the unfrozen groups train
+        with it (the ``"head"`` phase of ``history_``, with its own warm-up
+        and decay), so that an untrained head's first gradients do not
+        distort pretrained layers. ``"auto"``: 20, or enough for 100 steps on
+        small sets. Unused when only the head trains and in ``partial_fit``
+        or warm starts; ``0`` (or ``callbacks__head_phase=None``) skips it.
     tta : bool, default=True
         Test-time augmentation: ``predict_proba`` (and validation) average
         the class probabilities of the views that training used (the image
@@ -155,16 +150,15 @@ class FineTuneClassifier(FineTuneNet):
         scikit-learn: ``"balanced"`` weighs each class by ``n_samples /
         (n_classes * count)``; a dict maps labels to weights (others 1).
     cache : "memory", path or None, default="memory"
-        Where the output of what stays fixed (for each image and view) is
-        kept across fits: ``"memory"``, an in-process LRU (2 GiB) shared by
-        clones, so that a grid search computes each image's frozen part
-        once per cut point instead of once per candidate, fold and epoch
-        (the head-only candidates' outputs also serve the other candidates'
-        head phase); a folder, an on-disk store shared by processes
-        (``n_jobs`` > 1) and runs; ``None``, within one fit only. Keyed by
-        image content (what decoding reads) and by a digest of the frozen
-        modules' weights and structure, the preprocessing, the precision and
-        the device pipeline. Predictions take the stored outputs too.
+        Where the output of what stays fixed (per image and view) is kept
+        across fits: ``"memory"``, an in-process LRU (2 GiB) shared by
+        clones, so that a grid search computes each image's frozen part once
+        per cut point, not per candidate, fold and epoch; a folder, an
+        on-disk store shared by processes (``n_jobs`` > 1) and runs;
+        ``None``, within one fit only. Keyed by image content (what decoding
+        reads) and a digest of the frozen modules' weights and structure,
+        the preprocessing, the precision and the device pipeline.
+        Predictions take the stored outputs too.
     cache_frozen : bool, default=True
         Compute what stays fixed once (per fit, or from ``cache``) and train
         only the rest of the network; ``False`` runs the whole network in
@@ -206,9 +200,8 @@ class FineTuneClassifier(FineTuneNet):
         The labels; ``None`` takes the sorted unique labels of ``y``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else the CPU. On CUDA, images cross
-        to the device as uint8 and are preprocessed and augmented there, while
-        the next batch loads; ``set_params(device="cpu")`` moves a fitted
-        network to the CPU.
+        as uint8 and are preprocessed and augmented there while the next batch
+        loads; ``set_params(device="cpu")`` moves a fitted network.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast dtype of training and prediction. ``"auto"``: bfloat16 on
         CUDA cards that support it, else float16 with gradient scaling;
@@ -347,7 +340,7 @@ class FineTuneClassifier(FineTuneNet):
 
     def _get_param_names(self):
         # skorch takes every attribute not ending in "_" for a parameter; the
-        # network's private working state (traced splits, a fit's stores) is not
+        # network's private working state (cuts, a fit's data) is not
         return [
             name
             for name in super()._get_param_names()
@@ -401,10 +394,9 @@ class FineTuneClassifier(FineTuneNet):
         return self._fit(X, y, sample_weight, fit_params, partial=True)
 
     def _fit(self, X, y, sample_weight, fit_params, *, partial: bool):
-        """skorch's ``fit`` is ``initialize()`` then ``partial_fit``: the same
-        here, once the labels are encoded (the new head's size needs
-        ``classes_`` before the network is built) and with the epochs of both
-        phases; skorch's ``partial_fit`` runs the rest (callbacks, routing)."""
+        """skorch's ``fit`` (``initialize()``, then ``partial_fit``, which runs
+        callbacks and routing), once the labels are encoded (the new head's
+        size needs ``classes_``), for the epochs of both phases."""
         self._check_params()
         fresh = not self.initialized_ or not (partial or self.warm_start)
         if is_dataset(X):
@@ -549,19 +541,18 @@ class FineTuneClassifier(FineTuneNet):
 def _repr(estimator) -> str:
     """The estimator's class, model, and the parameters not at their default."""
     signature = inspect.signature(type(estimator).__init__).parameters
-    shown = []
+    shown = [repr(estimator.model)]
     for name, value in estimator.get_params(deep=False).items():
-        if name in ("model", "_params_to_validate"):
-            continue
-        default = signature[name].default if name in signature else None
-        if name == "iterator_train__shuffle" and value is True:
-            continue
-        if name in signature and _same(value, default):
-            continue
-        if name not in signature and "__" not in name:
-            continue  # skorch parameters left at skorch's defaults
-        shown.append(f"{name}={value!r}")
-    return f"{type(estimator).__name__}({', '.join([repr(estimator.model), *shown])})"
+        if name in signature:
+            changed = name != "model" and not _same(value, signature[name].default)
+        else:  # skorch's parameters, shown where set through "__"
+            changed = "__" in name and (name, value) != (
+                "iterator_train__shuffle",
+                True,
+            )
+        if changed:
+            shown.append(f"{name}={value!r}")
+    return f"{type(estimator).__name__}({', '.join(shown)})"
 
 
 def _classes_of(y: np.ndarray, given) -> np.ndarray:
@@ -602,11 +593,9 @@ def _same(value, default) -> bool:
 
 
 def _is_missing(value) -> bool:
-    if value is None:
-        return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    return type(value).__name__ in ("NAType", "NaTType")
+    return value is None or type(value).__name__ in ("NAType", "NaTType")
 
 
 def _check_labels(y, n_images: int) -> np.ndarray:

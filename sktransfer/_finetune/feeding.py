@@ -131,7 +131,7 @@ class Feeding:
         """The images of ``X`` (a fit's :class:`FitData` passes through); to
         predict with a network that trained from a cut, fetched as that
         cut's rows (from the ``cache`` store where it has them)."""
-        if isinstance(X, (FitData, PredictData)):
+        if isinstance(X, FitData):  # a fit's, or a prediction's
             return X
         images = X.images if isinstance(X, Weighted) else X
         if not isinstance(images, Images):

@@ -1,11 +1,9 @@
 """Layer freezing and the modes a network trains in.
 
-``frozen_layers`` counts the layer groups of :func:`~sktransfer.layer_groups`
-from the input. Frozen parameters get ``requires_grad=False`` and are never
-given to the optimizer. In training, every module whose parameters all stay
-fixed runs in eval mode (fixed BatchNorm statistics, no dropout or stochastic
-depth inside it): skorch calls ``module.train()`` every epoch and
-:func:`set_train_modes` re-asserts it after each call.
+``frozen_layers`` counts :func:`~sktransfer.layer_groups` from the input.
+Frozen parameters get ``requires_grad=False`` and no optimizer. In training,
+every module whose parameters all stay fixed runs in eval mode (fixed
+BatchNorm statistics, no dropout or stochastic depth inside it).
 """
 
 from __future__ import annotations
@@ -93,13 +91,9 @@ def fixed_modules(
 
 
 def set_train_modes(module: nn.Module, fixed: list[str], bn: str) -> None:
-    """``module.train()``, then the ``fixed`` modules in eval mode, per ``bn``.
-
-    ``"frozen"``: fixed modules run in eval mode (BatchNorm uses and keeps its
-    running statistics); ``"eval"``: additionally every BatchNorm layer of the
-    network stays in eval mode; ``"train"``: BatchNorm layers of fixed
-    modules update their running statistics (their weights stay fixed).
-    """
+    """``module.train()``, then the ``fixed`` modules in eval mode; ``bn``:
+    ``"frozen"`` as is, ``"eval"`` every BatchNorm layer in eval mode too,
+    ``"train"`` the fixed modules' BatchNorm layers in training mode."""
     module.train()
     for name in fixed:
         sub = module.get_submodule(name)

@@ -1,14 +1,11 @@
-"""The new head of a fine-tuned network.
+"""The new head of a fine-tuned network, in place of the ImageNet classifier.
 
-The head replaces the 1000-way ImageNet classifier: the embedding is
-centred and scaled (statistics of the training images, fixed), then goes
-through dropout and a hidden ``Linear`` + ReLU layer (``hidden`` units;
-``None`` for a linear head) to the class logits. On stored embeddings of five
-real photo sets this head beat standardised features + ``LogisticRegression``
-of the same backbone by 0.6-3.6 points (docs/guide.md): the hidden layer can
-combine features the linear model cannot, and dropout keeps it from
-over-fitting small sets. Before pretrained layers train with it, it trains
-alone (:class:`~sktransfer._finetune.phases.HeadPhase`).
+The embedding is centred and scaled (the training images' statistics,
+fixed), then goes through dropout and a hidden ``Linear`` + ReLU layer to
+the class logits. On stored embeddings of five real photo sets it beat
+standardised features + ``LogisticRegression`` of the same backbone by
+0.6-3.6 points (docs/guide.md): the hidden layer combines features, dropout
+keeps it from over-fitting small sets.
 """
 
 from __future__ import annotations
@@ -26,12 +23,11 @@ class Standardize(nn.Module):
     """``(x - mean) / scale``: the embedding centred per feature and scaled by
     one number, the spread of the training embeddings (fixed buffers).
 
-    One scale for all features, not one each: with few images, a feature
-    that hardly varies would be blown up to the size of the informative ones
-    (its variation is noise), and with it the gradients that flow back into
-    trained layers. One scale still makes every backbone's embeddings the
-    same size for the head, whatever their units (docs/benchmarks.md: as
-    accurate as per-feature scaling on photo sets of thousands).
+    One scale, not one per feature: with few images, a feature that hardly
+    varies would be blown up to the size of informative ones (its variation
+    is noise), and with it the gradients into trained layers. One scale
+    still brings every backbone's embeddings to one size (docs/benchmarks.md:
+    as accurate as per-feature scaling on photo sets of thousands).
     """
 
     def __init__(self, n_features: int):
@@ -44,12 +40,8 @@ class Standardize(nn.Module):
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor):
-        """Set the statistics from ``(m, n_features)`` embeddings.
-
-        Unweighted even when samples are weighted: the statistics only
-        condition the head's input, and a class weighed down to almost
-        nothing must not leave its images outside the scaled range.
-        """
+        """Set the statistics from ``(m, n_features)`` embeddings, unweighted
+        (a class weighed down to almost nothing stays in the scaled range)."""
         features = features.double()
         mean = features.mean(0)
         spread = float((features - mean).square().mean().sqrt())
@@ -97,8 +89,7 @@ def standardizer(head: nn.Module) -> Standardize | None:
 
 def head_epochs_for(n: int, batch_size: int) -> int:
     """Epochs for a head trained alone on ``n`` embeddings: :data:`HEAD_EPOCHS`,
-    or more where that would be fewer than :data:`HEAD_STEPS` steps (a small
-    set gives few steps per epoch; stored embeddings make epochs cheap).
+    or enough for :data:`HEAD_STEPS` steps on small sets.
 
     Examples
     --------

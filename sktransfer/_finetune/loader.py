@@ -1,9 +1,8 @@
 """Loading ahead on CUDA: the next batches load while this one trains.
 
-Each epoch's order is drawn from the sampler in the iterating thread, before
-the loading thread starts (:func:`epoch_batches`): a seeded fit draws its
-random numbers (shuffling here, augmentation in the training step) in the
-same order every time.
+Each epoch's order is drawn in the iterating thread before the loading
+thread starts (:func:`epoch_batches`), so a seeded fit draws its random
+numbers in the same order every time.
 """
 
 from __future__ import annotations
@@ -21,15 +20,12 @@ from .data import ImageBatch
 class DeviceLoader:
     """Iterate a ``DataLoader`` two batches ahead in a thread, copying each
     batch's tensors to a CUDA device on a side stream from pinned memory, so
-    that loading the next batches overlaps the training step of this one.
+    that loading overlaps the training step.
 
-    skorch iterates one loader every epoch. With ``next_epoch`` (training),
-    the next epoch's first batches start loading as soon as this epoch's are
-    all used, while validation and callbacks run: no epoch starts by waiting
-    for its first batch. Runs on the CPU too (no streams, no pinning), which
-    is how tests check it. ``phase()`` names what the dataset gives now: an
-    epoch loaded ahead in another phase (the head's, before the rest of the
-    network trains) is dropped.
+    With ``next_epoch`` (training), the next epoch starts loading once this
+    one's batches are used, while validation and callbacks run. ``phase()``
+    names what the dataset gives now: an epoch loaded ahead in another phase
+    (the head's) is dropped. Runs on the CPU too (tests check it there).
     """
 
     def __init__(
@@ -80,12 +76,9 @@ class DeviceLoader:
 
 def epoch_batches(loader) -> Iterator:
     """One epoch of ``loader``'s batches, its order drawn now, in the caller's
-    thread; loading and collating happen where the result is iterated.
-
-    For a map-style dataset loaded in-process (``num_workers=0``, batches
-    from a ``batch_sampler``), what ``DataLoader`` would do; otherwise the
-    loader's own iterator (created here; its workers start now).
-    """
+    thread; loading and collating happen where the result is iterated (for a
+    map-style dataset loaded in-process; else the loader's own iterator,
+    whose workers start now)."""
     dataset = loader.dataset
     if (
         loader.num_workers

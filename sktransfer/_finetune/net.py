@@ -1,15 +1,10 @@
 """The skorch mechanics behind FineTuneClassifier.
 
-:class:`FineTuneNet` builds the network (new heads, frozen groups), gives
-skorch the data of each phase (a cut's rows, computed once, or the images),
-runs the network from them, and trains with per-group learning rates,
-auxiliary losses and the BatchNorm policy. What it computes once never
-changes a result: a cut is kept only where it gives the whole network's
-outputs (:mod:`~sktransfer._finetune.cut`), rows are keyed by all that
-determines them (:mod:`~sktransfer._finetune.rows`), and the views an
-epoch trains on are drawn alike from rows and from images. Devices, mixed
-precision and pickling are :class:`~sktransfer._finetune.device.DeviceMixin`'s;
-the public estimator lives in :mod:`sktransfer._finetune.estimator`.
+:class:`FineTuneNet` builds the network (new heads, frozen groups), runs it
+from a phase's rows (:mod:`.cut`, :mod:`.rows`) or from images, picking the
+same views from both, and trains with per-group learning rates, auxiliary
+losses and the BatchNorm policy. Data comes from :mod:`.feeding`; devices,
+mixed precision and pickling from :mod:`.device`.
 """
 
 from __future__ import annotations
@@ -56,11 +51,8 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
 
     # ---------------------------------------------------------- initialise
     def initialize_module(self):
-        """Build the backbone, replace its head(s) and freeze its first groups.
-
-        The family table (:mod:`sktransfer._families`) says where the head and
-        any auxiliary heads are, and which group each auxiliary branch taps.
-        """
+        """Build the backbone, replace its head(s) (where the family table
+        says) and freeze its first groups."""
         name = self.model if isinstance(self.model, str) else type(self.model).__name__
         with drawing_globally():  # a cached build draws nothing: nor does a new one
             backbone = trainable_backbone(
@@ -133,11 +125,8 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         return self
 
     def get_params_for_optimizer(self, prefix, named_parameters):
-        """skorch's parameter groups; the rest split into head and backbone groups.
-
-        The head trains at ``lr``, the backbone at ``lr * backbone_lr_ratio``;
-        groups set with ``optimizer__param_groups`` keep their own settings.
-        """
+        """skorch's parameter groups, the rest split into the head's (at
+        ``lr``) and the backbone's (at ``lr * backbone_lr_ratio``)."""
         named_parameters = list(named_parameters)
         args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
         if prefix != "optimizer":
@@ -204,9 +193,8 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
 
     def _set_training(self, training=True):
         """skorch's modes, then what stays fixed in this phase in eval mode
-        (``bn``). skorch asks before every step; walking a network of
-        hundreds of modules each time costs more than a step of a head on
-        stored rows, so modes already set are left as they are."""
+        (``bn``); modes already set are left as they are (skorch asks every
+        step, and walking the network costs more than a head's step)."""
         module = self.__dict__.get("module_")
         phase = phase_of(self) if training else None
         state = (training, phase, self.bn, id(module))
@@ -219,14 +207,11 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
 
     # ------------------------------------------------------------- forward
     def infer(self, x, **fit_params):
-        """One forward pass under autocast; outputs come back as float32.
-
-        A phase's rows run through the rest of the network only (its cut),
-        images through all of it (augmented in training). Training takes one
-        view of each image at random, drawn alike from rows and images; in
-        evaluation the class probabilities of the views are averaged (the
-        output is their logarithm: its softmax is the average).
-        """
+        """One forward pass under autocast, outputs as float32: a phase's rows
+        through its cut, images through the whole network (augmented in
+        training). Training takes one view of each image at random, drawn
+        alike from rows and images; evaluation averages the views' class
+        probabilities (returning their log, whose softmax is the average)."""
         training = self.module_.training
         device = self._device()
         phase, batch, _ = split_batch(x)
@@ -303,11 +288,9 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         scaler = self._grad_scaler()
         (loss if scaler is None else scaler.scale(loss)).backward()
         if phase_of(self) == "head" and split_batch(Xi)[0] is None:
-            # the whole network ran: only the head trains in its phase
-            head = self.module_.get_submodule(self.head_)
-            kept = {id(p) for p in head.parameters()}
+            trains = self._trains("head")  # the whole network ran: the head trains
             for param in self.module_.parameters():
-                if id(param) not in kept:
+                if not trains(param):
                     param.grad = None
         return {"loss": loss, "y_pred": self._outputs(y_pred)[0]}
 

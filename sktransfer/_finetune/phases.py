@@ -1,14 +1,11 @@
 """The phases of a fit, as skorch callbacks on the net.
 
-fastai's ``fine_tune`` in skorch's terms: a new head first trains alone for
-``head_epochs`` (:class:`HeadPhase`), so that the first gradients of a head
-that is still wrong do not distort pretrained layers (Kumar et al., 2022,
-"Fine-Tuning can Distort Pretrained Features"), then the unfrozen groups
-train with it for ``max_epochs``. Every epoch is a row of ``history_`` whose
-``phase`` column says which (``"head"`` or ``"train"``); ``verbose`` prints
-it and callbacks see it. The learning-rate schedule (:class:`LRSchedule`)
-and the built-in early stopping (:class:`PhaseEarlyStopping`) follow the
-phases.
+fastai's ``fine_tune`` in skorch's terms: a new head trains alone for
+``head_epochs`` (:class:`HeadPhase`), so that its first, wrong gradients do
+not distort pretrained layers (Kumar et al., 2022, "Fine-Tuning can Distort
+Pretrained Features"), then the unfrozen groups train with it. Each epoch's
+row of ``history_`` names its ``phase`` (``"head"`` or ``"train"``); the
+learning-rate schedule and early stopping follow the phases.
 """
 
 from __future__ import annotations
@@ -26,8 +23,8 @@ WARMUP_FRACTION = 0.1
 
 
 def phase_of(net) -> str:
-    """The phase of the epoch that runs: ``"head"`` or ``"train"`` (also when
-    no :class:`HeadPhase` records one)."""
+    """The running epoch's phase: ``"head"`` or ``"train"`` (also when no
+    :class:`HeadPhase` records one)."""
     history = net.__dict__.get("history_")
     if not history:
         return "train"
@@ -35,15 +32,9 @@ def phase_of(net) -> str:
 
 
 class HeadPhase(Callback):
-    """Train only the new head for the fit's first ``net.head_epochs_``
-    epochs.
-
-    The net trains the head on the rows of the cut before it, stored once
-    (or, where none can be, on the whole network run in the head phase's
-    modes): nothing else of the network changes in those epochs. Set
-    ``callbacks__head_phase=None`` (or ``head_epochs=0``) to start with
-    every unfrozen group at once.
-    """
+    """Train only the new head in the fit's first ``net.head_epochs_`` epochs
+    (from the rows of the cut before it, or the whole network where there is
+    none); ``callbacks__head_phase=None`` or ``head_epochs=0`` skips them."""
 
     def on_train_begin(self, net, **kwargs):
         self.start_ = len(net.history)
@@ -78,14 +69,12 @@ def cosine_factor(step: int, total: int, warmup_fraction: float = WARMUP_FRACTIO
 
 
 class LRSchedule(Callback):
-    """Set every parameter group's rate before each training step.
+    """Scale every parameter group's rate before each training step.
 
     ``"cosine"``: a linear warm-up over the first 10 % of a phase's steps,
-    then a cosine decay to zero at its last step (timm's and fastai's
-    shape), started again in each phase; ``"constant"``: the optimizer's
-    own rates. Each parameter group keeps its own rate (head and backbone),
-    scaled by the same factor. A user's :class:`skorch.callbacks.LRScheduler`
-    among the callbacks takes over: this one then changes nothing.
+    then a cosine decay to zero at its last (timm's and fastai's shape),
+    again in each phase; ``"constant"``: the optimizer's own rates. A user's
+    :class:`skorch.callbacks.LRScheduler` takes over: this one then idles.
     """
 
     def __init__(self, schedule: str = "cosine"):
@@ -134,9 +123,8 @@ class PrintLog(callbacks.PrintLog):
 
 
 class PhaseEarlyStopping(EarlyStopping):
-    """skorch's :class:`~skorch.callbacks.EarlyStopping` over the epochs of
-    the ``"train"`` phase only: the head's epochs alone neither stop the fit
-    nor count as its best."""
+    """skorch's :class:`~skorch.callbacks.EarlyStopping` over the ``"train"``
+    phase's epochs only: the head's neither stop the fit nor count as best."""
 
     def on_epoch_end(self, net, **kwargs):
         if phase_of(net) == "train":

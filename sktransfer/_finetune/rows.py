@@ -48,13 +48,8 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 _memory = _cache.MemoryCache(STORE_BYTES)
 
 
-def memory_store() -> _cache.MemoryCache:
-    """The process-wide store behind ``cache="memory"`` of FineTuneClassifier."""
-    return _memory
-
-
 def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
-    """``None`` / ``"memory"`` / a folder -> a store of rows."""
+    """``None`` / ``"memory"`` (the process-wide store) / a folder -> a store."""
     return _memory if cache == "memory" else _cache.resolve(cache)
 
 
