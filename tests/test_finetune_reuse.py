@@ -516,6 +516,41 @@ def test_two_threads_predicting_with_one_estimator_run_their_own_network(
         handle.remove()
 
 
+def test_a_plan_made_while_another_thread_predicts(images, labels):
+    """Planning a cut (as the first prediction after loading a model does)
+    runs the network in its training modes: a prediction in another thread
+    waits for it, instead of switching modes under the probe (which then
+    found no cut) or running in the probe's modes."""
+    clf = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)
+    expected = clf.predict_proba(images)
+    clf.__dict__.pop("_cuts")  # planned again, as after unpickling
+    _cut._plans.clear()  # and probed again
+    inside, go = threading.Event(), threading.Event()
+
+    def hold(module, args):  # the planning thread stops inside its probe
+        if threading.current_thread().name == "A" and module.training:
+            inside.set()
+            go.wait(10)
+
+    dropout = next(m for m in clf.module_.modules() if isinstance(m, nn.Dropout))
+    handle = dropout.register_forward_pre_hook(hold)
+    a = threading.Thread(target=clf._cut, args=("train",), name="A")
+    a.start()
+    try:
+        assert inside.wait(10)
+        with ThreadPoolExecutor(1) as pool:
+            proba = pool.submit(clf.predict_proba, images)
+            time.sleep(0.3)  # without the lock it ran in A's modes by now
+            go.set()
+            np.testing.assert_allclose(proba.result(10), expected, atol=1e-6)
+    finally:
+        go.set()
+        a.join()
+        handle.remove()
+    assert clf._cut("train") is not None  # A's plan, unharmed
+    np.testing.assert_allclose(clf.predict_proba(images), expected, atol=1e-6)
+
+
 def test_loader_workers_forked_after_a_fit_do_not_hang(tmp_path):
     """The thread pool that gathers batches is the process's own: a forked
     DataLoader worker makes a new one instead of waiting on the parent's."""

@@ -161,14 +161,16 @@ def plan_cut(
     finds depends on the network's :func:`structure`, not on its weights (a
     NaN never compares true): another fold's copy takes the first's plan.
     """
-    key = structure(module, trained, training_modes, crop, device, dtype, main_only)
-    plan = _plans.get(key)
-    if plan is None:
-        cut, why = _probe(
-            module, crop, trained, training_modes, main_only, device, dtype
-        )
-        _plans.put(key, (None, why) if cut is None else (cut.skipped, cut.input_shape))
-        return cut, why
+    with module_lock(module):  # no pass of another thread sees the probe's modes
+        key = structure(module, trained, training_modes, crop, device, dtype, main_only)
+        plan = _plans.get(key)
+        if plan is None:
+            cut, why = _probe(
+                module, crop, trained, training_modes, main_only, device, dtype
+            )
+            plan = (None, why) if cut is None else (cut.skipped, cut.input_shape)
+            _plans.put(key, plan)
+            return cut, why
     if plan[0] is None:
         return None, plan[1]
     return Cut(module, plan[0], plan[1]), ""

@@ -198,12 +198,13 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         module = self.__dict__.get("module_")
         phase = phase_of(self) if training else None
         state = (training, phase, self.bn, id(module))
-        if self.__dict__.get("_modes") == state and module.training == training:
-            return
-        super()._set_training(training)
-        if training:
-            set_train_modes(self.module_, self._fixed(phase), self.bn)
-        self.__dict__["_modes"] = state
+        with module_lock(module):  # not while another thread plans a cut
+            if self.__dict__.get("_modes") == state and module.training == training:
+                return
+            super()._set_training(training)
+            if training:
+                set_train_modes(self.module_, self._fixed(phase), self.bn)
+            self.__dict__["_modes"] = state
 
     # ------------------------------------------------------------- forward
     def infer(self, x, **fit_params):
