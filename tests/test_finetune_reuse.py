@@ -10,6 +10,7 @@ fit in the process, and the head's phase that skorch could not see.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import subprocess
 import sys
@@ -481,6 +482,29 @@ def test_private_state_is_no_parameter(images, labels):
 
 
 # ------------------------------------------------- threads and processes
+@contextlib.contextmanager
+def _held_in_thread_a(module, target, arg, when=lambda m: True):
+    """Thread A runs ``target(arg)`` and stops as it enters ``module`` (where
+    ``when(module)``) until the caller sets the event yielded."""
+    inside, go = threading.Event(), threading.Event()
+
+    def hold(m, args):
+        if threading.current_thread().name == "A" and when(m):
+            inside.set()
+            go.wait(10)
+
+    handle = module.register_forward_pre_hook(hold)
+    a = threading.Thread(target=target, args=(arg,), name="A")
+    a.start()
+    try:
+        assert inside.wait(10)
+        yield go
+    finally:
+        go.set()
+        a.join()
+        handle.remove()
+
+
 def test_two_threads_predicting_with_one_estimator_run_their_own_network(
     images, labels
 ):
@@ -492,28 +516,13 @@ def test_two_threads_predicting_with_one_estimator_run_their_own_network(
     cut = clf._cut("train")
     batch = clf.preprocessing_(torch.from_numpy(images).permute(0, 3, 1, 2))
     expected = cut.rows(batch)
-    inside, go = threading.Event(), threading.Event()
-
-    def hold(module, args):  # thread A stops inside its cut's pass
-        if threading.current_thread().name == "A":
-            inside.set()
-            go.wait(10)
-
     head = clf.module_.get_submodule(clf.head_)
-    handle = head.register_forward_pre_hook(hold)
-    a = threading.Thread(target=cut, args=(torch.ones_like(expected),), name="A")
-    a.start()
-    try:
-        assert inside.wait(10)
+    with _held_in_thread_a(head, cut, torch.ones_like(expected)) as go:
         with ThreadPoolExecutor(1) as pool:
             rows = pool.submit(cut.rows, batch)
             time.sleep(0.3)  # without the lock it ran through A's stubs by now
             go.set()
             torch.testing.assert_close(rows.result(10), expected, rtol=0, atol=0)
-    finally:
-        go.set()
-        a.join()
-        handle.remove()
 
 
 def test_a_plan_made_while_another_thread_predicts(images, labels):
@@ -525,28 +534,14 @@ def test_a_plan_made_while_another_thread_predicts(images, labels):
     expected = clf.predict_proba(images)
     clf.__dict__.pop("_cuts")  # planned again, as after unpickling
     _cut._plans.clear()  # and probed again
-    inside, go = threading.Event(), threading.Event()
-
-    def hold(module, args):  # the planning thread stops inside its probe
-        if threading.current_thread().name == "A" and module.training:
-            inside.set()
-            go.wait(10)
-
     dropout = next(m for m in clf.module_.modules() if isinstance(m, nn.Dropout))
-    handle = dropout.register_forward_pre_hook(hold)
-    a = threading.Thread(target=clf._cut, args=("train",), name="A")
-    a.start()
-    try:
-        assert inside.wait(10)
+    training = lambda m: m.training  # noqa: E731  (A stops inside its probe)
+    with _held_in_thread_a(dropout, clf._cut, "train", when=training) as go:
         with ThreadPoolExecutor(1) as pool:
             proba = pool.submit(clf.predict_proba, images)
             time.sleep(0.3)  # without the lock it ran in A's modes by now
             go.set()
             np.testing.assert_allclose(proba.result(10), expected, atol=1e-6)
-    finally:
-        go.set()
-        a.join()
-        handle.remove()
     assert clf._cut("train") is not None  # A's plan, unharmed
     np.testing.assert_allclose(clf.predict_proba(images), expected, atol=1e-6)
 
