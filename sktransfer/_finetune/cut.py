@@ -107,8 +107,8 @@ class Cut:
         boundary = self.activation
         rows = rows.to(boundary.dtype).contiguous(memory_format=boundary.layout)
         with self.lock, self._stubbed(rows):
-            x = torch.full((), float("nan"), device=rows.device)
-            x = x.expand(len(rows), *self.input_shape)
+            nan = torch.full((), float("nan"), device=rows.device)
+            x = nan.expand(len(rows), *self.input_shape)
             if tap is None:
                 return self.module(x)
             return forward_tap(self.module, x, tap, take_input=take_input)
@@ -132,11 +132,8 @@ class Cut:
 
 
 def _nan_stub(activation: Activation, n: int, device):
-    def stub(*args, **kwargs):
-        nan = torch.full((), float("nan"), dtype=activation.dtype, device=device)
-        return nan.expand(n, *activation.shape)
-
-    return stub
+    nan = torch.full((), float("nan"), dtype=activation.dtype, device=device)
+    return lambda *args, **kwargs: nan.expand(n, *activation.shape)
 
 
 def plan_cut(

@@ -33,10 +33,9 @@ class DeviceMixin:
         device = self._device()
         if self._autocast_dtype(device) != torch.float16:
             return None
-        scaler = self.__dict__.get("grad_scaler_")
-        if scaler is None:
-            scaler = self.grad_scaler_ = torch.amp.GradScaler(device.type)
-        return scaler
+        if "grad_scaler_" not in self.__dict__:
+            self.grad_scaler_ = torch.amp.GradScaler(device.type)
+        return self.grad_scaler_
 
     def train_step(self, batch, **fit_params):
         """skorch's step; with float16 autocast, a gradient-scaled one (its

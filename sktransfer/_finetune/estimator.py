@@ -523,7 +523,7 @@ class FineTuneClassifier(FineTuneNet):
         labels : ndarray of shape (n_samples,)
             Elements of ``classes_``.
         """
-        index = self.predict_proba(X).argmax(axis=1)
+        index = self.predict_proba(X).argmax(axis=1)  # checks the fit first
         return self.classes_[index]
 
     def __repr__(self):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -164,14 +165,13 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         return callbacks
 
     def _patience(self) -> int | None:
-        if self.early_stopping is None or self.early_stopping is False:
-            return None
-        if self.early_stopping is True:
+        stopping = self.early_stopping
+        if stopping is True:
             return _DEFAULT_PATIENCE
-        try:  # skorch reads the callbacks in set_params: invalid values wait for
-            return int(self.early_stopping)  # fit's parameter check to report them
-        except (TypeError, ValueError, OverflowError):
-            return None
+        # skorch reads the callbacks in set_params: an invalid value gives
+        # none here, and fit's parameter check reports it
+        valid = isinstance(stopping, Integral) and not isinstance(stopping, bool)
+        return int(stopping) if valid else None
 
     # ------------------------------------------------------------ phases
     def _head_only(self) -> bool:
