@@ -1,6 +1,6 @@
 """The fixed costs of a fine-tuning fit that a grid search pays once per fit.
 
-Two ratios, each against its baseline measured in the same run (best of
+Three ratios, each against its baseline measured in the same run (best of
 ``--repeat`` timings):
 
 * a training step of the new head on stored embeddings (``--batch`` x 1280 ->
@@ -8,6 +8,9 @@ Two ratios, each against its baseline measured in the same run (best of
   own generators (``FitRandomness``: dropout masks of float32 uniforms,
   every torch call through a torch function mode) against the same step
   with torch's dropout and no mode, and the two masks' draws alone;
+* a head-only fit's training step (skorch's loop, the cut run from stored
+  rows, fetching them, callbacks; float32, random weights, ``4 * --batch``
+  images) against that bare step, taken from the epochs' durations;
 * a fit's network taken as a copy of the last build
   (``_backbones.trainable_backbone``) against building it again
   (``build_backbone``: the model, and the weights file read).
@@ -21,9 +24,11 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
+from sktransfer import FineTuneClassifier
 from sktransfer._backbones import build_backbone, trainable_backbone
 from sktransfer._finetune.head import new_head
 from sktransfer._randomness import FitRandomness
@@ -65,6 +70,29 @@ def head_step(batch: int, seeded: bool):
     return seeded_step
 
 
+def fit_step(model: str, batch: int, repeat: int) -> float:
+    """The fastest of ``repeat`` head-only fits' mean time per step."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4 * batch, 64, 64, 3), dtype=np.uint8)
+    labels = np.arange(4 * batch) % 10
+    clf = FineTuneClassifier(
+        model,
+        weights=None,
+        image_size=64,
+        max_epochs=50,
+        batch_size=batch,
+        precision="float32",
+        device="cpu",
+        random_state=0,
+    )
+    times = []
+    for _ in range(repeat):
+        history = clf.fit(images, labels).history_
+        steps = sum(len(epoch["batches"]) for epoch in history)
+        times.append(sum(epoch["dur"] for epoch in history) / steps)
+    return min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0")
@@ -84,12 +112,14 @@ def main() -> None:
     our_mask = best_of(r, our_dropout, 200)
     torch_step = best_of(r, head_step(args.batch, seeded=False), 200)
     our_step = best_of(r, head_step(args.batch, seeded=True), 200)
+    in_fit = fit_step(args.model, args.batch, r)
     build = best_of(r, lambda: build_backbone(args.model))
     copied = best_of(r, lambda: trainable_backbone(args.model))
 
     print(f"threads={torch.get_num_threads()}; best of {r}")
     print(f"head step, torch -> a fit's own generators: {torch_step / our_step:.2f}x")
     print(f"dropout on {args.batch}x1280 alone:  {torch_mask / our_mask:.2f}x faster")
+    print(f"head step, bare -> in a fit:  {in_fit / our_step:.2f}x the time")
     print(f"{args.model}: build -> copy of the last: {build / copied:.2f}x faster")
 
 
