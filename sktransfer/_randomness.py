@@ -163,10 +163,8 @@ def _drops(func, args, kwargs) -> bool:
 
 
 def _device_of(args, kwargs):
-    if "device" in kwargs:
-        return kwargs["device"]
     first = args[0] if args else None
-    return first.device if isinstance(first, torch.Tensor) else None
+    return kwargs.get("device", first.device if torch.is_tensor(first) else None)
 
 
 def seed_for_fit(random_state) -> int:

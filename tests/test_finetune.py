@@ -429,6 +429,14 @@ def test_aux_loss_weight_is_applied(images, labels):
 
 
 # --------------------------------------------------- validation, early stop
+def test_early_stopping_takes_numpy_booleans_and_integers():
+    patience = [
+        FineTuneClassifier(early_stopping=value)._patience()
+        for value in (True, np.True_, False, np.False_, None, 3, np.int64(2))
+    ]
+    assert patience == [5, 5, None, None, None, 3, 2]
+
+
 def test_stratified_validation_and_early_stopping_restores_best(images, labels):
     snapshots = {}
     valid_labels = []
@@ -500,6 +508,8 @@ def test_clone_and_set_params():
         "FineTuneClassifier('resnet18', weights=None, frozen_layers=2, lr=0.05, "
         "optimizer__momentum=0.9)"
     )
+    shuffled = FineTuneClassifier(iterator_train__shuffle=1)  # not the default True
+    assert repr(shuffled) == "FineTuneClassifier('resnet18', iterator_train__shuffle=1)"
     twin.set_params(frozen_layers="all", bn="eval")
     assert (twin.frozen_layers, twin.bn, clf.frozen_layers) == ("all", "eval", 2)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())

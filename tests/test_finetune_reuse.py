@@ -569,6 +569,35 @@ def test_loader_workers_forked_after_a_fit_do_not_hang(tmp_path):
     assert "fitted" in done.stdout, done.stderr[-2000:]
 
 
+def test_loader_workers_forked_while_another_thread_runs_the_network(tmp_path):
+    """A worker forked while another thread holds the network's lock (a
+    prediction beside this one) gets a lock of its own, not a copy that
+    stays held: it fetches the stored rows instead of waiting forever."""
+    script = tmp_path / "fork_lock.py"
+    script.write_text(
+        "import threading, time\n"
+        "import numpy as np\n"
+        "from sktransfer import FineTuneClassifier\n"
+        "from sktransfer._finetune.cut import module_lock\n"
+        "X = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)\n"
+        "clf = FineTuneClassifier('mobilenet_v3_small', weights=None, max_epochs=1,\n"
+        "    frozen_layers=3, image_size=64, device='cpu', precision='float32',\n"
+        "    iterator_valid__num_workers=1, iterator_valid__timeout=20)\n"
+        "expected = clf.fit(X, ['a', 'b'] * 4).predict_proba(X)  # rows stored\n"
+        "def beside():\n"
+        "    with module_lock(clf.module_):\n"
+        "        held.set(); time.sleep(1)\n"
+        "held = threading.Event()\n"
+        "threading.Thread(target=beside).start(); held.wait()\n"
+        "assert np.allclose(clf.predict_proba(X), expected, atol=1e-6)\n"
+        "print('predicted')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert "predicted" in done.stdout, done.stderr[-2000:]
+
+
 def test_a_warm_start_follows_settings_changed_after_the_fit(images, labels):
     """Cuts and training modes are kept per the settings they depend on: a
     warm start after ``set_params(bn="train")`` trains the frozen groups'

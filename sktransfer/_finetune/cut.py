@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import os
 import threading
 import types
 import weakref
@@ -56,6 +57,16 @@ def module_lock(module: nn.Module) -> threading.RLock:
         return _locks[module]
 
 
+def _forget_locks() -> None:
+    """In a forked child (a DataLoader worker), where a lock that another
+    thread of the parent held would stay held: fresh locks."""
+    global _locks, _locks_lock
+    _locks, _locks_lock = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_locks)
+
+
 @dataclass(frozen=True)
 class Activation:
     """What a module gives one image: shape, dtype and memory layout."""
@@ -87,7 +98,10 @@ class Cut:
         self._modules = [module.get_submodule(name) for name in skipped]
         self.input_shape = input_shape
         self.memo: dict = {}  # the digest of what it skips (rows.namespace)
-        self.lock = module_lock(module)
+
+    @property
+    def lock(self) -> threading.RLock:
+        return module_lock(self.module)
 
     @property
     def activation(self) -> Activation:

@@ -546,10 +546,8 @@ def _repr(estimator) -> str:
         if name in signature:
             changed = name != "model" and not _same(value, signature[name].default)
         else:  # skorch's parameters, shown where set through "__"
-            changed = "__" in name and (name, value) != (
-                "iterator_train__shuffle",
-                True,
-            )
+            default = name == "iterator_train__shuffle" and value is True
+            changed = "__" in name and not default
         if changed:
             shown.append(f"{name}={value!r}")
     return f"{type(estimator).__name__}({', '.join(shown)})"

@@ -170,7 +170,8 @@ class Feeding:
         self.prefix_cached_ = "train" in data.rows
         train, valid = self._split(data, y, **fit_params)
         if self.__dict__.pop("_fresh", False):
-            self._start_head(data, _indices(train))
+            indices = train.indices if isinstance(train, Subset) else range(len(train))
+            self._start_head(data, np.asarray(indices))
         return train, valid
 
     def _draft(self) -> int:
@@ -271,9 +272,3 @@ class Weighted:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def _indices(dataset) -> np.ndarray:
-    if isinstance(dataset, Subset):
-        return np.asarray(dataset.indices)
-    return np.arange(len(dataset))

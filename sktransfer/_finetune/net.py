@@ -9,6 +9,7 @@ mixed precision and pickling from :mod:`.device`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -166,12 +167,11 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
 
     def _patience(self) -> int | None:
         stopping = self.early_stopping
-        if stopping is True:
-            return _DEFAULT_PATIENCE
+        if isinstance(stopping, (bool, np.bool_)):
+            return _DEFAULT_PATIENCE if stopping else None
         # skorch reads the callbacks in set_params: an invalid value gives
         # none here, and fit's parameter check reports it
-        valid = isinstance(stopping, Integral) and not isinstance(stopping, bool)
-        return int(stopping) if valid else None
+        return int(stopping) if isinstance(stopping, Integral) else None
 
     # ------------------------------------------------------------ phases
     def _head_only(self) -> bool:
@@ -198,7 +198,8 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         module = self.__dict__.get("module_")
         phase = phase_of(self) if training else None
         state = (training, phase, self.bn, id(module))
-        with module_lock(module):  # not while another thread plans a cut
+        lock = contextlib.nullcontext() if module is None else module_lock(module)
+        with lock:  # not while another thread plans a cut
             if self.__dict__.get("_modes") == state and module.training == training:
                 return
             super()._set_training(training)

@@ -30,6 +30,7 @@ from .._devices import autocast
 from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
 from .cut import Cut, neutral_hooks, settings_of
+from .data import channels_last  # the layout of training steps' images
 
 # A fit's rows larger than this go to a temporary file (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
@@ -252,7 +253,8 @@ def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> No
             for batch in batches:
                 batch = batch.to(run.device, non_blocking=True)
                 block = torch.stack(
-                    [_cpu(cut.rows(_layout(VIEWS[v](batch)))) for v in views], dim=1
+                    [_cpu(cut.rows(channels_last(VIEWS[v](batch)))) for v in views],
+                    dim=1,
                 )
                 chunk = missing[start : start + len(batch)]
                 rows.data[chunk] = block.numpy()
@@ -280,11 +282,6 @@ def _from_rows(rows, cut, lower: Rows, lower_cut: Cut, missing, run: _Run) -> No
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float().cpu()
-
-
-def _layout(batch: torch.Tensor) -> torch.Tensor:
-    """Images as the training steps see them: channels-last."""
-    return batch.contiguous(memory_format=torch.channels_last)
 
 
 def _remove_file(path: str) -> None:
