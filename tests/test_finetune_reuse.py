@@ -549,8 +549,8 @@ def test_a_plan_made_while_another_thread_predicts(images, labels):
 def test_loader_workers_forked_after_a_fit_do_not_hang(tmp_path):
     """The thread pool that gathers batches is the process's own: a forked
     DataLoader worker makes a new one instead of waiting on the parent's."""
-    script = tmp_path / "fork.py"
-    script.write_text(
+    out = _run_in_a_new_process(
+        tmp_path,
         "import numpy as np\n"
         "from sktransfer import FineTuneClassifier\n"
         "from sktransfer._finetune import data\n"
@@ -561,20 +561,17 @@ def test_loader_workers_forked_after_a_fit_do_not_hang(tmp_path):
         "FineTuneClassifier('mobilenet_v3_small', weights=None, max_epochs=1,\n"
         "    head_epochs=0, cache_frozen=False, image_size=32, device='cpu',\n"
         "    iterator_train__num_workers=2).fit(X, y)\n"
-        "print('fitted')\n"
+        "print('fitted')\n",
     )
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=90
-    )
-    assert "fitted" in done.stdout, done.stderr[-2000:]
+    assert "fitted" in out
 
 
 def test_loader_workers_forked_while_another_thread_runs_the_network(tmp_path):
     """A worker forked while another thread holds the network's lock (a
     prediction beside this one) gets a lock of its own, not a copy that
     stays held: it fetches the stored rows instead of waiting forever."""
-    script = tmp_path / "fork_lock.py"
-    script.write_text(
+    out = _run_in_a_new_process(
+        tmp_path,
         "import threading, time\n"
         "import numpy as np\n"
         "from sktransfer import FineTuneClassifier\n"
@@ -590,12 +587,20 @@ def test_loader_workers_forked_while_another_thread_runs_the_network(tmp_path):
         "held = threading.Event()\n"
         "threading.Thread(target=beside).start(); held.wait()\n"
         "assert np.allclose(clf.predict_proba(X), expected, atol=1e-6)\n"
-        "print('predicted')\n"
+        "print('predicted')\n",
     )
+    assert "predicted" in out
+
+
+def _run_in_a_new_process(tmp_path, source: str) -> str:
+    """What a script prints, run in a fresh interpreter (forking safely)."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120
     )
-    assert "predicted" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def test_a_warm_start_follows_settings_changed_after_the_fit(images, labels):
