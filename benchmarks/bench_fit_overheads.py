@@ -1,6 +1,6 @@
 """The fixed costs of a fine-tuning fit that a grid search pays once per fit.
 
-Three ratios, each against its baseline measured in the same run (best of
+Four ratios, each against its baseline measured in the same run (best of
 ``--repeat`` timings):
 
 * a training step of the new head on stored embeddings (``--batch`` x 1280 ->
@@ -13,7 +13,10 @@ Three ratios, each against its baseline measured in the same run (best of
   images) against that bare step, taken from the epochs' durations;
 * a fit's network taken as a copy of the last build
   (``_backbones.trainable_backbone``) against building it again
-  (``build_backbone``: the model, and the weights file read).
+  (``build_backbone``: the model, and the weights file read);
+* hashing the network's weights (what keys stored rows, for every fit and
+  prediction that uses the store) against one forward pass of ``--batch``
+  images at 224 px (random weights: speed does not depend on them).
 
     python benchmarks/bench_fit_overheads.py [--model efficientnet_lite0]
         [--batch 32] [--repeat 5]
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sktransfer import FineTuneClassifier
+from sktransfer import FineTuneClassifier, _cache
 from sktransfer._backbones import build_backbone, trainable_backbone
 from sktransfer._finetune.head import new_head
 from sktransfer._randomness import FitRandomness
@@ -121,6 +124,16 @@ def main() -> None:
     print(f"dropout on {args.batch}x1280 alone:  {torch_mask / our_mask:.2f}x faster")
     print(f"head step, bare -> in a fit:  {in_fit / our_step:.2f}x the time")
     print(f"{args.model}: build -> copy of the last: {build / copied:.2f}x faster")
+    module = build_backbone(args.model, None).module.eval()
+    named = [*module.named_parameters(), *module.named_buffers()]
+    digest = best_of(r, lambda: _cache.tensors_digest(named))
+    x = torch.randn(args.batch, 3, 224, 224)
+    with torch.inference_mode():
+        forward = best_of(r, lambda: module(x))
+    print(
+        f"{args.model}: hashing its weights: {digest / forward:.2f}x "
+        f"a forward pass of {args.batch} images"
+    )
 
 
 if __name__ == "__main__":

@@ -664,6 +664,41 @@ class Routed(Plain):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(b, 1), 1))
 
 
+class Prescaled(Plain):
+    """A module without parameters (in no layer group, left in training mode)
+    runs before the stem."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.pre = Scale(scale)
+
+    def forward(self, x):
+        return super().forward(self.pre(x))
+
+
+class Act(nn.Module):
+    """A setting that is a function: one of two lambdas of one name."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.fn = (lambda x: x * 3.0) if scale else (lambda x: x)
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _prescaled(scale: float) -> Prescaled:
+    torch.manual_seed(0)
+    return Prescaled(scale)
+
+
+def _acted(scale: float) -> Plain:
+    torch.manual_seed(0)
+    network = Plain()
+    network.stem.append(Act(scale))
+    return network
+
+
 def _shifted(shift: float) -> Shifted:
     torch.manual_seed(0)
     network = Shifted()
@@ -679,11 +714,14 @@ def _scaled(scale: float) -> Plain:
 
 
 @pytest.mark.parametrize(
-    "make", [_shifted, _scaled], ids=["ancestor's buffer", "non-persistent buffer"]
+    "make",
+    [_shifted, _scaled, _prescaled, _acted],
+    ids=["ancestor's buffer", "non-persistent buffer", "module before", "lambda"],
 )
 def test_rows_are_keyed_by_every_tensor_before_the_cut(make, images, labels):
     """Networks that differ only in a tensor of a module around the skipped
-    ones, or in a buffer that is not saved, get rows of their own."""
+    ones, in a buffer that is not saved, in a module that runs before them,
+    or in a function they hold, get rows of their own."""
     head_only = dict(frozen_layers="all", head_epochs=0)
     tiny(model=make(0.0), **head_only).fit(images, labels)  # rows in the store
     served = tiny(model=make(3.0), **head_only).fit(images, labels)
@@ -693,14 +731,23 @@ def test_rows_are_keyed_by_every_tensor_before_the_cut(make, images, labels):
     )
 
 
-def test_replaced_weights_are_digested_again(images, labels):
-    """The digest of what a cut skips is kept while its tensors are the same
-    objects, unchanged: weights loaded with ``assign=True`` are new ones."""
+@pytest.mark.parametrize("change", ["assign", "data", "numpy"])
+def test_changed_weights_are_digested_again(change, images, labels):
+    """Weights are digested for every fit and prediction: loaded with
+    ``assign=True`` (new tensors), or written through ``.data`` or numpy,
+    which move no version counter."""
     torch.manual_seed(0)
     clf = tiny(model=Plain(), frozen_layers="all", head_epochs=0).fit(images, labels)
-    clf.predict_proba(images)  # digest kept, rows stored
+    clf.predict_proba(images)  # rows stored
     conv = clf.module_.stem[0]
-    conv.load_state_dict({"weight": 2 * conv.weight, "bias": conv.bias}, assign=True)
+    if change == "assign":
+        conv.load_state_dict(
+            {"weight": 2 * conv.weight, "bias": conv.bias}, assign=True
+        )
+    elif change == "data":
+        conv.weight.data.mul_(2)
+    else:
+        conv.weight.detach().numpy()[...] *= 2
     served = clf.predict_proba(images)
     computed = clf.set_params(cache=None).predict_proba(images)
     np.testing.assert_array_equal(served, computed)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import hashlib
+import marshal
 import os
 import threading
 import types
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from .._devices import CPU_AUTOCAST_HOOKS, autocast
+from .._groups import is_under
 from .._lru import LRU
 from .._randomness import FitRandomness
 from .._tap import OUTPUT_NEUTRAL_HOOKS, forward_tap
@@ -89,15 +92,16 @@ class Activation:
 class Cut:
     """``module`` run from the output of its module ``boundary``; ``skipped``:
     the modules that do not run then (the boundary last) and what each gives
-    one image; ``input_shape``: of one preprocessed image."""
+    one image; ``before``: the other outermost modules that run before the
+    boundary (besides its ancestors); ``input_shape``: of one image."""
 
-    def __init__(self, module: nn.Module, skipped: dict, input_shape: tuple):
+    def __init__(self, module, skipped: dict, input_shape: tuple, before=()):
         self.module = module
         self.skipped: dict[str, Activation] = skipped
         self.boundary = next(reversed(skipped))
         self._modules = [module.get_submodule(name) for name in skipped]
         self.input_shape = input_shape
-        self.memo: dict = {}  # the digest of what it skips (rows.namespace)
+        self.before = tuple(before)
 
     @property
     def lock(self) -> threading.RLock:
@@ -180,11 +184,11 @@ def plan_cut(
                 module, crop, trained, training_modes, main_only, device, dtype
             )
             plan = (None, why) if cut is None else (cut.skipped, cut.input_shape)
-            _plans.put(key, plan)
+            _plans.put(key, plan if cut is None else (*plan, cut.before))
             return cut, why
     if plan[0] is None:
         return None, plan[1]
-    return Cut(module, plan[0], plan[1]), ""
+    return Cut(module, *plan), ""
 
 
 _plans: LRU[tuple] = LRU(max_items=64)  # by the structure probed (plan_cut)
@@ -263,10 +267,13 @@ def _fingerprint(value):
         return ("dict", *((repr(k), _fingerprint(v)) for k, v in items))
     if isinstance(value, functools.partial):
         return ("partial", *map(_fingerprint, (value.func, value.args, value.keywords)))
-    if isinstance(value, type) or (
-        isinstance(value, types.FunctionType) and value.__closure__ is None
-    ):
-        return f"{value.__module__}.{value.__qualname__}"
+    name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+    if isinstance(value, type) and "<locals>" not in name:
+        return name
+    if isinstance(value, types.FunctionType) and value.__closure__ is None:
+        code = hashlib.blake2b(marshal.dumps(value.__code__), digest_size=8)
+        defaults = (value.__defaults__, value.__kwdefaults__)
+        return ("function", name, code.hexdigest(), _fingerprint(defaults))
     return (type(value).__qualname__, id(value))
 
 
@@ -300,7 +307,7 @@ def _probe(module, crop, trained, training_modes, main_only, device, dtype):
             skipped, rows, whole = _eval_pass(module, x, names)
             if not skipped:
                 return None, "a skipped module does not run exactly once"
-            cut = Cut(module, skipped, tuple(x.shape[1:]))
+            cut = Cut(module, skipped, tuple(x.shape[1:]), _before(entered, names))
             if not _same(whole, cut(rows)):
                 return None, "the rest of the network needs more than the cut"
             training_modes()
@@ -361,6 +368,19 @@ def _skippable(module: nn.Module, entered: list[str], trained: set[int]):
     if not outermost:
         return [], "no module runs before the first trained one"
     return outermost, ""
+
+
+def _before(entered: list[str], skipped: list[str]) -> list[str]:
+    """The outermost modules entered before the boundary (the last of
+    ``skipped``) that are neither skipped nor ancestors of a skipped one: what
+    they compute can feed the boundary, so their state keys its rows."""
+    before: list[str] = []
+    for name in entered[: entered.index(skipped[-1])]:
+        nested = any(name.startswith(b + ".") for b in before)
+        ancestor = any(s.startswith(name + ".") for s in skipped)
+        if not (nested or ancestor or is_under(name, skipped)):
+            before.append(name)
+    return before
 
 
 def _eval_pass(module: nn.Module, x, names: list[str]):

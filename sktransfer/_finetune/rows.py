@@ -56,10 +56,11 @@ def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
 
 def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str:
     """The store namespace of ``cut``'s rows: a digest of the skipped modules
-    (classes, settings, the hooks that act on ``device`` under ``dtype``,
-    parameters and buffers), the code around them (their ancestors' classes,
-    settings, hooks and own tensors), what the boundary gives, the
-    preprocessing, the autocast dtype and the device pipeline."""
+    and those that run before them (classes, settings, the hooks that act on
+    ``device`` under ``dtype``, parameters and buffers), the code around them
+    (their ancestors' classes, settings, hooks and own tensors), what the
+    boundary gives, the preprocessing, the autocast dtype and the device
+    pipeline."""
     module = cut.module
     neutral = neutral_hooks(device, dtype)
     ancestors = sorted(
@@ -74,6 +75,9 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str:
     for name in cut.skipped:
         digest.update(f"{name}:{cut.skipped[name]}".encode())
         digest.update(_structure(module.get_submodule(name).modules(), neutral))
+    for name in cut.before:
+        digest.update(f"{name}:before".encode())
+        digest.update(_structure(module.get_submodule(name).modules(), neutral))
     digest.update(_structure((module.get_submodule(a) for a in ancestors), neutral))
     digest.update(_tensors_digest(cut, ancestors).encode())
     digest.update(f"{preprocessing!r}|{dtype}|{device.type}".encode())
@@ -81,29 +85,21 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str:
 
 
 def _tensors_digest(cut: Cut, ancestors: list[str]) -> str:
-    """A digest of the skipped modules' parameters and buffers (non-persistent
-    ones too) and their ancestors' own, kept on the cut while they are the
-    same tensors, in the same storage, unchanged (their version counters,
-    which every in-place change moves): weights are hashed once, not once
-    per prediction."""
+    """A digest of the parameters and buffers (non-persistent ones too) of
+    the skipped modules and those before them, and of their ancestors' own:
+    hashed on every call (once per fit and prediction), since writes through
+    ``.data`` or numpy move no version counter."""
     module = cut.module
     named = [
         (f"{name}.{key}", tensor)
-        for names, recurse in ((cut.skipped, True), (ancestors, False))
+        for names, recurse in (((*cut.skipped, *cut.before), True), (ancestors, False))
         for name in names
         for key, tensor in [
             *module.get_submodule(name).named_parameters(recurse=recurse),
             *module.get_submodule(name).named_buffers(recurse=recurse),
         ]
     ]
-    state = [(id(t), t.data_ptr(), t._version) for _, t in named]
-    kept = cut.memo.get("tensors")
-    if kept is not None and kept[0] == state:
-        if all(ref() is t for ref, (_, t) in zip(kept[1], named, strict=True)):
-            return kept[2]
-    value = _cache.tensors_digest(named)
-    cut.memo["tensors"] = (state, [weakref.ref(t) for _, t in named], value)
-    return value
+    return _cache.tensors_digest(named)
 
 
 def _structure(modules, neutral: tuple) -> bytes:
