@@ -115,9 +115,8 @@ class Cut:
     def rows(self, batch: torch.Tensor) -> torch.Tensor:
         """The boundary's output for preprocessed images (the network stops
         there)."""
-        tap = self.module.get_submodule(self.boundary)
-        with self.lock:
-            return forward_tap(self.module, batch, tap, take_input=False)
+        with self.lock:  # the boundary is the last skipped module
+            return forward_tap(self.module, batch, self._modules[-1], take_input=False)
 
     def __call__(self, rows: torch.Tensor, tap=None, *, take_input=False):
         """The network's output from ``rows`` of the boundary (cast to its
@@ -143,9 +142,8 @@ class Cut:
             yield
         finally:
             for m, old in zip(self._modules, saved, strict=True):
-                if old is None:
-                    m.__dict__.pop("forward", None)
-                else:
+                m.__dict__.pop("forward", None)
+                if old is not None:
                     m.__dict__["forward"] = old
 
 

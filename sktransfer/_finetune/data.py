@@ -152,9 +152,8 @@ class Collate:
             x = {key: torch.stack(parts) if same else ImageBatch(parts)}
         if len(columns) == 3:
             x = {**x, WEIGHTS: torch.tensor(columns[2], dtype=torch.float32)}
-        index = np.asarray(targets, dtype=np.int64)
-        labels = self.classes[np.clip(index, 0, len(self.classes) - 1)]
-        return x, labels
+        index = np.asarray(targets, dtype=np.int64)  # -1: no label (predictions)
+        return x, self.classes[np.clip(index, 0, len(self.classes) - 1)]
 
 
 def gather_rows(images: Images, indices: list[int], pin: bool) -> torch.Tensor:

@@ -334,8 +334,7 @@ class FineTuneClassifier(FineTuneNet):
 
     def __setattr__(self, name, value):
         if name == "model":  # never registered as a skorch module
-            object.__setattr__(self, name, value)
-            return
+            return object.__setattr__(self, name, value)
         super().__setattr__(name, value)
 
     def _get_param_names(self):

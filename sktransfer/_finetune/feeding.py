@@ -246,9 +246,8 @@ class Feeding:
         prefix = "iterator_train" if training else "iterator_valid"
         iterator = self.iterator_train if training else self.iterator_valid
         kwargs = self.get_params_for(prefix)
-        kwargs.setdefault("batch_size", self.batch_size)
-        if kwargs["batch_size"] == -1:
-            kwargs["batch_size"] = len(dataset)
+        size = kwargs.get("batch_size", self.batch_size)
+        kwargs["batch_size"] = len(dataset) if size == -1 else size
         loader_class = isinstance(iterator, type) and issubclass(iterator, DataLoader)
         if loader_class:
             kwargs.setdefault("collate_fn", Collate(self.classes_))

@@ -26,9 +26,7 @@ def phase_of(net) -> str:
     """The running epoch's phase: ``"head"`` or ``"train"`` (also when no
     :class:`HeadPhase` records one)."""
     history = net.__dict__.get("history_")
-    if not history:
-        return "train"
-    return history[-1].get("phase", "train")
+    return history[-1].get("phase", "train") if history else "train"
 
 
 class HeadPhase(Callback):

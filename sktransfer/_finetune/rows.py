@@ -79,18 +79,9 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str:
         digest.update(f"{name}:before".encode())
         digest.update(_structure(module.get_submodule(name).modules(), neutral))
     digest.update(_structure((module.get_submodule(a) for a in ancestors), neutral))
-    digest.update(_tensors_digest(cut, ancestors).encode())
-    digest.update(f"{preprocessing!r}|{dtype}|{device.type}".encode())
-    return digest.hexdigest()
-
-
-def _tensors_digest(cut: Cut, ancestors: list[str]) -> str:
-    """A digest of the parameters and buffers (non-persistent ones too) of
-    the skipped modules and those before them, and of their ancestors' own:
-    hashed on every call (once per fit and prediction), since writes through
-    ``.data`` or numpy move no version counter."""
-    module = cut.module
-    named = [
+    # every tensor, hashed for every call: writes through ``.data`` or numpy
+    # move no version counter that a kept digest could watch
+    tensors = [
         (f"{name}.{key}", tensor)
         for names, recurse in (((*cut.skipped, *cut.before), True), (ancestors, False))
         for name in names
@@ -99,7 +90,9 @@ def _tensors_digest(cut: Cut, ancestors: list[str]) -> str:
             *module.get_submodule(name).named_buffers(recurse=recurse),
         ]
     ]
-    return _cache.tensors_digest(named)
+    digest.update(_cache.tensors_digest(tensors).encode())
+    digest.update(f"{preprocessing!r}|{dtype}|{device.type}".encode())
+    return digest.hexdigest()
 
 
 def _structure(modules, neutral: tuple) -> bytes:
@@ -133,9 +126,6 @@ class Rows:
         os.close(fd)
         self._remove = weakref.finalize(self, _remove_file, path)
         self.data = np.lib.format.open_memmap(path, "w+", np.float32, shape)
-
-    def __len__(self) -> int:
-        return len(self.data)
 
     def take(self, indices) -> torch.Tensor:
         """The rows at ``indices`` (one gather) as a tensor."""
@@ -237,7 +227,9 @@ def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> No
     hook = None
     if on_the_way is not None:
         tap = cut.module.get_submodule(on_the_way[0].boundary)
-        hook = tap.register_forward_hook(lambda m, a, out: captured.append(_cpu(out)))
+        hook = tap.register_forward_hook(
+            lambda m, a, out: captured.append(out.float().cpu())
+        )
     start = 0
     try:
         with (
@@ -249,7 +241,10 @@ def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> No
             for batch in batches:
                 batch = batch.to(run.device, non_blocking=True)
                 block = torch.stack(
-                    [_cpu(cut.rows(channels_last(VIEWS[v](batch)))) for v in views],
+                    [
+                        cut.rows(channels_last(VIEWS[v](batch))).float().cpu()
+                        for v in views
+                    ],
                     dim=1,
                 )
                 chunk = missing[start : start + len(batch)]
@@ -272,12 +267,8 @@ def _from_rows(rows, cut, lower: Rows, lower_cut: Cut, missing, run: _Run) -> No
         for start in range(0, len(missing), run.batch_size):
             chunk = missing[start : start + run.batch_size]
             block = lower.take(chunk).to(run.device, non_blocking=True)
-            out = [_cpu(lower_cut(block[:, v], tap)) for v in range(block.shape[1])]
-            rows.data[chunk] = torch.stack(out, dim=1).numpy()
-
-
-def _cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float().cpu()
+            out = [lower_cut(block[:, v], tap) for v in range(block.shape[1])]
+            rows.data[chunk] = torch.stack(out, dim=1).float().cpu().numpy()
 
 
 def _remove_file(path: str) -> None:
