@@ -181,8 +181,8 @@ def plan_cut(
             cut, why = _probe(
                 module, crop, trained, training_modes, main_only, device, dtype
             )
-            plan = (None, why) if cut is None else (cut.skipped, cut.input_shape)
-            _plans.put(key, plan if cut is None else (*plan, cut.before))
+            found = (cut.skipped, cut.input_shape, cut.before) if cut else (None, why)
+            _plans.put(key, found)
             return cut, why
     if plan[0] is None:
         return None, plan[1]
@@ -374,9 +374,8 @@ def _before(entered: list[str], skipped: list[str]) -> list[str]:
     they compute can feed the boundary, so their state keys its rows."""
     before: list[str] = []
     for name in entered[: entered.index(skipped[-1])]:
-        nested = any(name.startswith(b + ".") for b in before)
         ancestor = any(s.startswith(name + ".") for s in skipped)
-        if not (nested or ancestor or is_under(name, skipped)):
+        if not (ancestor or is_under(name, [*before, *skipped])):
             before.append(name)
     return before
 

@@ -252,12 +252,10 @@ class Feeding:
         if loader_class:
             kwargs.setdefault("collate_fn", Collate(self.classes_))
         loader = iterator(dataset, **kwargs)
-        if loader_class and self._device().type == "cuda":
+        device = self._device()
+        if loader_class and device.type == "cuda":
             return DeviceLoader(
-                loader,
-                self._device(),
-                next_epoch=training,
-                phase=lambda: phase_of(self),
+                loader, device, next_epoch=training, phase=lambda: phase_of(self)
             )
         return loader
 
