@@ -12,8 +12,11 @@ point, three ways, in alternating rounds in one process:
 * bfloat16 throughout (grouped convolutions included),
 * bfloat16 with float32 grouped convolutions (the default).
 
-Ratios above 1 are faster than float32. Weights are random (speed does not
-depend on them).
+Ratios above 1 are faster than float32. A last column times the default
+against itself without the hook that gives the gradient into global
+pooling the channels-last layout of the maps before it
+(``_finetune.data.channels_last_gradients``): above 1, the hook is faster.
+Weights are random (speed does not depend on them).
 
     python benchmarks/bench_tail_precision.py [--model efficientnet_lite0]
         [--frozen 7,6,5] [--batch-size 32] [--rounds 3]
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from sktransfer import FineTuneClassifier, _devices
+from sktransfer._finetune.data import gradient_as_input
 
 
 def trained_part(model: str, frozen_layers, batch_size: int, precision: str):
@@ -54,16 +58,16 @@ def trained_part(model: str, frozen_layers, batch_size: int, precision: str):
     return clf.module_, cut, features, params
 
 
-def without_float32_convolutions(module: torch.nn.Module):
-    """Take the float32 hooks off (returns a function that puts them back)."""
+FLOAT32_CONVOLUTIONS = (_devices._leave_cpu_autocast, _devices._resume_cpu_autocast)
+
+
+def without(module: torch.nn.Module, hooks_off: tuple):
+    """Take the hooks ``hooks_off`` off (returns a function that puts them back)."""
     removed = []
     for m in module.modules():
         for hooks in (m._forward_pre_hooks, m._forward_hooks):
             for key, hook in list(hooks.items()):
-                if hook in (
-                    _devices._leave_cpu_autocast,
-                    _devices._resume_cpu_autocast,
-                ):
+                if hook in hooks_off:
                     removed.append((hooks, key, hook))
                     del hooks[key]
 
@@ -105,7 +109,10 @@ def main() -> None:
         f"{args.model}, batch {args.batch_size}, {torch.get_num_threads()} threads; "
         "training step vs float32 (median of rounds, rounds in brackets)"
     )
-    print(f"{'frozen_layers':>13s}  {'bfloat16 throughout':>24s}  {'default':>24s}")
+    print(
+        f"{'frozen_layers':>13s}  {'bfloat16 throughout':>24s}  {'default':>24s}  "
+        f"{'layout hook':>24s}"
+    )
     for frozen in args.frozen.split(","):
         frozen = frozen if frozen == "all" else int(frozen)
         _, tail32, features32, params32 = trained_part(
@@ -116,21 +123,28 @@ def main() -> None:
         )
         optimizer32 = torch.optim.AdamW(params32, lr=1e-4)
         optimizer = torch.optim.AdamW(params, lr=1e-4)
-        plain, default = [], []
+        plain, default, layout = [], [], []
         for _ in range(args.rounds):
             t32 = step_time(tail32, features32, optimizer32, None)
-            restore = without_float32_convolutions(module)
+            restore = without(module, FLOAT32_CONVOLUTIONS)
             t_plain = step_time(tail, features, optimizer, torch.bfloat16)
+            restore()
+            restore = without(module, (gradient_as_input,))
+            t_mixed = step_time(tail, features, optimizer, torch.bfloat16)
             restore()
             t_default = step_time(tail, features, optimizer, torch.bfloat16)
             plain.append(t32 / t_plain)
             default.append(t32 / t_default)
+            layout.append(t_mixed / t_default)
 
         def cell(ratios):
             rounds = ", ".join(f"{r:.2f}" for r in ratios)
             return f"{statistics.median(ratios):.2f}x ({rounds})"
 
-        print(f"{frozen!s:>13s}  {cell(plain):>24s}  {cell(default):>24s}")
+        print(
+            f"{frozen!s:>13s}  {cell(plain):>24s}  {cell(default):>24s}  "
+            f"{cell(layout):>24s}"
+        )
 
 
 if __name__ == "__main__":

@@ -131,3 +131,51 @@ def test_a_validation_loader_does_not_load_ahead():
 def test_small_tensors_cross_to_the_device():
     labels = torch.tensor([2, 0, 1])
     assert torch.equal(to_device(labels, CPU), labels)
+
+
+def test_gradients_into_global_pooling_keep_the_maps_channels_last_layout():
+    """The backward pass of a mean over the map broadcasts the gradient in the
+    default layout; the hook gives it the maps' channels-last layout, changes
+    no output and no gradient beyond rounding, and keys no plan or rows."""
+    from torch import nn
+
+    from sktransfer._finetune.cut import neutral_hooks
+    from sktransfer._finetune.data import channels_last_gradients, gradient_as_input
+
+    def network():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        )  # fmt: skip
+
+    x = torch.randn(4, 3, 9, 9).contiguous(memory_format=torch.channels_last)
+    outputs, grads, layouts = [], [], []
+
+    def watch(module, args):  # the layout of the gradient into the pool
+        channels_last = torch.channels_last
+        if not args[0].requires_grad:
+            return
+        args[0].register_hook(
+            lambda g: layouts.append(g.is_contiguous(memory_format=channels_last))
+        )
+
+    for hooked in (False, True):
+        net = network()
+        if hooked:
+            channels_last_gradients(net)
+            channels_last_gradients(net)  # idempotent
+            assert list(net[3]._forward_pre_hooks.values()) == [gradient_as_input]
+        net[3].register_forward_pre_hook(watch)  # after the hook under test
+        out = net(x)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append([p.grad for p in net.parameters()])
+    assert layouts == [False, True]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for plain, hooked in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, hooked)
+    with torch.no_grad():  # no gradient asked: none registered (it would raise)
+        net(x)
+    assert gradient_as_input in neutral_hooks(CPU, torch.bfloat16)
+    assert gradient_as_input in neutral_hooks(CPU, None)

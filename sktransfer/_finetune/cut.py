@@ -36,6 +36,7 @@ from .._groups import is_under
 from .._lru import LRU
 from .._randomness import FitRandomness
 from .._tap import OUTPUT_NEUTRAL_HOOKS, forward_tap
+from .data import gradient_as_input
 
 _PROBE_IMAGES = 2  # BatchNorm in training mode needs more than one
 # Modules without state that compute alike in both modes (dropout does not).
@@ -218,11 +219,12 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
 
 def neutral_hooks(device: torch.device, dtype: torch.dtype | None) -> tuple:
     """Forward hooks that change no output on ``device`` under autocast to
-    ``dtype``: sktransfer's taps, and the float32 steps of grouped
-    convolutions outside CPU autocast."""
+    ``dtype``: sktransfer's taps, the layout of pooled gradients, and the
+    float32 steps of grouped convolutions outside CPU autocast."""
+    neutral = (*OUTPUT_NEUTRAL_HOOKS, gradient_as_input)
     if device.type == "cpu" and dtype is not None:
-        return OUTPUT_NEUTRAL_HOOKS
-    return (*OUTPUT_NEUTRAL_HOOKS, *CPU_AUTOCAST_HOOKS)
+        return neutral
+    return (*neutral, *CPU_AUTOCAST_HOOKS)
 
 
 def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> list:

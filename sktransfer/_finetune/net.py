@@ -30,6 +30,7 @@ from . import rows as _rows
 from .cut import module_lock
 from .data import (
     channels_last,
+    channels_last_gradients,
     default_augmentation,
     prepare_batch,
     prepare_on_device,
@@ -85,6 +86,7 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         for param in module.parameters():  # frozen: no gradient, not optimised
             param.requires_grad_(id(param) in trains)
         float32_grouped_convolutions(module)  # their bfloat16 backward is slow
+        channels_last_gradients(module)
         if self._device().type == "cuda":  # the layout of its input batches
             module.to(memory_format=torch.channels_last)
         self.module_ = module
