@@ -26,6 +26,13 @@ def is_under(name: str, prefixes: Iterable[str]) -> bool:
     return True
 
 
+def ancestors(name: str) -> list[str]:
+    """The dotted ancestors of module ``name``, the root first:
+    ``ancestors("a.b.c") == ["", "a", "a.b"]``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
 def group_index(groups: Groups, name: str) -> int | None:
     """The index of the group holding ``name``, or ``None``."""
     for index, group in enumerate(groups):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .._devices import CPU_AUTOCAST_HOOKS, autocast
-from .._groups import is_under
+from .._groups import ancestors, is_under
 from .._lru import LRU
 from .._randomness import FitRandomness
 from .._tap import OUTPUT_NEUTRAL_HOOKS, forward_tap
@@ -357,14 +357,12 @@ def _skippable(module: nn.Module, entered: list[str], trained: set[int]):
         fixed = not trains(sub, True) and all(
             not m.training or isinstance(m, _DETERMINISTIC) for m in sub.modules()
         )
-        if fixed and not any(name.startswith(o + ".") for o in outermost):
+        if fixed and not is_under(name, outermost):
             outermost.append(name)
     for name in outermost:  # code around them that trains parameters
-        parts = name.split(".")
-        ancestors = [".".join(parts[:i]) for i in range(len(parts))]
-        if any(trains(modules[a], recurse=False) for a in ancestors):
-            owner = type(modules[ancestors[-1]]).__name__
-            return [], f"{owner} trains parameters of its own"
+        around = [modules[a] for a in ancestors(name)]
+        if any(trains(a, recurse=False) for a in around):
+            return [], f"{type(around[-1]).__name__} trains parameters of its own"
     if not outermost:
         return [], "no module runs before the first trained one"
     return outermost, ""
@@ -374,10 +372,10 @@ def _before(entered: list[str], skipped: list[str]) -> list[str]:
     """The outermost modules entered before the boundary (the last of
     ``skipped``) that are neither skipped nor ancestors of a skipped one: what
     they compute can feed the boundary, so their state keys its rows."""
+    around = {a for name in skipped for a in ancestors(name)}
     before: list[str] = []
     for name in entered[: entered.index(skipped[-1])]:
-        ancestor = any(s.startswith(name + ".") for s in skipped)
-        if not (ancestor or is_under(name, [*before, *skipped])):
+        if not (name in around or is_under(name, [*before, *skipped])):
             before.append(name)
     return before
 

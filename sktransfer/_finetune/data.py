@@ -284,30 +284,20 @@ def channels_last(batch: torch.Tensor) -> torch.Tensor:
 
 def channels_last_gradients(network: nn.Module) -> None:
     """Give the gradient into each global average pooling of ``network`` the
-    layout of its input: channels-last, like the maps before it.
-
-    The backward pass of a mean over the map broadcasts the gradient in the
-    default layout; the BatchNorm and activation before the pooling then
-    take their slow path on mixed layouts. EfficientNet-Lite0's top group
-    stepped 1.2-1.4x faster in bfloat16 with this, 1.1x in float32 (ResNet
-    and MobileNet v3 unchanged; ``benchmarks/bench_layout.py``). Forward
-    outputs are untouched; gradients differ by rounding. Idempotent.
-    """
+    channels-last layout of the maps before it. The mean's backward pass
+    broadcasts it in the default layout, and the BatchNorm and activation
+    before the pooling then take their slow mixed-layout path (Lite0's top
+    group stepped 1.29x slower in bfloat16: ``bench_tail_precision.py``).
+    Forward outputs are untouched. Idempotent."""
     for module in network.modules():
-        if isinstance(module, nn.AdaptiveAvgPool2d) and (
-            gradient_as_input not in module._forward_pre_hooks.values()
-        ):
+        hooks = module._forward_pre_hooks.values()
+        if isinstance(module, nn.AdaptiveAvgPool2d) and gradient_as_input not in hooks:
             module.register_forward_pre_hook(gradient_as_input)
 
 
 def gradient_as_input(module, args):
     """The hook of :func:`channels_last_gradients` (no forward output changes)."""
     x = args[0] if args else None
-    if (
-        isinstance(x, torch.Tensor)
-        and x.requires_grad
-        and x.ndim == 4
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
-    ):
-        x.register_hook(channels_last)
+    if isinstance(x, torch.Tensor) and x.requires_grad and x.ndim == 4:
+        if x.is_contiguous(memory_format=torch.channels_last):
+            x.register_hook(channels_last)

@@ -27,6 +27,7 @@ import torch
 
 from .. import _cache
 from .._devices import autocast
+from .._groups import ancestors
 from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
 from .cut import Cut, neutral_hooks, settings_of
@@ -63,27 +64,17 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str:
     pipeline."""
     module = cut.module
     neutral = neutral_hooks(device, dtype)
-    ancestors = sorted(
-        {""}
-        | {
-            ".".join(name.split(".")[:i])
-            for name in cut.skipped
-            for i in range(1, name.count(".") + 1)
-        }
-    )
+    around = sorted({a for name in cut.skipped for a in ancestors(name)})
     digest = hashlib.blake2b(digest_size=16)
-    for name in cut.skipped:
-        digest.update(f"{name}:{cut.skipped[name]}".encode())
+    for name in (*cut.skipped, *cut.before):
+        digest.update(f"{name}:{cut.skipped.get(name, 'before')}".encode())
         digest.update(_structure(module.get_submodule(name).modules(), neutral))
-    for name in cut.before:
-        digest.update(f"{name}:before".encode())
-        digest.update(_structure(module.get_submodule(name).modules(), neutral))
-    digest.update(_structure((module.get_submodule(a) for a in ancestors), neutral))
+    digest.update(_structure((module.get_submodule(a) for a in around), neutral))
     # every tensor, hashed for every call: writes through ``.data`` or numpy
     # move no version counter that a kept digest could watch
     tensors = [
         (f"{name}.{key}", tensor)
-        for names, recurse in (((*cut.skipped, *cut.before), True), (ancestors, False))
+        for names, recurse in (((*cut.skipped, *cut.before), True), (around, False))
         for name in names
         for key, tensor in [
             *module.get_submodule(name).named_parameters(recurse=recurse),
