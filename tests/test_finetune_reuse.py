@@ -150,6 +150,42 @@ class Constant(Plain):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class Pair(nn.Module):
+    """Pooled features and a scaled copy, sequence first: (2, batch, features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((16,), 2.0))
+
+    def forward(self, x):
+        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return torch.stack([pooled, pooled * self.scale])
+
+
+class SequenceFirst(Plain):
+    """A fixed module's output is no batch: its first dimension is 2 (as
+    many as the probe's training images) whatever the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair = Pair()
+
+    def forward(self, x):
+        return self.fc(self.pair(self.body(self.stem(x))).mean(0))
+
+
+class Twice(Plain):
+    """A fixed module runs twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        x = self.mix(self.mix(self.body(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 @pytest.mark.parametrize("frozen_layers", [1, "all"])
 def test_an_untraceable_network_fits_once(frozen_layers, images, labels):
     _Fits.count = 0
@@ -169,6 +205,19 @@ def test_a_network_that_cannot_be_cut_runs_whole_with_one_warning(images, labels
     _same_as_whole(clf, images, labels)
     clf.set_params(frozen_layers=1).fit(images, labels)  # here it can be cut
     assert clf.prefix_cached_
+
+
+@pytest.mark.parametrize("network", [SequenceFirst, Twice])
+def test_the_cut_ends_before_a_fixed_module_that_gives_no_batch_or_runs_twice(
+    network, images, labels
+):
+    clf = tiny(model=network(), frozen_layers="all")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf.fit(images, labels)  # a sequence first crashed storing rows
+    assert not [w for w in caught if "whole network" in str(w.message)]
+    assert clf._cut("train").boundary == "body"
+    _same_as_whole(clf, images, labels)
 
 
 @pytest.fixture

@@ -38,7 +38,10 @@ from .._randomness import FitRandomness
 from .._tap import OUTPUT_NEUTRAL_HOOKS, forward_tap
 from .data import gradient_as_input
 
-_PROBE_IMAGES = 2  # BatchNorm in training mode needs more than one
+# Images of the probe's passes in training modes (BatchNorm there needs more
+# than one) and in eval mode: activations whose first dimension follows both
+# are batches (a sequence-first one of length 2 is not).
+_PROBE_IMAGES = 2, 3
 # Modules without state that compute alike in both modes (dropout does not).
 _DETERMINISTIC = tuple(
     getattr(nn, name)
@@ -279,10 +282,12 @@ def _fingerprint(value):
 
 def _probe(module, crop, trained, training_modes, main_only, device, dtype):
     """Probe ``module`` for :func:`plan_cut` (see there)."""
-    x = torch.randn(
-        _PROBE_IMAGES, 3, crop, crop, generator=torch.Generator().manual_seed(0)
+    n, n_eval = _PROBE_IMAGES
+    x_eval = torch.randn(
+        n_eval, 3, crop, crop, generator=torch.Generator().manual_seed(0)
     )
-    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    x_eval = x_eval.to(device).contiguous(memory_format=torch.channels_last)
+    x = x_eval[:n]
     buffers = {name: b.clone() for name, b in module.named_buffers()}
 
     def restore():  # running statistics, as they were
@@ -304,15 +309,16 @@ def _probe(module, crop, trained, training_modes, main_only, device, dtype):
             if not names:
                 return None, why
             module.eval()
-            skipped, rows, whole = _eval_pass(module, x, names)
+            skipped, rows, whole = _eval_pass(module, x_eval, names)
             if not skipped:
-                return None, "a skipped module does not run exactly once"
-            cut = Cut(module, skipped, tuple(x.shape[1:]), _before(entered, names))
+                return None, "the first fixed module gives no batch, or runs twice"
+            before = _before(entered, list(skipped))
+            cut = Cut(module, skipped, tuple(x.shape[1:]), before)
             if not _same(whole, cut(rows)):
                 return None, "the rest of the network needs more than the cut"
             training_modes()
             with FitRandomness(0):
-                from_rows = cut(rows)
+                from_rows = cut(rows[:n])
             if main_only:
                 trained_whole = _tensors(trained_whole)[:1]
                 from_rows = _tensors(from_rows)[:1]
@@ -382,9 +388,9 @@ def _before(entered: list[str], skipped: list[str]) -> list[str]:
 
 def _eval_pass(module: nn.Module, x, names: list[str]):
     """One forward pass of ``x`` in eval mode: what each of ``names`` gives
-    one image (they do not nest, so the last to finish is the boundary),
-    the boundary's output, and the network's; ``({}, None, None)`` when one
-    of them is not called exactly once or gives no batch of tensors."""
+    one image (they do not nest, so the last to finish is the boundary), up
+    to the first that is not called exactly once or gives no batch of
+    tensors; the boundary's output; the network's."""
     found: dict[str, list] = {name: [] for name in names}
 
     def record(name, sub):
@@ -397,9 +403,10 @@ def _eval_pass(module: nn.Module, x, names: list[str]):
     for name, outputs in found.items():
         out = outputs[0] if len(outputs) == 1 else None
         if not isinstance(out, torch.Tensor) or out.ndim == 0 or len(out) != len(x):
-            return {}, None, None
+            break  # the cut ends before it
         skipped[name] = Activation.of(out)
-    return skipped, found[names[-1]][0], whole
+    rows = found[next(reversed(skipped))][0] if skipped else None
+    return skipped, rows, whole
 
 
 def _tensors(out) -> list[torch.Tensor]:
