@@ -928,3 +928,174 @@ def test_alpha_dropout_of_the_fits_generators_follows_torchs(p):
         assert abs(float(kept.float().mean()) - (1 - p)) < 0.03
         dropped = torch.full_like(out[~kept], -saturation * a * (1 - p))
         torch.testing.assert_close(out[~kept], dropped)
+
+
+# ------------------------------------------- what else keys a plan or rows
+_NET_SOURCE = """
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.body(self.stem(x) * FACTOR)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+"""
+
+
+def _net_defined(factor: float) -> nn.Module:
+    """``Net`` as a notebook cell defines it, run again with another factor."""
+    namespace = {"__name__": "__main__"}
+    exec(_NET_SOURCE.replace("FACTOR", repr(factor)), namespace)  # noqa: S102
+    torch.manual_seed(0)
+    return namespace["Net"]()
+
+
+@pytest.mark.parametrize("store", ["memory", "folder"])
+def test_a_class_defined_again_with_another_forward_gets_rows_of_its_own(
+    store, images, labels, tmp_path
+):
+    cache = "memory" if store == "memory" else str(tmp_path / "store")
+    params = dict(frozen_layers="all", head_epochs=0, cache=cache)
+    tiny(model=_net_defined(1.0), **params).fit(images, labels)
+    served = tiny(model=_net_defined(-3.0), **params).fit(images, labels)
+    alone = tiny(model=_net_defined(-3.0), **{**params, "cache": None})
+    np.testing.assert_allclose(
+        served.predict_proba(images),
+        alone.fit(images, labels).predict_proba(images),
+        atol=1e-6,
+    )
+
+
+class ArrayScaled(Plain):
+    """Its forward reads a numpy array attribute, changed in place later."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = np.array([1.0], dtype=np.float32)
+
+    def forward(self, x):
+        return super().forward(x * torch.from_numpy(self.scale))
+
+
+class Opaque:
+    """A setting sktransfer cannot compare: known by identity alone."""
+
+    factor = 1.0
+
+
+class OpaqueScaled(Plain):
+    def __init__(self):
+        super().__init__()
+        self.setting = Opaque()
+
+    def forward(self, x):
+        return super().forward(x * self.setting.factor)
+
+
+@pytest.mark.parametrize("network", [ArrayScaled, OpaqueScaled])
+def test_settings_changed_in_place_are_seen(network, images, labels):
+    torch.manual_seed(0)
+    clf = tiny(model=network(), frozen_layers="all", head_epochs=0)
+    clf.fit(images, labels).predict_proba(images)  # rows stored, if any
+    if network is ArrayScaled:
+        clf.module_.scale[...] = 3.0  # digested: its bytes
+    else:
+        clf.module_.setting.factor = 3.0  # unseen: no rows are stored for it
+    served = clf.predict_proba(images)
+    computed = clone(clf).set_params(cache=None)
+    computed.__dict__.update({k: v for k, v in clf.__dict__.items() if k.endswith("_")})
+    np.testing.assert_allclose(served, computed.predict_proba(images), atol=1e-6)
+
+
+def test_an_identity_is_never_another_objects():
+    first = Opaque()
+    token = _cut._fingerprint(first)
+    assert _cut._fingerprint(first) == token and _cut.is_opaque(("list", token))
+    del first
+    tokens = {_cut._fingerprint(Opaque()) for _ in range(50)}  # ids reused
+    assert token not in tokens and len(tokens) == 50
+
+
+class Gated(nn.Module):
+    """A one-value buffer decides whether the stem's output reaches the
+    head: the same structure, another route."""
+
+    def __init__(self, skip: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+        self.register_buffer("skip", torch.tensor(skip))
+
+    def forward(self, x):
+        a = self.stem(x)
+        b = self.body(a) + (a if self.skip else 0)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(b, 1), 1))
+
+
+def test_a_plan_is_not_shared_across_a_buffer_value_that_routes(images, labels):
+    params = dict(frozen_layers="all", head_epochs=0, cache=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Gated(True) cannot be cut
+        tiny(model=Gated(False), **params).fit(images, labels)  # planned: a cut
+        shared = tiny(model=Gated(True), **params).fit(images, labels)
+        whole = tiny(model=Gated(True), cache_frozen=False, **params)
+        whole.fit(images, labels)
+    proba = shared.predict_proba(images)  # was NaN
+    np.testing.assert_allclose(proba, whole.predict_proba(images), atol=1e-6)
+
+
+def test_a_float16_fit_again_starts_a_new_gradient_scaler(images, labels):
+    """Its scale backs off at an overflow: a second fit kept the first's."""
+    clf = tiny(
+        precision="float16",
+        frozen_layers=3,
+        max_epochs=2,
+        lr=1e-4,
+        lr_schedule="constant",
+        criterion__reduction="sum",  # overflows at the first scale, 2 ** 16
+    ).fit(images, labels)
+    assert clf.grad_scaler_.get_scale() < 2.0**16
+    first = clf.predict_proba(images)
+    np.testing.assert_allclose(
+        clf.fit(images, labels).predict_proba(images), first, atol=1e-6
+    )
+
+
+def test_predictions_in_spawned_loader_workers(images, labels):
+    """macOS and Windows spawn DataLoader workers (Python 3.14 on Linux
+    uses forkserver): the prediction's dataset, rows and all, is pickled."""
+    clf = tiny(
+        frozen_layers=3,
+        iterator_valid__num_workers=1,
+        iterator_valid__multiprocessing_context="spawn",
+    ).fit(images, labels)
+    plain = clone(clf).set_params(
+        iterator_valid__num_workers=0, iterator_valid__multiprocessing_context=None
+    )
+    plain.__dict__.update({k: v for k, v in clf.__dict__.items() if k.endswith("_")})
+    np.testing.assert_allclose(
+        clf.predict_proba(images), plain.predict_proba(images), atol=1e-6
+    )
+
+
+def test_no_last_batch_of_one_image_where_batchnorm_trains(rng):
+    """13 images at 32 px, batch_size=4: a last batch of one image has 1x1
+    maps where the trained groups' BatchNorm layers are (one value per
+    channel: an error). It is dropped (a different image each epoch), as
+    fastai drops the rest of every epoch; where no BatchNorm trains, kept."""
+    X = rng.integers(0, 256, size=(13, 32, 32, 3), dtype=np.uint8)
+    y = np.array(["a"] * 6 + ["b"] * 7)
+    clf = tiny(frozen_layers=4, image_size=32, early_stopping=False).fit(X, y)
+    assert clf.history_[-1, "train_batch_count"] == 3
+    assert clf.predict(X).shape == (13,)
+    head_only = tiny(frozen_layers="all", image_size=32, early_stopping=False)
+    assert head_only.fit(X, y).history_[-1, "train_batch_count"] == 4

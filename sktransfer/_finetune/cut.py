@@ -21,13 +21,15 @@ import contextlib
 import enum
 import functools
 import hashlib
-import marshal
+import itertools
 import os
 import threading
 import types
 import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -198,18 +200,21 @@ _plans: LRU[tuple] = LRU(max_items=64)  # by the structure probed (plan_cut)
 
 def structure(module, trained, training_modes, crop, device, dtype, main_only) -> tuple:
     """All that a plan depends on: per module, its name, class, settings,
-    mode in training, and its own tensors' names, shapes, dtypes and whether
-    they train; the probe's input size, dtype, device and ``main_only``."""
+    mode in training, and its own tensors' names, shapes, dtypes, whether
+    they train and, for tensors of a few values (flags, counters, gates),
+    the values; the probe's input size, dtype, device and ``main_only``.
+    Larger tensors' values route no computation in the networks known (and
+    a NaN never compares true)."""
     training_modes()
     parts = []
     neutral = neutral_hooks(torch.device(device), dtype)
     for name, m in module.named_modules():
         settings = tuple(
-            (k, (tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else v)
+            (k, _tensor_key(v) if isinstance(v, torch.Tensor) else v)
             for k, v in settings_of(m, neutral)
-        )  # a tensor's values decide no plan: a NaN never compares true
+        )
         tensors = tuple(
-            (n, tuple(t.shape), str(t.dtype), id(t) in trained)
+            (n, *_tensor_key(t), id(t) in trained)
             for n, t in [
                 *m.named_parameters(recurse=False),
                 *m.named_buffers(recurse=False),
@@ -218,6 +223,14 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
         parts.append((name, type(m), settings, m.training, tensors))
     module.eval()
     return (tuple(parts), crop, str(device), str(dtype), main_only)
+
+
+_ROUTING_VALUES = 8  # tensors of at most this many values key plans by them
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    values = tuple(t.flatten().tolist()) if t.numel() <= _ROUTING_VALUES else None
+    return tuple(t.shape), str(t.dtype), values
 
 
 def neutral_hooks(device: torch.device, dtype: torch.dtype | None) -> tuple:
@@ -236,10 +249,11 @@ def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> lis
     as they are) and its forward hooks but the ``neutral`` ones
     (:func:`neutral_hooks`), all of which can change what ``forward`` does.
 
-    A value that cannot be compared across networks (a closure, an object
-    of a class of its own) is taken by identity: networks that hold it
-    share no plan or rows with others, which costs a probe or a computation,
-    never a result.
+    Classes and functions count by their code, arrays by their bytes. A
+    value that cannot be compared across networks (a closure, an object of
+    a class of its own) is :class:`Opaque`: taken by identity for plans,
+    and no rows are stored for a network holding one (it may change in
+    place unseen), which costs a probe or a computation, never a result.
     """
     settings = [
         (k, v if isinstance(v, torch.Tensor) else _fingerprint(v))
@@ -256,6 +270,13 @@ def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> lis
 _MODULE_STATE = {*vars(nn.Module()), "_sktransfer_tap_hooks"}
 
 
+class Opaque(NamedTuple):
+    """A setting known by its identity alone (:func:`settings_of`)."""
+
+    kind: str
+    token: int
+
+
 def _fingerprint(value):
     """``value`` as something equal across networks exactly when the values
     are the same settings (see :func:`settings_of`)."""
@@ -270,14 +291,74 @@ def _fingerprint(value):
         return ("dict", *((repr(k), _fingerprint(v)) for k, v in items))
     if isinstance(value, functools.partial):
         return ("partial", *map(_fingerprint, (value.func, value.args, value.keywords)))
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        array = value.detach().cpu().numpy() if torch.is_tensor(value) else value
+        array = np.ascontiguousarray(array)
+        digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
+        return (type(value).__name__, array.shape, str(array.dtype), digest)
     name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
     if isinstance(value, type) and "<locals>" not in name:
-        return name
+        return ("class", name, class_digest(value))
     if isinstance(value, types.FunctionType) and value.__closure__ is None:
-        code = hashlib.blake2b(marshal.dumps(value.__code__), digest_size=8)
         defaults = (value.__defaults__, value.__kwdefaults__)
-        return ("function", name, code.hexdigest(), _fingerprint(defaults))
-    return (type(value).__qualname__, id(value))
+        return ("function", name, _code_digest(value.__code__), _fingerprint(defaults))
+    return Opaque(type(value).__qualname__, _token(value))
+
+
+def is_opaque(fingerprint) -> bool:
+    """Whether a fingerprint holds an :class:`Opaque` value."""
+    if isinstance(fingerprint, Opaque):
+        return True
+    return isinstance(fingerprint, tuple) and any(map(is_opaque, fingerprint))
+
+
+_tokens: dict[int, tuple] = {}  # id -> (a reference to the object, its token)
+_serial = itertools.count()
+
+
+def _token(value) -> int:
+    """A number of ``value``'s own, never another's (an id can be reused once
+    its object is gone; its token is not)."""
+    key = id(value)
+    known = _tokens.get(key)
+    if known is not None and known[0]() is value:
+        return known[1]
+    try:  # forgotten with the object
+        ref = weakref.ref(value, lambda _: _tokens.pop(key, None))
+    except TypeError:  # kept alive, so that its id stays its own
+        ref = (lambda kept: lambda: kept)(value)
+    token = next(_serial)
+    _tokens[key] = (ref, token)
+    return token
+
+
+@functools.cache
+def class_digest(cls: type) -> str:
+    """A digest of the code of ``cls`` and its bases: a class defined again
+    with another ``forward`` (a notebook cell run again, an edited script)
+    is another class, in this process or the next."""
+    digest = hashlib.blake2b(digest_size=8)
+    for klass in cls.__mro__:
+        for name, member in sorted(vars(klass).items()):
+            code = getattr(getattr(member, "__func__", member), "__code__", None)
+            if isinstance(code, types.CodeType):
+                digest.update(
+                    f"{klass.__qualname__}.{name}{_code_digest(code)}".encode()
+                )
+    return digest.hexdigest()
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Bytecode, names and constants (nested code too), alike in every process."""
+    digest = hashlib.blake2b(code.co_code, digest_size=8)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            const = _code_digest(const)
+        elif isinstance(const, frozenset):  # its order follows string hashing
+            const = sorted(map(repr, const))
+        digest.update(repr(const).encode())
+    return digest.hexdigest()
 
 
 def _probe(module, crop, trained, training_modes, main_only, device, dtype):

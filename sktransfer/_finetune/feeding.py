@@ -15,9 +15,11 @@ import warnings
 import numpy as np
 import torch
 from skorch.dataset import ValidSplit
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Subset
 
 from .._devices import autocast
+from .._groups import is_under
 from .._images import Images, check_images
 from .._pipeline import preprocessed_batches
 from .._tap import forward_tap
@@ -139,14 +141,7 @@ class Feeding:
         cut = None
         if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
             cut = self._cut("train")
-        fetch = None
-        if cut is not None:  # what keys the rows, found once per prediction
-            views, n, spaces = self._eval_views(), len(images), {}
-
-            def fetch(batch):
-                rows = self._rows(batch, ["train"], views, n, spaces)[0]
-                return torch.from_numpy(rows.data)
-
+        fetch = None if cut is None else FetchRows(self, len(images))
         return PredictData(images, fetch, draft=self._draft())
 
     def get_split_datasets(self, X, y=None, **fit_params):
@@ -251,6 +246,10 @@ class Feeding:
         loader_class = isinstance(iterator, type) and issubclass(iterator, DataLoader)
         if loader_class:
             kwargs.setdefault("collate_fn", Collate(self.classes_))
+            if training and len(dataset) % kwargs["batch_size"] == 1:
+                # a last batch of one image fails BatchNorm layers that train
+                # (1x1 maps: one value per channel); fastai drops the rest too
+                kwargs.setdefault("drop_last", self._batch_norm_trains())
         loader = iterator(dataset, **kwargs)
         device = self._device()
         if loader_class and device.type == "cuda":
@@ -258,6 +257,31 @@ class Feeding:
                 loader, device, next_epoch=training, phase=lambda: phase_of(self)
             )
         return loader
+
+    def _batch_norm_trains(self) -> bool:
+        """Whether a BatchNorm layer is in training mode while groups train."""
+        fixed = self.frozen_modules_ if self.bn == "frozen" else []
+        return self.bn != "eval" and any(
+            isinstance(m, _BatchNorm) and not is_under(name, fixed)
+            for name, m in self.module_.named_modules()
+        )
+
+
+class FetchRows:
+    """A prediction's rows of the training cut, batch by batch, their
+    namespace found once; picklable, for spawned loader workers (each then
+    computes with its own copy of the net)."""
+
+    def __init__(self, net, set_size: int):
+        self.net, self.set_size, self.spaces = net, set_size, {}
+
+    def __call__(self, batch: Images) -> torch.Tensor:
+        views = self.net._eval_views()
+        rows = self.net._rows(batch, ["train"], views, self.set_size, self.spaces)
+        return torch.from_numpy(rows[0].data)
+
+    def __getstate__(self):
+        return {**self.__dict__, "spaces": {}}  # keyed by this process's cuts
 
 
 class Weighted:

@@ -99,7 +99,7 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         )
         self.preprocessing_ = backbone.preprocessing.at_size(self.image_size)
         self.backbone_name_ = backbone.name
-        for key in ("_cuts", "_modes"):  # of the previous network
+        for key in ("_cuts", "_modes", "grad_scaler_"):  # of the previous network
             self.__dict__.pop(key, None)
         return self
 

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import math
 import os
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from .._devices import autocast
 from .._groups import ancestors
 from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
-from .cut import Cut, neutral_hooks, settings_of
+from .cut import Cut, class_digest, is_opaque, neutral_hooks, settings_of
 from .data import channels_last  # the layout of training steps' images
 
 # A fit's rows larger than this go to a temporary file (memory-mapped).
@@ -55,48 +56,69 @@ def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
     return _memory if cache == "memory" else _cache.resolve(cache)
 
 
-def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str:
+def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str | None:
     """The store namespace of ``cut``'s rows: a digest of the skipped modules
-    and those that run before them (classes, settings, the hooks that act on
-    ``device`` under ``dtype``, parameters and buffers), the code around them
-    (their ancestors' classes, settings, hooks and own tensors), what the
-    boundary gives, the preprocessing, the autocast dtype and the device
-    pipeline."""
+    and those that run before them (classes and their code, settings, the
+    hooks that act on ``device`` under ``dtype``, parameters and buffers),
+    the code around them (their ancestors' classes, settings, hooks and own
+    tensors), what the boundary gives, the preprocessing, the autocast
+    dtype, the device pipeline and the versions of the code that computes;
+    ``None`` (no rows stored) where a setting is known by identity alone
+    (:class:`~.cut.Opaque`)."""
     module = cut.module
     neutral = neutral_hooks(device, dtype)
     around = sorted({a for name in cut.skipped for a in ancestors(name)})
+    names = (*cut.skipped, *cut.before)
+    parts = [_structure(module.get_submodule(n).modules(), neutral) for n in names]
+    parts.append(_structure((module.get_submodule(a) for a in around), neutral))
+    if None in parts:
+        return None
     digest = hashlib.blake2b(digest_size=16)
-    for name in (*cut.skipped, *cut.before):
+    for name, part in zip(names, parts[:-1], strict=True):
         digest.update(f"{name}:{cut.skipped.get(name, 'before')}".encode())
-        digest.update(_structure(module.get_submodule(name).modules(), neutral))
-    digest.update(_structure((module.get_submodule(a) for a in around), neutral))
+        digest.update(part)
+    digest.update(parts[-1])
     # every tensor, hashed for every call: writes through ``.data`` or numpy
     # move no version counter that a kept digest could watch
     tensors = [
         (f"{name}.{key}", tensor)
-        for names, recurse in (((*cut.skipped, *cut.before), True), (around, False))
-        for name in names
+        for group, recurse in ((names, True), (around, False))
+        for name in group
         for key, tensor in [
             *module.get_submodule(name).named_parameters(recurse=recurse),
             *module.get_submodule(name).named_buffers(recurse=recurse),
         ]
     ]
     digest.update(_cache.tensors_digest(tensors).encode())
-    digest.update(f"{preprocessing!r}|{dtype}|{device.type}".encode())
+    digest.update(f"{preprocessing!r}|{dtype}|{device.type}|{_versions()}".encode())
     return digest.hexdigest()
 
 
-def _structure(modules, neutral: tuple) -> bytes:
-    """Classes and settings of ``modules`` (:func:`~.cut.settings_of`; a
-    tensor that is no parameter or buffer by its bytes)."""
+def _structure(modules, neutral: tuple) -> bytes | None:
+    """Classes (and their code) and settings of ``modules``
+    (:func:`~.cut.settings_of`; a tensor that is no parameter or buffer by
+    its bytes); ``None`` where a setting is known by identity alone."""
     parts = []
     for m in modules:
         settings = [
             (k, _bytes_digest(v) if isinstance(v, torch.Tensor) else v)
             for k, v in settings_of(m, neutral)
         ]
-        parts.append(f"{type(m).__module__}.{type(m).__qualname__}{settings}")
+        if any(is_opaque(v) for _, v in settings):
+            return None
+        cls = type(m)
+        parts.append(
+            f"{cls.__module__}.{cls.__qualname__}:{class_digest(cls)}{settings}"
+        )
     return "|".join(parts).encode()
+
+
+def _versions() -> str:
+    """The versions of the code that computes rows (timm's where it is loaded)."""
+    names = ("torch", "torchvision", "timm", "sktransfer")
+    return ",".join(
+        f"{n}={sys.modules[n].__version__}" for n in names if n in sys.modules
+    )
 
 
 def _bytes_digest(tensor: torch.Tensor) -> str:
@@ -168,7 +190,9 @@ def compute_rows(
         keys = _cache.image_keys(images)
     namespaces = {} if namespaces is None else namespaces
 
-    def space_of(cut: Cut) -> str:
+    def space_of(cut: Cut) -> str | None:  # None: not stored
+        if store is None:
+            return None
         if cut not in namespaces:
             namespaces[cut] = namespace(cut, preprocessing, device, dtype)
         return namespaces[cut]
@@ -178,9 +202,10 @@ def compute_rows(
         shape = cut.activation.shape
         rows = Rows((len(images), len(views), *shape))
         missing = list(range(len(images)))
-        if store is not None:
+        space = space_of(cut)
+        if space is not None:
             width = len(views)
-            found = store.get(space_of(cut), _row_keys(keys, views), shape)
+            found = store.get(space, _row_keys(keys, views), shape)
             missing = []
             for i in range(len(images)):
                 mine = found[i * width : (i + 1) * width]
@@ -193,13 +218,14 @@ def compute_rows(
             size = (set_size or len(images)) * len(views) * 4
             on_the_way = None
             if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
-                on_the_way = (by, store, space_of(by), keys)
+                if (lower_space := space_of(by)) is not None:
+                    on_the_way = (by, store, lower_space, keys)
             _from_images(rows, cut, images, missing, views, run, on_the_way)
         elif missing:
             _from_rows(rows, cut, out[-1], cuts[index - 1], missing, run)
-        if missing and store is not None:
+        if missing and space is not None:
             for i in missing:
-                store.put(space_of(cut), _row_keys([keys[i]], views), rows.data[i])
+                store.put(space, _row_keys([keys[i]], views), rows.data[i])
         out.append(rows)
     return out
 
