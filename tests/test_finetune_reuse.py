@@ -1016,10 +1016,10 @@ def test_settings_changed_in_place_are_seen(network, images, labels):
 
 def test_an_identity_is_never_another_objects():
     first = Opaque()
-    token = _cut._fingerprint(first)
-    assert _cut._fingerprint(first) == token and _cut.is_opaque(("list", token))
+    token = _cut.fingerprint(first)
+    assert _cut.fingerprint(first) == token and _cut.is_opaque(("list", token))
     del first
-    tokens = {_cut._fingerprint(Opaque()) for _ in range(50)}  # ids reused
+    tokens = {_cut.fingerprint(Opaque()) for _ in range(50)}  # ids reused
     assert token not in tokens and len(tokens) == 50
 
 
@@ -1099,3 +1099,14 @@ def test_no_last_batch_of_one_image_where_batchnorm_trains(rng):
     assert clf.predict(X).shape == (13,)
     head_only = tiny(frozen_layers="all", image_size=32, early_stopping=False)
     assert head_only.fit(X, y).history_[-1, "train_batch_count"] == 4
+
+
+def test_fingerprints_of_arrays_and_tensors_follow_their_bytes():
+    bf16 = torch.ones(3, dtype=torch.bfloat16)  # numpy has no bfloat16
+    assert _cut.fingerprint(bf16) == _cut.fingerprint(bf16.clone())
+    assert _cut.fingerprint(bf16) != _cut.fingerprint(bf16 * 2)
+    nested = [np.zeros(2), {"t": torch.zeros(2)}]
+    before = _cut.fingerprint(nested)
+    nested[1]["t"][0] = 1
+    assert _cut.fingerprint(nested) != before and not _cut.is_opaque(before)
+    assert _cut.is_opaque(_cut.fingerprint(np.array([object()])))

@@ -256,12 +256,12 @@ def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> lis
     place unseen), which costs a probe or a computation, never a result.
     """
     settings = [
-        (k, v if isinstance(v, torch.Tensor) else _fingerprint(v))
+        (k, v if isinstance(v, torch.Tensor) else fingerprint(v))
         for k, v in sorted(vars(module).items())
         if k not in _MODULE_STATE
     ]
     hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
-    hooks = [_fingerprint(h) for h in hooks if h not in neutral]
+    hooks = [fingerprint(h) for h in hooks if h not in neutral]
     return [*settings, ("forward hooks", tuple(hooks))] if hooks else settings
 
 
@@ -277,7 +277,7 @@ class Opaque(NamedTuple):
     token: int
 
 
-def _fingerprint(value):
+def fingerprint(value):
     """``value`` as something equal across networks exactly when the values
     are the same settings (see :func:`settings_of`)."""
     if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
@@ -285,23 +285,29 @@ def _fingerprint(value):
     if isinstance(value, (torch.device, enum.Enum)):
         return repr(value)
     if isinstance(value, (tuple, list)):
-        return (type(value).__name__, *(_fingerprint(v) for v in value))
+        return (type(value).__name__, *(fingerprint(v) for v in value))
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda item: repr(item[0]))
-        return ("dict", *((repr(k), _fingerprint(v)) for k, v in items))
+        return ("dict", *((repr(k), fingerprint(v)) for k, v in items))
     if isinstance(value, functools.partial):
-        return ("partial", *map(_fingerprint, (value.func, value.args, value.keywords)))
-    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
-        array = value.detach().cpu().numpy() if torch.is_tensor(value) else value
-        array = np.ascontiguousarray(array)
+        return ("partial", *map(fingerprint, (value.func, value.args, value.keywords)))
+    if isinstance(value, torch.Tensor):  # by its bytes (bfloat16 too)
+        raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest = hashlib.sha256(raw.numpy()).hexdigest()
+        return ("tensor", tuple(value.shape), str(value.dtype), digest)
+    if (
+        isinstance(value, (np.ndarray, np.generic))
+        and not np.asarray(value).dtype.hasobject
+    ):
+        array = np.ascontiguousarray(value)
         digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
-        return (type(value).__name__, array.shape, str(array.dtype), digest)
+        return ("array", array.shape, str(array.dtype), digest)
     name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
     if isinstance(value, type) and "<locals>" not in name:
         return ("class", name, class_digest(value))
     if isinstance(value, types.FunctionType) and value.__closure__ is None:
         defaults = (value.__defaults__, value.__kwdefaults__)
-        return ("function", name, _code_digest(value.__code__), _fingerprint(defaults))
+        return ("function", name, _code_digest(value.__code__), fingerprint(defaults))
     return Opaque(type(value).__qualname__, _token(value))
 
 
@@ -340,7 +346,8 @@ def class_digest(cls: type) -> str:
     digest = hashlib.blake2b(digest_size=8)
     for klass in cls.__mro__:
         for name, member in sorted(vars(klass).items()):
-            code = getattr(getattr(member, "__func__", member), "__code__", None)
+            function = getattr(member, "fget", getattr(member, "__func__", member))
+            code = getattr(function, "__code__", None)
             if isinstance(code, types.CodeType):
                 digest.update(
                     f"{klass.__qualname__}.{name}{_code_digest(code)}".encode()

@@ -31,7 +31,14 @@ from .._devices import autocast
 from .._groups import ancestors
 from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
-from .cut import Cut, class_digest, is_opaque, neutral_hooks, settings_of
+from .cut import (
+    Cut,
+    class_digest,
+    fingerprint,
+    is_opaque,
+    neutral_hooks,
+    settings_of,
+)
 from .data import channels_last  # the layout of training steps' images
 
 # A fit's rows larger than this go to a temporary file (memory-mapped).
@@ -101,7 +108,7 @@ def _structure(modules, neutral: tuple) -> bytes | None:
     parts = []
     for m in modules:
         settings = [
-            (k, _bytes_digest(v) if isinstance(v, torch.Tensor) else v)
+            (k, fingerprint(v) if isinstance(v, torch.Tensor) else v)
             for k, v in settings_of(m, neutral)
         ]
         if any(is_opaque(v) for _, v in settings):
@@ -119,10 +126,6 @@ def _versions() -> str:
     return ",".join(
         f"{n}={sys.modules[n].__version__}" for n in names if n in sys.modules
     )
-
-
-def _bytes_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy()).hexdigest()
 
 
 class Rows:
