@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -1110,3 +1111,132 @@ def test_fingerprints_of_arrays_and_tensors_follow_their_bytes():
     nested[1]["t"][0] = 1
     assert _cut.fingerprint(nested) != before and not _cut.is_opaque(before)
     assert _cut.is_opaque(_cut.fingerprint(np.array([object()])))
+
+
+def test_the_store_key_does_not_follow_what_the_process_imported(
+    images, labels, computed, monkeypatch
+):
+    params = dict(frozen_layers="all", head_epochs=0, cache="memory")
+    tiny(**params).fit(images, labels)
+    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))  # no version
+    computed.clear()
+    tiny(**params).fit(images, labels)
+    assert sum(computed) == 0  # the installed versions key rows, not imports
+
+
+class _Base(Plain):
+    def __init__(self):
+        super().__init__()
+
+
+_VARIANTS = {
+    "a class constant": "class Net(Base):\n    FACTOR = {v}\n"
+    "    def forward(self, x):\n        return super().forward(x * self.FACTOR)\n",
+    "a forward's default": "class Net(Base):\n    def forward(self, x, f={v}):\n"
+    "        return super().forward(x * f)\n",
+    "a decorated forward": "class Net(Base):\n    @torch.no_grad()\n"
+    "    def forward(self, x):\n        return super().forward(x * {v})\n",
+}
+
+
+def _variant(kind: str, value: float) -> type:
+    namespace = {"__name__": "__main__", "Base": _Base, "torch": torch}
+    exec(_VARIANTS[kind].replace("{v}", repr(value)), namespace)  # noqa: S102
+    return namespace["Net"]
+
+
+def _made_by_a_factory(factor: float) -> type:
+    class Net(_Base):
+        def forward(self, x):
+            return super().forward(x * factor)
+
+    return Net
+
+
+@pytest.mark.parametrize("kind", [*_VARIANTS, "a factory's closure"])
+def test_a_class_differing_only_in_what_its_code_reads_keys_other_rows(
+    kind, images, labels
+):
+    def make(value):
+        cls = _made_by_a_factory(value) if "factory" in kind else _variant(kind, value)
+        torch.manual_seed(0)
+        return cls()
+
+    assert _cut.class_digest(type(make(1.0))) != _cut.class_digest(type(make(-3.0)))
+    if "decorated" in kind:  # no_grad: it cannot train
+        return
+    params = dict(frozen_layers="all", head_epochs=0, cache="memory")
+    tiny(model=make(1.0), **params).fit(images, labels)
+    served = tiny(model=make(-3.0), **params).fit(images, labels)
+    alone = tiny(model=make(-3.0), **{**params, "cache": None}).fit(images, labels)
+    np.testing.assert_allclose(
+        served.predict_proba(images), alone.predict_proba(images), atol=1e-6
+    )
+
+
+def test_a_class_patched_after_a_fit_keys_other_rows(images, labels):
+    cls = _variant("a class constant", 1.0)
+    params = dict(frozen_layers="all", head_epochs=0, cache="memory")
+    torch.manual_seed(0)
+    tiny(model=cls(), **params).fit(images, labels)
+    cls.forward = lambda self, x: _Base.forward(self, x * -3.0)
+    fits = []
+    for cache in ("memory", None):
+        torch.manual_seed(0)
+        fits.append(tiny(model=cls(), **{**params, "cache": cache}).fit(images, labels))
+    np.testing.assert_allclose(
+        fits[0].predict_proba(images), fits[1].predict_proba(images), atol=1e-6
+    )
+
+
+class _Lazy:
+    def __getattr__(self, name):  # a lazy proxy: no AttributeError
+        raise KeyError(name)
+
+
+class WithLazy(Plain):
+    registry = _Lazy()
+
+
+def test_a_class_attribute_that_answers_no_question_is_opaque(images, labels):
+    assert _cut.is_opaque(_cut.class_digest(WithLazy))
+    tiny(model=WithLazy(), frozen_layers="all", head_epochs=0).fit(images, labels)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.tensor([1 + 2j]).conj(),
+        lambda: torch.tensor([1 + 2j]).conj().imag,  # a negative view
+        lambda: torch.eye(2).to_sparse(),
+        lambda: torch.empty(2, device="meta"),
+        lambda: torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8),
+    ],
+    ids=["conj", "neg", "sparse", "meta", "quantized"],
+)
+def test_every_kind_of_tensor_has_a_fingerprint_and_a_plan_key(make):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated
+        tensor = make()
+    _cut.fingerprint(tensor)
+    _cut._tensor_key(tensor)
+
+
+def test_values_count_by_value_and_none_is_kept_alive():
+    masked = np.ma.array([1.0, 2.0], mask=[False, True])
+    assert _cut.fingerprint(masked) != _cut.fingerprint(np.ma.array([1.0, 2.0]))
+    assert _cut.fingerprint({1, 2}) == _cut.fingerprint({2, 1})
+    assert _cut.fingerprint(b"ab") == _cut.fingerprint(bytearray(b"ab"))
+    loop: list = [1]
+    loop.append(loop)
+    assert not _cut.is_opaque(_cut.fingerprint(loop))  # holds itself: no recursion
+    before = len(_cut._tokens)
+    for value in (complex(1, 2), range(3), slice(1), b"x"):
+        assert not _cut.is_opaque(_cut.fingerprint(value))
+    assert len(_cut._tokens) == before
+
+
+def test_partial_fit_on_one_image_trains_it(images, labels):
+    clf = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)
+    clf.partial_fit(images[:1], labels[:1])
+    assert clf.history_[-1, "train_batch_count"] == 1

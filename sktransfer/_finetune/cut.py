@@ -21,6 +21,7 @@ import contextlib
 import enum
 import functools
 import hashlib
+import inspect
 import itertools
 import os
 import threading
@@ -229,7 +230,12 @@ _ROUTING_VALUES = 8  # tensors of at most this many values key plans by them
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:
-    values = tuple(t.flatten().tolist()) if t.numel() <= _ROUTING_VALUES else None
+    values = None
+    if t.numel() <= _ROUTING_VALUES:
+        try:
+            values = tuple(t.detach().flatten().tolist())
+        except (RuntimeError, TypeError, NotImplementedError):  # quantized, meta
+            values = _tensor_fingerprint(t)
     return tuple(t.shape), str(t.dtype), values
 
 
@@ -280,21 +286,43 @@ class Opaque(NamedTuple):
 def fingerprint(value):
     """``value`` as something equal across networks exactly when the values
     are the same settings (see :func:`settings_of`)."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+    if value is None or isinstance(value, (bool, int, float, complex, str)):
         return value
-    if isinstance(value, (torch.device, enum.Enum)):
+    seen = _in_progress.__dict__.setdefault("ids", set())
+    if id(value) in seen:  # a setting that holds itself
+        return ("cycle",)
+    seen.add(id(value))
+    try:
+        return _fingerprint(value)
+    finally:
+        seen.discard(id(value))
+
+
+_in_progress = threading.local()
+
+
+def _fingerprint(value):
+    if isinstance(value, (torch.dtype, torch.device, enum.Enum, range, slice)):
         return repr(value)
+    if isinstance(value, (bytes, bytearray)):
+        return ("bytes", hashlib.sha256(value).hexdigest())
     if isinstance(value, (tuple, list)):
         return (type(value).__name__, *(fingerprint(v) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", *sorted(map(fingerprint, value), key=repr))
     if isinstance(value, dict):
         items = sorted(value.items(), key=lambda item: repr(item[0]))
-        return ("dict", *((repr(k), fingerprint(v)) for k, v in items))
+        return ("dict", *((fingerprint(k), fingerprint(v)) for k, v in items))
     if isinstance(value, functools.partial):
         return ("partial", *map(fingerprint, (value.func, value.args, value.keywords)))
-    if isinstance(value, torch.Tensor):  # by its bytes (bfloat16 too)
-        raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-        digest = hashlib.sha256(raw.numpy()).hexdigest()
-        return ("tensor", tuple(value.shape), str(value.dtype), digest)
+    if isinstance(value, torch.Tensor):
+        return _tensor_fingerprint(value)
+    if isinstance(value, np.ma.MaskedArray):
+        return (
+            "masked",
+            fingerprint(value.data),
+            fingerprint(np.ma.getmaskarray(value)),
+        )
     if (
         isinstance(value, (np.ndarray, np.generic))
         and not np.asarray(value).dtype.hasobject
@@ -302,13 +330,56 @@ def fingerprint(value):
         array = np.ascontiguousarray(value)
         digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
         return ("array", array.shape, str(array.dtype), digest)
-    name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
-    if isinstance(value, type) and "<locals>" not in name:
-        return ("class", name, class_digest(value))
-    if isinstance(value, types.FunctionType) and value.__closure__ is None:
-        defaults = (value.__defaults__, value.__kwdefaults__)
-        return ("function", name, _code_digest(value.__code__), fingerprint(defaults))
+    if isinstance(value, type):
+        return (
+            "class",
+            f"{value.__module__}.{value.__qualname__}",
+            class_digest(value),
+        )
+    if isinstance(value, types.FunctionType):
+        return _function_fingerprint(value)
     return Opaque(type(value).__qualname__, _token(value))
+
+
+def _tensor_fingerprint(t: torch.Tensor):
+    """By its bytes (bfloat16, views, sparse and quantized tensors too)."""
+    try:
+        data = t.detach().resolve_conj().resolve_neg()
+        data = data.to_dense() if data.layout != torch.strided else data
+        data = data.int_repr() if data.is_quantized else data
+        raw = data.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    except (RuntimeError, TypeError, NotImplementedError):  # meta, nested
+        return Opaque("Tensor", _token(t))
+    digest = hashlib.sha256(raw).hexdigest()
+    return ("tensor", tuple(t.shape), str(t.dtype), digest)
+
+
+def _function_fingerprint(function: types.FunctionType):
+    """Its code, defaults and the values it closes over (a decorated function
+    by the one it wraps)."""
+    try:
+        function = inspect.unwrap(function)
+    except ValueError:  # a cycle of wrappers
+        return Opaque("function", _token(function))
+    if not isinstance(function, types.FunctionType):
+        return fingerprint(function)
+    cells = []
+    for name, cell in zip(
+        function.__code__.co_freevars, function.__closure__ or (), strict=True
+    ):
+        if name != "__class__":  # super()'s: the class being digested
+            try:
+                cells.append((name, fingerprint(cell.cell_contents)))
+            except ValueError:  # not yet filled
+                cells.append((name, None))
+    defaults = (function.__defaults__, function.__kwdefaults__)
+    return (
+        "function",
+        f"{function.__module__}.{function.__qualname__}",
+        _code_digest(function.__code__),
+        fingerprint(defaults),
+        tuple(cells),
+    )
 
 
 def is_opaque(fingerprint) -> bool:
@@ -338,21 +409,63 @@ def _token(value) -> int:
     return token
 
 
-@functools.cache
-def class_digest(cls: type) -> str:
-    """A digest of the code of ``cls`` and its bases: a class defined again
-    with another ``forward`` (a notebook cell run again, an edited script)
-    is another class, in this process or the next."""
-    digest = hashlib.blake2b(digest_size=8)
-    for klass in cls.__mro__:
-        for name, member in sorted(vars(klass).items()):
-            function = getattr(member, "fget", getattr(member, "__func__", member))
-            code = getattr(function, "__code__", None)
-            if isinstance(code, types.CodeType):
-                digest.update(
-                    f"{klass.__qualname__}.{name}{_code_digest(code)}".encode()
-                )
-    return digest.hexdigest()
+def class_digest(cls: type):
+    """A digest of ``cls`` and its bases but torch's own (torch's version
+    keys those): their functions' code, defaults and closures, and their
+    other attributes (:func:`fingerprint`), so that a class defined again
+    with another ``forward`` or constant (a notebook cell run again, an
+    edited script) is another class, in this process or the next; made
+    again when a member is replaced. :class:`Opaque` where a member is."""
+    bases = [k for k in cls.__mro__ if k.__module__.split(".")[0] not in _OWN_CODE]
+    members = [(k, name, v) for k in bases for name, v in sorted(vars(k).items())]
+    version = tuple(id(v) for _, _, v in members)
+    known = _class_digests.get(cls)
+    if known is not None and known[0] == version:
+        return known[1]
+    parts = []
+    for klass, name, member in members:
+        part = _member_fingerprint(name, member)
+        if part is not None:
+            parts.append((klass.__qualname__, name, part))
+    digest = (
+        Opaque(cls.__qualname__, _token(cls))
+        if is_opaque(tuple(parts))
+        else (hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest())
+    )
+    _class_digests[cls] = (version, digest)
+    return digest
+
+
+_OWN_CODE = {"torch", "builtins"}  # keyed by torch's version
+_class_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _member_fingerprint(name: str, member):
+    """A class member's part of :func:`class_digest`: ``None`` for what
+    computes nothing (documentation, annotations, caches of ``abc``)."""
+    if isinstance(member, (staticmethod, classmethod)):
+        member = member.__func__
+    elif isinstance(member, property):
+        member = (member.fget, member.fset, member.fdel)
+    elif isinstance(member, functools.cached_property):
+        member = member.func
+    elif isinstance(member, functools.partialmethod):
+        member = (member.func, member.args, member.keywords)
+    dunder = name.startswith("__") and name.endswith("__")
+    if isinstance(member, _C_MEMBERS) or name == "_abc_impl":
+        return type(member).__name__
+    if dunder and not isinstance(member, (types.FunctionType, tuple)):
+        return None
+    return fingerprint(member)
+
+
+_C_MEMBERS = (
+    types.GetSetDescriptorType,
+    types.MemberDescriptorType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.BuiltinFunctionType,
+)
 
 
 def _code_digest(code: types.CodeType) -> str:

@@ -246,7 +246,8 @@ class Feeding:
         loader_class = isinstance(iterator, type) and issubclass(iterator, DataLoader)
         if loader_class:
             kwargs.setdefault("collate_fn", Collate(self.classes_))
-            if training and len(dataset) % kwargs["batch_size"] == 1:
+            n, size = len(dataset), kwargs["batch_size"]
+            if training and n > size and n % size == 1:
                 # a last batch of one image fails BatchNorm layers that train
                 # (1x1 maps: one value per channel); fastai drops the rest too
                 kwargs.setdefault("drop_last", self._batch_norm_trains())

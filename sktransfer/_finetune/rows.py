@@ -14,10 +14,11 @@ cut's rows from the previous cut's, the first from the images.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import math
 import os
-import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Sequence
@@ -111,21 +112,23 @@ def _structure(modules, neutral: tuple) -> bytes | None:
             (k, fingerprint(v) if isinstance(v, torch.Tensor) else v)
             for k, v in settings_of(m, neutral)
         ]
-        if any(is_opaque(v) for _, v in settings):
+        code = class_digest(type(m))
+        if is_opaque(code) or any(is_opaque(v) for _, v in settings):
             return None
-        cls = type(m)
-        parts.append(
-            f"{cls.__module__}.{cls.__qualname__}:{class_digest(cls)}{settings}"
-        )
+        parts.append(f"{type(m).__module__}.{type(m).__qualname__}:{code}{settings}")
     return "|".join(parts).encode()
 
 
+@functools.cache
 def _versions() -> str:
-    """The versions of the code that computes rows (timm's where it is loaded)."""
-    names = ("torch", "torchvision", "timm", "sktransfer")
-    return ",".join(
-        f"{n}={sys.modules[n].__version__}" for n in names if n in sys.modules
-    )
+    """The versions of the code that computes rows, as installed."""
+    found = []
+    for name in ("torch", "torchvision", "timm", "sktransfer"):
+        try:
+            found.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name}=none")
+    return ",".join(found)
 
 
 class Rows:
