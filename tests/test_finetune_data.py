@@ -139,8 +139,8 @@ def test_gradients_into_global_pooling_keep_the_maps_channels_last_layout():
     no output and no gradient beyond rounding, and keys no plan or rows."""
     from torch import nn
 
-    from sktransfer._finetune.cut import neutral_hooks
     from sktransfer._finetune.data import channels_last_gradients, gradient_as_input
+    from sktransfer._finetune.fingerprint import neutral_hooks
 
     def network():
         torch.manual_seed(0)

@@ -42,6 +42,7 @@ from sktransfer import (
 )
 from sktransfer._devices import float32_grouped_convolutions
 from sktransfer._finetune import cut as _cut
+from sktransfer._finetune import fingerprint as _fp
 from sktransfer._finetune import rows as _rows
 from sktransfer._groups import children_groups
 from sktransfer._images import check_images
@@ -821,13 +822,13 @@ def test_forward_hooks_key_plans_and_rows():
     convolutions in float32 under CPU autocast) are part of its settings
     where they act; sktransfer's tap hooks, which change nothing, are not."""
     conv = nn.Conv2d(4, 4, 3, groups=4)
-    before = _cut.settings_of(conv)
+    before = _fp.settings_of(conv)
     _tap.forward_tap(nn.Sequential(conv), torch.ones(1, 4, 5, 5), conv, take_input=True)
-    assert _cut.settings_of(conv) == before
+    assert _fp.settings_of(conv) == before
     float32_grouped_convolutions(conv)
-    assert _cut.settings_of(conv) != before  # under CPU autocast
-    float32 = _cut.neutral_hooks(torch.device("cpu"), None)
-    assert _cut.settings_of(conv, float32) == before  # they act under it only
+    assert _fp.settings_of(conv) != before  # under CPU autocast
+    float32 = _fp.neutral_hooks(torch.device("cpu"), None)
+    assert _fp.settings_of(conv, float32) == before  # they act under it only
 
 
 @pytest.mark.parametrize("augment", ["random", lambda image: image.flip(-2)])
@@ -1017,10 +1018,10 @@ def test_settings_changed_in_place_are_seen(network, images, labels):
 
 def test_an_identity_is_never_another_objects():
     first = Opaque()
-    token = _cut.fingerprint(first)
-    assert _cut.fingerprint(first) == token and _cut.is_opaque(("list", token))
+    token = _fp.fingerprint(first)
+    assert _fp.fingerprint(first) == token and _fp.is_opaque(("list", token))
     del first
-    tokens = {_cut.fingerprint(Opaque()) for _ in range(50)}  # ids reused
+    tokens = {_fp.fingerprint(Opaque()) for _ in range(50)}  # ids reused
     assert token not in tokens and len(tokens) == 50
 
 
@@ -1104,13 +1105,13 @@ def test_no_last_batch_of_one_image_where_batchnorm_trains(rng):
 
 def test_fingerprints_of_arrays_and_tensors_follow_their_bytes():
     bf16 = torch.ones(3, dtype=torch.bfloat16)  # numpy has no bfloat16
-    assert _cut.fingerprint(bf16) == _cut.fingerprint(bf16.clone())
-    assert _cut.fingerprint(bf16) != _cut.fingerprint(bf16 * 2)
+    assert _fp.fingerprint(bf16) == _fp.fingerprint(bf16.clone())
+    assert _fp.fingerprint(bf16) != _fp.fingerprint(bf16 * 2)
     nested = [np.zeros(2), {"t": torch.zeros(2)}]
-    before = _cut.fingerprint(nested)
+    before = _fp.fingerprint(nested)
     nested[1]["t"][0] = 1
-    assert _cut.fingerprint(nested) != before and not _cut.is_opaque(before)
-    assert _cut.is_opaque(_cut.fingerprint(np.array([object()])))
+    assert _fp.fingerprint(nested) != before and not _fp.is_opaque(before)
+    assert _fp.is_opaque(_fp.fingerprint(np.array([object()])))
 
 
 def test_the_store_key_does_not_follow_what_the_process_imported(
@@ -1162,7 +1163,7 @@ def test_a_class_differing_only_in_what_its_code_reads_keys_other_rows(
         torch.manual_seed(0)
         return cls()
 
-    assert _cut.class_digest(type(make(1.0))) != _cut.class_digest(type(make(-3.0)))
+    assert _fp.class_digest(type(make(1.0))) != _fp.class_digest(type(make(-3.0)))
     if "decorated" in kind:  # no_grad: it cannot train
         return
     params = dict(frozen_layers="all", head_epochs=0, cache="memory")
@@ -1199,7 +1200,7 @@ class WithLazy(Plain):
 
 
 def test_a_class_attribute_that_answers_no_question_is_opaque(images, labels):
-    assert _cut.is_opaque(_cut.class_digest(WithLazy))
+    assert _fp.is_opaque(_fp.class_digest(WithLazy))
     tiny(model=WithLazy(), frozen_layers="all", head_epochs=0).fit(images, labels)
 
 
@@ -1218,22 +1219,22 @@ def test_every_kind_of_tensor_has_a_fingerprint_and_a_plan_key(make):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantized tensors are deprecated
         tensor = make()
-    _cut.fingerprint(tensor)
-    _cut._tensor_key(tensor)
+    _fp.fingerprint(tensor)
+    _fp.tensor_key(tensor)
 
 
 def test_values_count_by_value_and_none_is_kept_alive():
     masked = np.ma.array([1.0, 2.0], mask=[False, True])
-    assert _cut.fingerprint(masked) != _cut.fingerprint(np.ma.array([1.0, 2.0]))
-    assert _cut.fingerprint({1, 2}) == _cut.fingerprint({2, 1})
-    assert _cut.fingerprint(b"ab") == _cut.fingerprint(bytearray(b"ab"))
+    assert _fp.fingerprint(masked) != _fp.fingerprint(np.ma.array([1.0, 2.0]))
+    assert _fp.fingerprint({1, 2}) == _fp.fingerprint({2, 1})
+    assert _fp.fingerprint(b"ab") == _fp.fingerprint(bytearray(b"ab"))
     loop: list = [1]
     loop.append(loop)
-    assert not _cut.is_opaque(_cut.fingerprint(loop))  # holds itself: no recursion
-    before = len(_cut._tokens)
+    assert not _fp.is_opaque(_fp.fingerprint(loop))  # holds itself: no recursion
+    before = len(_fp._tokens)
     for value in (complex(1, 2), range(3), slice(1), b"x"):
-        assert not _cut.is_opaque(_cut.fingerprint(value))
-    assert len(_cut._tokens) == before
+        assert not _fp.is_opaque(_fp.fingerprint(value))
+    assert len(_fp._tokens) == before
 
 
 def test_partial_fit_on_one_image_trains_it(images, labels):

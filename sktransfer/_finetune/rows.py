@@ -32,15 +32,15 @@ from .._devices import autocast
 from .._groups import ancestors
 from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
-from .cut import (
-    Cut,
+from .cut import Cut
+from .data import channels_last  # the layout of training steps' images
+from .fingerprint import (
     class_digest,
     fingerprint,
     is_opaque,
     neutral_hooks,
     settings_of,
 )
-from .data import channels_last  # the layout of training steps' images
 
 # A fit's rows larger than this go to a temporary file (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
