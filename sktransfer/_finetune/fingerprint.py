@@ -137,7 +137,7 @@ def _fingerprint(value):
     if isinstance(value, type):
         return (
             "class",
-            f"{value.__module__}.{value.__qualname__}",
+            f"{getattr(value, '__module__', '')}.{value.__qualname__}",
             class_digest(value),
         )
     if isinstance(value, types.FunctionType):
@@ -220,7 +220,11 @@ def class_digest(cls: type):
     with another ``forward`` or constant (a notebook cell run again, an
     edited script) is another class, in this process or the next; made
     again when a member is replaced. :class:`Opaque` where a member is."""
-    bases = [k for k in cls.__mro__ if k.__module__.split(".")[0] not in _OWN_CODE]
+    bases = [
+        k
+        for k in cls.__mro__
+        if str(getattr(k, "__module__", "")).split(".")[0] not in _OWN_CODE
+    ]
     members = [(k, name, v) for k in bases for name, v in sorted(vars(k).items())]
     version = tuple(id(v) for _, _, v in members)
     known = _class_digests.get(cls)
