@@ -1241,3 +1241,13 @@ def test_partial_fit_on_one_image_trains_it(images, labels):
     clf = tiny(frozen_layers=3, head_epochs=0).fit(images, labels)
     clf.partial_fit(images[:1], labels[:1])
     assert clf.history_[-1, "train_batch_count"] == 1
+
+
+def test_a_class_digest_follows_every_replaced_member():
+    cls = _variant("a class constant", 1.0)
+    digests = set()
+    for factor in range(20):  # freed functions' ids come back
+        cls.FACTOR = float(factor)
+        cls.forward = lambda self, x: x
+        digests.add(_fp.class_digest(cls))
+    assert len(digests) == 20

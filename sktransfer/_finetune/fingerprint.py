@@ -12,6 +12,7 @@ for a network that holds one (it may change in place unseen).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import hashlib
@@ -226,10 +227,13 @@ def class_digest(cls: type):
         if str(getattr(k, "__module__", "")).split(".")[0] not in _OWN_CODE
     ]
     members = [(k, name, v) for k in bases for name, v in sorted(vars(k).items())]
-    version = tuple(id(v) for _, _, v in members)
-    known = _class_digests.get(cls)
-    if known is not None and known[0] == version:
-        return known[1]
+    try:
+        known = _class_digests.get(cls)
+    except TypeError:  # a metaclass's __eq__ without __hash__: not kept
+        known = None
+    if known is not None and len(known[0]) == len(members):
+        if all(a is b for a, (_, _, b) in zip(known[0], members, strict=True)):
+            return known[1]  # the same members (kept: no id of theirs reused)
     parts = []
     for klass, name, member in members:
         part = _member_fingerprint(name, member)
@@ -240,7 +244,8 @@ def class_digest(cls: type):
         if is_opaque(tuple(parts))
         else (hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest())
     )
-    _class_digests[cls] = (version, digest)
+    with contextlib.suppress(TypeError):
+        _class_digests[cls] = (tuple(v for _, _, v in members), digest)
     return digest
 
 
