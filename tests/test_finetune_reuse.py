@@ -1101,6 +1101,8 @@ def test_no_last_batch_of_one_image_where_batchnorm_trains(rng):
     assert clf.predict(X).shape == (13,)
     head_only = tiny(frozen_layers="all", image_size=32, early_stopping=False)
     assert head_only.fit(X, y).history_[-1, "train_batch_count"] == 4
+    fixed_statistics = clf.set_params(bn="eval").fit(X, y)  # no BatchNorm trains
+    assert fixed_statistics.history_[-1, "train_batch_count"] == 4
 
 
 def test_fingerprints_of_arrays_and_tensors_follow_their_bytes():
@@ -1251,3 +1253,16 @@ def test_a_class_digest_follows_every_replaced_member():
         cls.forward = lambda self, x: x
         digests.add(_fp.class_digest(cls))
     assert len(digests) == 20
+
+
+def test_no_image_is_hashed_for_a_network_whose_rows_are_not_stored(
+    images, labels, monkeypatch
+):
+    hashed = []
+    monkeypatch.setattr(
+        _rows._cache, "image_keys", lambda imgs: hashed.append(len(imgs)) or []
+    )
+    torch.manual_seed(0)
+    clf = tiny(model=OpaqueScaled(), frozen_layers="all", head_epochs=0)
+    clf.fit(images, labels).predict_proba(images)
+    assert hashed == []  # an opaque setting: no namespace, so no keys to read

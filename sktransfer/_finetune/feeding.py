@@ -15,18 +15,16 @@ import warnings
 import numpy as np
 import torch
 from skorch.dataset import ValidSplit
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Subset
 
 from .._devices import autocast
-from .._groups import is_under
 from .._images import Images, check_images
 from .._pipeline import preprocessed_batches
 from .._tap import forward_tap
 from . import rows as _rows
 from .cut import Cut, plan_cut
 from .data import Collate, FitData, PredictData, channels_last
-from .freeze import fixed_modules, set_train_modes, trainable
+from .freeze import batch_norm_trains, fixed_modules, set_train_modes, trainable
 from .head import standardizer
 from .loader import DeviceLoader
 from .phases import phase_of
@@ -250,7 +248,8 @@ class Feeding:
             if training and n > size and n % size == 1:
                 # a last batch of one image fails BatchNorm layers that train
                 # (1x1 maps: one value per channel); fastai drops the rest too
-                kwargs.setdefault("drop_last", self._batch_norm_trains())
+                trains = batch_norm_trains(self.module_, self.frozen_modules_, self.bn)
+                kwargs.setdefault("drop_last", trains)
         loader = iterator(dataset, **kwargs)
         device = self._device()
         if loader_class and device.type == "cuda":
@@ -258,14 +257,6 @@ class Feeding:
                 loader, device, next_epoch=training, phase=lambda: phase_of(self)
             )
         return loader
-
-    def _batch_norm_trains(self) -> bool:
-        """Whether a BatchNorm layer is in training mode while groups train."""
-        fixed = self.frozen_modules_ if self.bn == "frozen" else []
-        return self.bn != "eval" and any(
-            isinstance(m, _BatchNorm) and not is_under(name, fixed)
-            for name, m in self.module_.named_modules()
-        )
 
 
 class FetchRows:

@@ -106,3 +106,13 @@ def set_train_modes(module: nn.Module, fixed: list[str], bn: str) -> None:
         for layer in module.modules():
             if isinstance(layer, _BatchNorm):
                 layer.eval()
+
+
+def batch_norm_trains(module: nn.Module, fixed: list[str], bn: str) -> bool:
+    """Whether :func:`set_train_modes` leaves a BatchNorm layer of ``module``
+    in training mode."""
+    kept = fixed if bn == "frozen" else []  # "train": the fixed ones' train too
+    return bn != "eval" and any(
+        isinstance(m, _BatchNorm) and not is_under(name, kept)
+        for name, m in module.named_modules()
+    )

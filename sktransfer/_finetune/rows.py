@@ -72,7 +72,7 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str | No
     tensors), what the boundary gives, the preprocessing, the autocast
     dtype, the device pipeline and the versions of the code that computes;
     ``None`` (no rows stored) where a setting is known by identity alone
-    (:class:`~.cut.Opaque`)."""
+    (:class:`~.fingerprint.Opaque`)."""
     module = cut.module
     neutral = neutral_hooks(device, dtype)
     around = sorted({a for name in cut.skipped for a in ancestors(name)})
@@ -104,7 +104,7 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str | No
 
 def _structure(modules, neutral: tuple) -> bytes | None:
     """Classes (and their code) and settings of ``modules``
-    (:func:`~.cut.settings_of`; a tensor that is no parameter or buffer by
+    (:func:`~.fingerprint.settings_of`; a tensor that is no parameter or buffer by
     its bytes); ``None`` where a setting is known by identity alone."""
     parts = []
     for m in modules:
@@ -192,15 +192,16 @@ def compute_rows(
     at most :data:`LOWER_BYTES`. ``namespaces`` keeps the cuts' namespaces
     across calls (the batches of one prediction)."""
     run = _Run(preprocessing, batch_size, device, dtype)
-    if store is not None and keys is None:
-        keys = _cache.image_keys(images)
     namespaces = {} if namespaces is None else namespaces
 
     def space_of(cut: Cut) -> str | None:  # None: not stored
+        nonlocal keys
         if store is None:
             return None
         if cut not in namespaces:
             namespaces[cut] = namespace(cut, preprocessing, device, dtype)
+        if namespaces[cut] is not None and keys is None:  # read once, if needed
+            keys = _cache.image_keys(images)
         return namespaces[cut]
 
     out: list[Rows] = []
