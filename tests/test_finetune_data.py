@@ -1,10 +1,11 @@
-"""FineTuneClassifier's data path on a device: batches gathered once, loaded an
+"""FineTuneClassifier's data path on a device: batches fetched whole, loaded an
 epoch ahead in a thread, labels that cross without a wait; checked on the CPU
 (the CUDA-only parts, streams and pinning, are what tests/test_cuda.py runs)."""
 
 from __future__ import annotations
 
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sktransfer._device_transforms import to_device
-from sktransfer._finetune.data import IMAGES, Collate, FitData, gather_rows
+from sktransfer._finetune.data import IMAGES, Collate, FitData
 from sktransfer._finetune.loader import DeviceLoader, epoch_batches
 from sktransfer._images import check_images
 
@@ -20,7 +21,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW", "grey", "RGBA", "read-only"])
-def test_rows_are_gathered_once_as_images_rows_gives_them(layout, rng):
+def test_array_rows_are_fetched_as_images_rows_gives_them(layout, rng):
     X = rng.integers(0, 256, (12, 20, 24, 4), dtype=np.uint8)
     X = {
         "NHWC": X[..., :3],
@@ -32,14 +33,12 @@ def test_rows_are_gathered_once_as_images_rows_gives_them(layout, rng):
     X.flags.writeable = layout != "read-only"
     images = check_images(X)
     indices = [7, 0, 3, 3, 11]
-    ours = gather_rows(images, indices, pin=True)  # no CUDA: not pinned
-    torch.testing.assert_close(ours, images.rows(np.asarray(indices)), rtol=0, atol=0)
-    if layout in ("NHWC", "RGBA", "read-only"):  # rows copy as blocks
-        assert ours.is_contiguous(memory_format=torch.channels_last)
-    dataset = FitData(images, np.arange(12) % 3, pin=True)
-    fetched = dataset.__getitems__(indices)
-    torch.testing.assert_close(fetched.stacked[IMAGES], ours, rtol=0, atol=0)
+    fetched = FitData(images, np.arange(12) % 3).__getitems__(indices)
     assert [target for _, target in fetched] == [1, 0, 0, 0, 2]
+    x, labels = Collate(np.array(["a", "b", "c"]))(fetched)
+    expected = images.rows(np.asarray(indices))
+    torch.testing.assert_close(x[IMAGES], expected, rtol=0, atol=0)
+    assert x[IMAGES].shape == (5, 3, 20, 24) and list(labels) == list("baaac")
 
 
 def _loader(n: int = 10, batch_size: int = 4, **kwargs) -> DataLoader:
@@ -76,16 +75,15 @@ def test_an_epoch_is_what_the_dataloader_gives():
 def _epochs(seed: int, epochs: int = 3) -> list:
     """Batches seen and random numbers drawn between them, seeded."""
     torch.manual_seed(seed)
-    loader = DeviceLoader(_loader(shuffle=True), CPU, next_epoch=True)
+    loader = DeviceLoader(_loader(shuffle=True), CPU)
     seen = []
     for _ in range(epochs):
         for x, labels in loader:
             seen.append((_ids(x), list(labels), float(torch.rand(()))))
-        assert loader._ahead is not None  # the next epoch is loading
     return seen
 
 
-def test_next_epoch_loads_ahead_and_a_seeded_fit_is_reproducible():
+def test_epochs_load_ahead_and_a_seeded_fit_is_reproducible():
     """The shuffle is drawn in the iterating thread: the random numbers the
     training step draws (augmentation) come in the same order every run."""
     first = _epochs(seed=0)
@@ -97,35 +95,16 @@ def test_next_epoch_loads_ahead_and_a_seeded_fit_is_reproducible():
     assert first != _epochs(seed=1)
 
 
-def test_an_epoch_loaded_ahead_stops_with_its_loader():
-    loader = DeviceLoader(_loader(n=40, batch_size=2), CPU, next_epoch=True)
-    assert len(list(loader)) == 20
-    ahead = loader._ahead[1]._thread
-    assert ahead.is_alive()  # blocked: 2 batches of the next epoch are queued
-    del loader
+def test_an_epoch_left_early_stops_its_loading_thread():
+    before = set(threading.enumerate())
+    batches = iter(DeviceLoader(_loader(n=40, batch_size=2), CPU))
+    next(batches)
+    (thread,) = set(threading.enumerate()) - before
+    assert thread.is_alive()  # blocked: 2 batches are queued
+    del batches
     gc.collect()
-    ahead.join(timeout=5)
-    assert not ahead.is_alive()
-
-
-def test_an_epoch_loaded_ahead_in_another_phase_is_dropped():
-    """The head's last epoch loads the next one ahead; when the phase has
-    changed by then (the dataset gives other inputs), it is loaded again."""
-    phase = ["head"]
-    loader = DeviceLoader(
-        _loader(shuffle=True), CPU, next_epoch=True, phase=lambda: phase[0]
-    )
-    list(loader)
-    stale = loader._ahead[1]
-    phase[0] = "train"
-    assert len(list(loader)) == 3
-    assert stale._stop.is_set() and loader._ahead[1] is not stale
-
-
-def test_a_validation_loader_does_not_load_ahead():
-    loader = DeviceLoader(_loader(), CPU)
-    assert len(list(loader)) == 3 and loader._ahead is None
-    assert len(list(loader)) == 3
+    thread.join(timeout=5)
+    assert not thread.is_alive()
 
 
 def test_small_tensors_cross_to_the_device():

@@ -394,8 +394,14 @@ def test_disk_store_shared_and_damaged_rows_recomputed(
     }
     assert sorted(spaces) == [1, 3]  # embeddings; feature maps
     assert [len(list(space.rglob("*.npy"))) for space in spaces.values()] == [16, 16]
-    files = sorted(spaces[1].rglob("*.npy"))
-    np.save(files[0], np.full(np.load(files[0]).shape, np.nan, np.float32))
+    damaged = sorted(spaces[1].rglob("*.npy"))[0]  # an embedding: from the maps
+    np.save(damaged, np.full(np.load(damaged).shape, np.nan, np.float32))
+    again = clone(first).fit(images, labels)
+    assert computed == [8]
+    assert np.isfinite(np.load(damaged)).all()
+    for space in spaces.values():  # that image's maps too: from the pixels
+        damaged = space / damaged.relative_to(spaces[1])
+        np.save(damaged, np.full(np.load(damaged).shape, np.nan, np.float32))
     again = clone(first).fit(images, labels)
     assert computed == [8, 1]  # only the damaged image
     np.testing.assert_allclose(  # (its row alone in a batch: the last bits)
@@ -598,20 +604,22 @@ def test_a_plan_made_while_another_thread_predicts(images, labels):
 
 
 def test_loader_workers_forked_after_a_fit_do_not_hang(tmp_path):
-    """The thread pool that gathers batches is the process's own: a forked
-    DataLoader worker makes a new one instead of waiting on the parent's."""
+    """Files decode in a thread pool of the batch's own: a forked DataLoader
+    worker, after the parent decoded batches, does not wait on its threads."""
     out = _run_in_a_new_process(
         tmp_path,
         "import numpy as np\n"
+        "from PIL import Image\n"
         "from sktransfer import FineTuneClassifier\n"
-        "from sktransfer._finetune import data\n"
         "X = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)\n"
+        f"paths = [f'{tmp_path}/{{i}}.png' for i in range(8)]\n"
+        "for x, path in zip(X, paths): Image.fromarray(x).save(path)\n"
         "y = ['a', 'b'] * 4\n"
-        "import time\n"
-        "list(data._pool().map(time.sleep, [0.2] * 8))  # all its threads, idle\n"
-        "FineTuneClassifier('mobilenet_v3_small', weights=None, max_epochs=1,\n"
-        "    head_epochs=0, cache_frozen=False, image_size=32, device='cpu',\n"
-        "    iterator_train__num_workers=2).fit(X, y)\n"
+        "params = dict(weights=None, max_epochs=1, head_epochs=0, image_size=32,\n"
+        "    cache_frozen=False, device='cpu')\n"
+        "FineTuneClassifier('mobilenet_v3_small', **params).fit(paths, y)\n"
+        "FineTuneClassifier('mobilenet_v3_small', **params,\n"
+        "    iterator_train__num_workers=2).fit(paths, y)\n"
         "print('fitted')\n",
     )
     assert "fitted" in out
@@ -1225,7 +1233,7 @@ def test_every_kind_of_tensor_has_a_fingerprint_and_a_plan_key(make):
     _fp.tensor_key(tensor)
 
 
-def test_values_count_by_value_and_none_is_kept_alive():
+def test_values_count_by_value():
     masked = np.ma.array([1.0, 2.0], mask=[False, True])
     assert _fp.fingerprint(masked) != _fp.fingerprint(np.ma.array([1.0, 2.0]))
     assert _fp.fingerprint({1, 2}) == _fp.fingerprint({2, 1})
@@ -1233,10 +1241,8 @@ def test_values_count_by_value_and_none_is_kept_alive():
     loop: list = [1]
     loop.append(loop)
     assert not _fp.is_opaque(_fp.fingerprint(loop))  # holds itself: no recursion
-    before = len(_fp._tokens)
     for value in (complex(1, 2), range(3), slice(1), b"x"):
         assert not _fp.is_opaque(_fp.fingerprint(value))
-    assert len(_fp._tokens) == before
 
 
 def test_partial_fit_on_one_image_trains_it(images, labels):

@@ -1,18 +1,17 @@
 """A network run from a stored activation: the cut after its frozen part.
 
-In a fine-tuning step, the modules that run before the first trained one
-are in eval mode, so their output for an image is the same in every epoch.
-A :class:`Cut` computes it once (its *rows*) and runs the rest of the
-network from it: for the length of a call, the skipped modules' ``forward``
-returns the rows (the last of them, the *boundary*) or NaN of the shape they
-give (the others, whose outputs then feed only skipped modules). Nothing is
+The modules that run before the first trained one are in eval mode, so
+their output for an image is the same in every epoch. A :class:`Cut`
+computes it once (its *rows*) and runs the rest of the network from it: for
+the length of a call, the skipped modules' ``forward`` returns the rows (the
+last of them, the *boundary*) or NaN of their shape (the others). Nothing is
 traced: the network's own ``forward`` runs, with its own control flow.
 
 :func:`plan_cut` finds the modules to skip from a probe forward pass and
 keeps the cut only if it gives what the whole network gives, in eval mode
-and in the training modes (the same random draws): a NaN that leaks, a
-module that draws random numbers or trains before the boundary, a skipped
-module called twice, any error, and the whole network runs instead.
+and in the training modes: a NaN that leaks, a module that draws random
+numbers or trains before the boundary, any error, and the whole network
+runs instead.
 """
 
 from __future__ import annotations
@@ -51,8 +50,8 @@ _locks_lock = threading.Lock()
 
 
 def module_lock(module: nn.Module) -> threading.RLock:
-    """The lock of ``module``'s forward passes: a cut replaces its skipped
-    modules' ``forward`` for all threads, so no other pass may run meanwhile."""
+    """The lock of ``module``'s forward passes (a cut replaces ``forward``
+    of its skipped modules for all threads)."""
     with _locks_lock:
         if module not in _locks:
             _locks[module] = threading.RLock()
@@ -60,8 +59,8 @@ def module_lock(module: nn.Module) -> threading.RLock:
 
 
 def _forget_locks() -> None:
-    """In a forked child (a DataLoader worker), where a lock that another
-    thread of the parent held would stay held: fresh locks."""
+    """Fresh locks in a forked child (a DataLoader worker): a lock that a
+    thread of the parent held would stay held."""
     global _locks, _locks_lock
     _locks, _locks_lock = weakref.WeakKeyDictionary(), threading.Lock()
 
@@ -89,10 +88,10 @@ class Activation:
 
 
 class Cut:
-    """``module`` run from the output of its module ``boundary``; ``skipped``:
-    the modules that do not run then (the boundary last) and what each gives
-    one image; ``before``: the other outermost modules that run before the
-    boundary (besides its ancestors); ``input_shape``: of one image."""
+    """``module`` run from the output of its module ``boundary``. ``skipped``:
+    the modules that do not run (the boundary last) and what each gives one
+    image; ``before``: the other outermost modules that run before the
+    boundary; ``input_shape``: of one image."""
 
     def __init__(self, module, skipped: dict, input_shape: tuple, before=()):
         self.module = module
@@ -112,8 +111,7 @@ class Cut:
         return self.skipped[self.boundary]
 
     def rows(self, batch: torch.Tensor) -> torch.Tensor:
-        """The boundary's output for preprocessed images (the network stops
-        there)."""
+        """The boundary's output for preprocessed images."""
         with self.lock:  # the boundary is the last skipped module
             return forward_tap(self.module, batch, self._modules[-1], take_input=False)
 
@@ -164,14 +162,13 @@ def plan_cut(
     """The cut of ``module`` before the first module whose parameters train
     (``trained``: their ids), or ``None`` and why there is none.
 
-    ``training_modes()`` puts the network in its training modes. Skipped are
-    the outermost modules entered before the first trained one whose every
-    submodule is then in eval mode and holds no trained parameter. The cut
-    is kept if it gives the whole network's outputs on random images in eval
-    mode and in the training modes (running statistics restored; left in
-    eval mode); ``main_only``: the main output alone counts. What the probe
-    finds depends on the network's :func:`structure`, not on its weights (a
-    NaN never compares true): another fold's copy takes the first's plan.
+    Skipped are the outermost modules entered before the first trained one
+    whose every submodule is in eval mode in ``training_modes()`` and holds
+    no trained parameter. The cut is kept if it gives the whole network's
+    outputs on random images in eval mode and in the training modes
+    (``main_only``: the main output alone; running statistics restored; left
+    in eval mode). A plan depends on the network's :func:`structure`, not on
+    its weights (a NaN never compares true): another fold's copy shares it.
     """
     with module_lock(module):  # no pass of another thread sees the probe's modes
         key = structure(module, trained, training_modes, crop, device, dtype, main_only)
@@ -194,18 +191,13 @@ _plans: LRU[tuple] = LRU(max_items=64)  # by the structure probed (plan_cut)
 def structure(module, trained, training_modes, crop, device, dtype, main_only) -> tuple:
     """All that a plan depends on: per module, its name, class, settings,
     mode in training, and its own tensors' names, shapes, dtypes, whether
-    they train and, for tensors of a few values (flags, counters, gates),
-    the values; the probe's input size, dtype, device and ``main_only``.
-    Larger tensors' values route no computation in the networks known (and
-    a NaN never compares true)."""
+    they train and, for tensors of a few values (flags, gates), the values;
+    the probe's input size, dtype, device and ``main_only``."""
     training_modes()
     parts = []
     neutral = neutral_hooks(torch.device(device), dtype)
     for name, m in module.named_modules():
-        settings = tuple(
-            (k, tensor_key(v) if isinstance(v, torch.Tensor) else v)
-            for k, v in settings_of(m, neutral)
-        )
+        settings = tuple(settings_of(m, neutral, tensor_key))
         tensors = tuple(
             (n, *tensor_key(t), id(t) in trained)
             for n, t in [
@@ -272,8 +264,8 @@ def _probe(module, crop, trained, training_modes, main_only, device, dtype):
 
 
 def _hooked(module: nn.Module, x, hook):
-    """``module(x)`` with ``hook(name, submodule)`` (which registers a hook
-    and returns its handle, or ``None``) applied to every submodule."""
+    """``module(x)`` with ``hook(name, submodule)`` (a hook's handle, or
+    ``None``) applied to every submodule."""
     handles = [hook(name, sub) for name, sub in module.named_modules() if name]
     try:
         return module(x)
@@ -286,8 +278,8 @@ def _hooked(module: nn.Module, x, hook):
 def _skippable(module: nn.Module, entered: list[str], trained: set[int]):
     """The outermost of the modules ``entered`` before the first one with a
     trained parameter of its own, whose every submodule is in eval mode (or
-    computes alike in both modes) and holds no trained parameter, in that
-    order; or ``[]`` and why there are none."""
+    computes alike in both) and holds no trained parameter; or ``[]`` and
+    why there are none."""
     modules = dict(module.named_modules())
 
     def trains(sub: nn.Module, recurse: bool) -> bool:
@@ -313,9 +305,8 @@ def _skippable(module: nn.Module, entered: list[str], trained: set[int]):
 
 
 def _before(entered: list[str], skipped: list[str]) -> list[str]:
-    """The outermost modules entered before the boundary (the last of
-    ``skipped``) that are neither skipped nor ancestors of a skipped one: what
-    they compute can feed the boundary, so their state keys its rows."""
+    """The outermost modules entered before the boundary that are neither
+    skipped nor ancestors of a skipped one: their state keys its rows."""
     around = {a for name in skipped for a in ancestors(name)}
     before: list[str] = []
     for name in entered[: entered.index(skipped[-1])]:
@@ -326,9 +317,8 @@ def _before(entered: list[str], skipped: list[str]) -> list[str]:
 
 def _eval_pass(module: nn.Module, x, names: list[str]):
     """One forward pass of ``x`` in eval mode: what each of ``names`` gives
-    one image (they do not nest, so the last to finish is the boundary), up
-    to the first that is not called exactly once or gives no batch of
-    tensors; the boundary's output; the network's."""
+    one image, up to the first that is not called exactly once or gives no
+    batch; the boundary's (the last's) output; the network's."""
     found: dict[str, list] = {name: [] for name in names}
 
     def record(name, sub):

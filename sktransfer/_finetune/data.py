@@ -10,6 +10,7 @@ image. The collate function turns class indices back into the labels of
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
 from .. import _device_transforms as transforms
-from .._images import Images, Preprocessing, to_rgb
+from .._images import Images, Preprocessing
 
 AUGMENT_SCALE = (0.25, 1.0)  # random-resized-crop area range (ImageNet's is 0.08-1)
 
@@ -41,7 +42,6 @@ class FitData(torch.utils.data.Dataset):
         weights: np.ndarray | None = None,
         *,
         draft: int | dict | None = None,
-        pin: bool = False,
     ):
         self.images = images
         self.y_index = y_index
@@ -49,7 +49,6 @@ class FitData(torch.utils.data.Dataset):
         self.rows: dict = {}  # set by the fit: rows of the phases' cuts
         # JPEGs decode in the DCT domain to at least this (per phase)
         self.drafts = draft if isinstance(draft, dict) else {"train": draft}
-        self.pin = pin  # array batches gathered into page-locked memory (CUDA)
         self.phase = "train"
 
     def __len__(self) -> int:
@@ -64,65 +63,48 @@ class FitData(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         return self.__getitems__([i])[0]
 
-    def __getitems__(self, indices) -> Fetched:
-        """A whole batch at once (``DataLoader`` asks for it): rows in one
-        gather, array rows in one copy, files decoded in a thread pool."""
+    def __getitems__(self, indices) -> list:
+        """A whole batch at once (``DataLoader`` asks for it), as ``(x,
+        target[, weight])`` items: rows and array rows in one gather, files
+        decoded in a thread pool."""
         indices = [int(i) for i in indices]
-        stored = self._stored(indices)
-        if stored is not None:
-            key, block = stored
-            return self._fetched([{key: r} for r in block], indices, {key: block})
-        images = self.images
-        if images.kind == "array":
-            if images.data.dtype == np.uint8:
-                block = gather_rows(images, indices, pin=self.pin)
-            else:
-                block = images.rows(np.asarray(indices))
-            return self._fetched([{IMAGES: x} for x in block], indices, {IMAGES: block})
-        draft = self.drafts.get(self.phase, self.drafts["train"])
-        load = lambda i: images.image(i, draft)  # noqa: E731
-        if images.kind == "paths" and len(indices) > 1:
-            loaded = list(_pool().map(load, indices))
+        key, xs = IMAGES, self._stored(indices)
+        if xs is not None:
+            key = ROWS[self.phase]
+        elif self.images.kind == "array":
+            xs = self.images.rows(np.asarray(indices))
         else:
-            loaded = [load(i) for i in indices]
-        return self._fetched([{IMAGES: x} for x in loaded], indices)
-
-    def _stored(self, indices: list[int]):
-        """``(key, rows)`` of ``indices`` in this phase, where computed once."""
-        rows = self.rows.get(self.phase)
-        return None if rows is None else (ROWS[self.phase], rows.take(indices))
-
-    def _fetched(self, xs: list, indices: list[int], stacked=None) -> Fetched:
+            draft = self.drafts.get(self.phase, self.drafts["train"])
+            load = functools.partial(self.images.image, draft=draft)
+            if self.images.kind == "paths" and len(indices) > 1:
+                with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+                    xs = list(pool.map(load, indices))
+            else:
+                xs = [load(i) for i in indices]
         targets = [
             -1 if self.y_index is None else int(self.y_index[i]) for i in indices
         ]
-        if self.weights is None:
-            return Fetched(list(zip(xs, targets, strict=True)), stacked)
-        weights = [float(self.weights[i]) for i in indices]
-        return Fetched(list(zip(xs, targets, weights, strict=True)), stacked)
+        columns = [[{key: x} for x in xs], targets]
+        if self.weights is not None:
+            columns.append([float(self.weights[i]) for i in indices])
+        return list(zip(*columns, strict=True))
+
+    def _stored(self, indices: list[int]) -> torch.Tensor | None:
+        """The rows of ``indices`` in this phase, where computed once."""
+        rows = self.rows.get(self.phase)
+        return None if rows is None else rows.take(indices)
 
 
 class PredictData(FitData):
     """Images to predict; with ``fetch`` (a function of a batch of images),
-    fetched as their rows, batch by batch (memory holds a batch)."""
+    fetched as the training cut's rows, batch by batch (memory holds one)."""
 
     def __init__(self, images: Images, fetch: Callable | None, draft: int | None):
         super().__init__(images, None, draft=draft)
         self.fetch = fetch
 
-    def _stored(self, indices: list[int]):
-        if self.fetch is None:
-            return None
-        return ROWS["train"], self.fetch(self.images.subset(indices))
-
-
-class Fetched(list):
-    """A fetched batch: ``(x, target[, weight])`` items, as any collate
-    function expects, plus the stacked inputs when they came as one gather."""
-
-    def __init__(self, items: list, stacked: dict | None = None):
-        super().__init__(items)
-        self.stacked = stacked
+    def _stored(self, indices: list[int]) -> torch.Tensor | None:
+        return None if self.fetch is None else self.fetch(self.images.subset(indices))
 
 
 class ImageBatch:
@@ -145,66 +127,14 @@ class Collate:
     def __call__(self, items):
         columns = list(zip(*items, strict=True))
         xs, targets = columns[0], columns[1]
-        x = getattr(items, "stacked", None)
-        if x is None:
-            key = next(iter(xs[0]))
-            parts = [item[key] for item in xs]
-            same = all(p.shape == parts[0].shape for p in parts)
-            x = {key: torch.stack(parts) if same else ImageBatch(parts)}
+        key = next(iter(xs[0]))
+        parts = [item[key] for item in xs]
+        same = all(p.shape == parts[0].shape for p in parts)
+        x = {key: torch.stack(parts) if same else ImageBatch(parts)}
         if len(columns) == 3:
             x = {**x, WEIGHTS: torch.tensor(columns[2], dtype=torch.float32)}
         index = np.asarray(targets, dtype=np.int64)  # -1: no label (predictions)
         return x, self.classes[np.clip(index, 0, len(self.classes) - 1)]
-
-
-def gather_rows(images: Images, indices: list[int], pin: bool) -> torch.Tensor:
-    """uint8 rows of an array as ``Images.rows`` gives them, copied once
-    (fancy indexing then pinning copied twice): straight into their batch
-    (page-locked with ``pin`` where CUDA is), in the array's memory layout,
-    in the thread pool (numpy copies without the GIL). RGBA loses alpha."""
-    data = images.data  # (n, C, H, W), possibly a view of NHWC, or (n, H, W)
-    grey = data.ndim == 3
-    channels = 1 if grey else min(data.shape[1], 3)
-    nhwc = not grey and data.strides[1] < data.strides[-1]
-    out = torch.empty(
-        (len(indices), channels, *data.shape[-2:]),
-        dtype=torch.uint8,
-        memory_format=torch.channels_last if nhwc else torch.contiguous_format,
-        pin_memory=pin and torch.cuda.is_available(),
-    )
-    target = out.numpy()[:, 0] if grey else out.numpy()
-    source = data if grey else data[:, :channels]
-
-    def copy(rows: np.ndarray) -> None:
-        for row in rows:
-            target[row] = source[indices[row]]
-
-    parts = np.array_split(np.arange(len(indices)), _POOL_WORKERS)
-    list(_pool().map(copy, [part for part in parts if len(part)]))
-    return to_rgb(out)
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_WORKERS = min(8, os.cpu_count() or 1)
-
-
-def _forget_pool() -> None:
-    """In a forked child (a DataLoader worker), whose copy of the parent's
-    pool has no threads: the child makes its own."""
-    global _POOL
-    _POOL = None
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(
-            max_workers=_POOL_WORKERS, thread_name_prefix="sktransfer"
-        )
-    return _POOL
 
 
 def split_batch(x) -> tuple[str | None, object, torch.Tensor | None]:

@@ -61,24 +61,21 @@ class FineTuneClassifier(FineTuneNet):
     """Fine-tune a pretrained CNN: new head, frozen layer groups, augmentation.
 
     A :class:`skorch.NeuralNetClassifier` whose network is a pretrained
-    backbone with its 1000-way ImageNet classifier replaced by a new one for
-    ``len(classes_)`` classes. The first ``frozen_layers`` layer groups
-    (:func:`~sktransfer.layer_groups`, counted from the input) are frozen: no
-    gradient, not given to the optimizer, and run in eval mode so that their
-    BatchNorm statistics never change. The rest of the backbone trains at
-    ``lr * backbone_lr_ratio``, the new head at ``lr``, after the head has
-    trained alone for ``head_epochs`` (epochs of the ``"head"`` phase in
-    ``history_``). Labels of any type are accepted; ``predict`` returns them.
-    Every skorch parameter (``callbacks``, ``optimizer__*``,
-    ``iterator_train__*``, ``train_split``, ``warm_start``, ...) keeps
-    working, except ``dataset`` (images are this estimator's input) and
-    ``predict_nonlinearity`` (``predict_proba`` is the softmax).
+    backbone with a new classifier for ``len(classes_)`` classes. The first
+    ``frozen_layers`` layer groups (:func:`~sktransfer.layer_groups`, from
+    the input) are frozen: no gradient, no optimizer, eval mode (fixed
+    BatchNorm statistics). The new head first trains alone for
+    ``head_epochs`` (the ``"head"`` phase of ``history_``), then with the
+    rest of the backbone at ``lr * backbone_lr_ratio``. Labels of any type;
+    ``predict`` returns them. Every skorch parameter (``callbacks``,
+    ``optimizer__*``, ``iterator_train__*``, ``train_split``, ``warm_start``,
+    ...) works, but ``dataset`` and ``predict_nonlinearity``.
 
-    What is computed once (the output of what stays fixed, per image and
-    view) is what running the whole network gives: used only where a probe
-    shows that, and kept by image content and all else that determines it.
-    A seeded fit draws from generators of its own: the same model alone,
-    after other fits or beside them in threads.
+    The output of what stays fixed (per image and view) is computed once
+    where a probe shows that it gives what running the whole network gives,
+    and kept by image content and all else that determines it. A seeded fit
+    draws from generators of its own: the same model alone, after other
+    fits or beside them in threads.
 
     Parameters
     ----------
@@ -89,136 +86,113 @@ class FineTuneClassifier(FineTuneNet):
         As for :class:`~sktransfer.CNNFeatureExtractor`; ``None`` is a seeded
         random initialisation (tests and examples).
     frozen_layers : int or "all", default="all"
-        How many layer groups, counted from the input, stay frozen: ``"all"``
-        trains only the new head, ``0`` fine-tunes everything. An int lies in
-        ``0..len(layer_groups(model))``.
+        How many layer groups stay frozen, ``0..len(layer_groups(model))``:
+        ``"all"`` trains only the new head, ``0`` everything.
     augment : bool, "flip", "random" or callable, default=True
-        ``"flip"``: each training image and its mirror image are two fixed
-        *views*; every epoch trains on one of them at random, and the frozen
-        groups' output for both is computed once (see ``cache``).
-        ``"random"``: a random-resized-crop (25-100 % of the area) and flip
-        in every step (on CUDA, batched on the device), so the whole network
-        runs every step. ``True``: ``"flip"`` when groups are frozen, else
-        ``"random"``. ``False``: none. A callable maps one ``(3, H, W)``
-        uint8 (or float in [0, 1]) tensor, on the device, to an image that
-        then gets the usual preprocessing. The head's phase trains on the
-        fixed views (the image alone with a callable); validation and
-        prediction are never augmented.
+        ``"flip"``: each image and its mirror image are two fixed *views*,
+        one drawn per epoch; the frozen groups' output for both is computed
+        once. ``"random"``: a random-resized-crop (25-100 % of the area) and
+        flip every step (batched on CUDA): the whole network runs. ``True``:
+        ``"flip"`` when groups are frozen, else ``"random"``. A callable maps
+        a ``(3, H, W)`` uint8 (or float in [0, 1]) tensor on the device to an
+        image, preprocessed after. The head's phase trains on fixed views;
+        validation and prediction are never augmented.
     bn : {"frozen", "eval", "train"}, default="frozen"
-        BatchNorm policy. ``"frozen"``: frozen groups run in eval mode (fixed
-        running statistics); trained groups update theirs. ``"eval"``: every
-        BatchNorm layer uses its running statistics (small batches).
-        ``"train"``: BatchNorm layers of frozen groups update their running
-        statistics too (their weights stay fixed).
+        ``"frozen"``: frozen groups keep their running statistics, trained
+        groups update theirs. ``"eval"``: every BatchNorm layer keeps its
+        (small batches). ``"train"``: frozen groups' BatchNorm layers update
+        their statistics too (their weights stay fixed).
     backbone_lr_ratio : float, default=1.0
-        Learning rate of the trained backbone groups relative to ``lr`` (the
-        head's): discriminative learning rates. The new head trains alone
-        first and the rate warms up, so pretrained groups take the head's
-        rate by default: unfreezing with 0.1 instead scored 7-9 points lower
-        on a photo set unlike ImageNet (docs/benchmarks.md).
+        Learning rate of the trained backbone groups relative to ``lr``. The
+        head trains alone first and rates warm up, so 1.0 is the default: 0.1
+        scored 7-9 points lower on a set unlike ImageNet (docs/benchmarks.md).
     head_dropout : float, default=0.5
         Dropout probability before each layer of the new head.
     aux_loss_weight : float, default=0.3
-        Networks with auxiliary classifiers (GoogLeNet, Inception v3: see the
-        family table) built from their name: the loss is ``main +
-        aux_loss_weight * aux`` (summed over auxiliary heads) while their
-        branch's group trains; ``0`` drops the auxiliary heads. Prediction
-        uses the main head only.
+        GoogLeNet / Inception v3 built by name: loss ``main + aux_loss_weight
+        * aux`` while their branch's group trains; ``0`` drops the auxiliary
+        heads. Prediction uses the main head.
     head_hidden : int or None, default=512
-        Units of the new head's hidden layer (``Linear`` + ReLU); ``None``
-        makes the head linear. The head standardises its input with the
-        training images' statistics first.
+        Units of the new head's hidden ``Linear`` + ReLU layer; ``None``: a
+        linear head. The head first standardises its input (training
+        statistics).
     head_epochs : int or "auto", default="auto"
-        Epochs in which the new head trains alone, on the output of the
-        network before it computed once, before the unfrozen groups train
-        with it (the ``"head"`` phase of ``history_``, with its own warm-up
-        and decay), so that an untrained head's first gradients do not
-        distort pretrained layers. ``"auto"``: 20, or enough for 100 steps on
-        small sets. Unused when only the head trains and in ``partial_fit``
-        or warm starts; ``0`` (or ``callbacks__head_phase=None``) skips it.
+        Epochs of the new head alone, on the stored output of the network
+        before it, before unfrozen groups train (with its own warm-up and
+        decay), so that its first gradients do not distort pretrained layers.
+        ``"auto"``: 20, or enough for 100 steps on small sets. Unused when
+        only the head trains, in ``partial_fit`` and warm starts; ``0`` or
+        ``callbacks__head_phase=None`` skips it.
     tta : bool, default=True
-        Test-time augmentation: ``predict_proba`` (and validation) average
-        the class probabilities of the views that training used (the image
-        and its mirror image, with ``augment`` True or ``"flip"``).
+        ``predict_proba`` (and validation) average the probabilities of the
+        views that training used (the image and its mirror image).
     lr_schedule : {"cosine", "constant"}, default="cosine"
-        ``"cosine"``: linear warm-up over the first 10 % of the steps, then
-        cosine decay to zero; every group's rate is scaled alike.
+        ``"cosine"``: linear warm-up over the first 10 % of a phase's steps,
+        then cosine decay to zero, every group alike.
     label_smoothing : float, default=0.1
-        Passed to the criterion when it takes it (``CrossEntropyLoss``).
+        Passed to criteria that take it (``CrossEntropyLoss``).
     class_weight : dict, "balanced" or None, default=None
-        Weights of the classes in the loss (and the probe), as in
-        scikit-learn: ``"balanced"`` weighs each class by ``n_samples /
-        (n_classes * count)``; a dict maps labels to weights (others 1).
+        Class weights in the loss, as in scikit-learn (``"balanced"``:
+        ``n_samples / (n_classes * count)``; a dict: labels -> weights,
+        others 1).
     cache : "memory", path or None, default="memory"
-        Where the output of what stays fixed (per image and view) is kept
-        across fits: ``"memory"``, an in-process LRU (2 GiB) shared by
-        clones, so that a grid search computes each image's frozen part once
-        per cut point, not per candidate, fold and epoch; a folder, an
-        on-disk store shared by processes (``n_jobs`` > 1) and runs;
-        ``None``, within one fit only. Keyed by image content (what decoding
-        reads) and a digest of the frozen modules' weights and structure,
-        the preprocessing, the precision and the device pipeline.
-        Predictions take the stored outputs too.
+        Where the output of what stays fixed is kept across fits:
+        ``"memory"``, an in-process LRU (2 GiB) shared by clones, so that a
+        grid search computes each image's frozen part once per cut point; a
+        folder, shared by processes and runs; ``None``, one fit only. Keyed
+        by image content and a digest of the frozen modules (weights, code,
+        settings), preprocessing, precision and device. Predictions use it.
     cache_frozen : bool, default=True
-        Compute what stays fixed once (per fit, or from ``cache``) and train
-        only the rest of the network; ``False`` runs the whole network in
-        every step: the same recipe and results (in float32), much slower.
-        A network that cannot be run from the stored output (a probe
-        compares both ways) runs whole, with a warning.
+        ``False`` runs the whole network every step: the same recipe and
+        results (in float32), much slower. A network that cannot run from
+        the stored output (a probe compares) runs whole, with a warning.
     image_size : int or None, default=None
-        ``None`` uses the weights' own preprocessing (e.g. resize 256, crop
-        224). An int crops to that size instead (resize scaled alike): small
-        input images train and predict several times faster at 96-128 px.
+        ``None``: the weights' own preprocessing (e.g. resize 256, crop 224);
+        an int crops to that size (resize scaled alike): small images train
+        and predict several times faster at 96-128 px.
     validation_fraction : float, default=0.1
-        Stratified fraction of the training data held out for
-        ``early_stopping`` (when ``train_split`` is None).
+        Stratified fraction held out for ``early_stopping`` (when
+        ``train_split`` is None).
     early_stopping : int, bool or None, default=None
-        Patience in epochs: stop when the validation loss has not improved for
-        that many epochs and restore the best epoch's weights. ``True`` means
-        5; ``None`` or ``False`` trains for ``max_epochs``.
+        Patience in epochs: stop when the validation loss has not improved
+        for that many and restore the best epoch's weights. ``True``: 5.
     random_state : int, RandomState or None, default=None
-        Seeds the fit's own random number generators (head initialisation,
-        shuffling, views, augmentation, dropout, the validation split): a
-        fit is reproducible on the CPU, also beside other fits in threads.
-        ``None`` draws the seed from torch's default generator.
+        Seeds the fit's own generators (head initialisation, shuffling,
+        views, augmentation, dropout, the validation split): reproducible on
+        the CPU, also beside other fits in threads. ``None``: drawn from
+        torch's default generator.
     max_epochs : int or "auto", default="auto"
-        Passes over the training data after the head's phase. ``"auto"``:
-        when only the head trains, on outputs computed once (epochs cost
-        little then), 20 or enough for 100 steps on small sets; else 5.
+        Epochs after the head's phase. ``"auto"``: 20 or enough for 100 steps
+        when only the head trains (on stored outputs), else 5.
     lr : float, default=1e-3
         Peak learning rate of the new head (see ``lr_schedule``).
     batch_size : int, default=32
         Images per step (training and prediction).
     optimizer : torch optimizer class, default=torch.optim.AdamW
-        Its options as ``optimizer__<name>`` (e.g. ``optimizer__weight_decay``).
+        Options as ``optimizer__<name>`` (e.g. ``optimizer__weight_decay``).
     criterion : torch loss class, default=torch.nn.CrossEntropyLoss
         Applied to the logits; options as ``criterion__<name>``.
     train_split : callable or None, default=None
-        skorch's internal validation split (e.g. ``skorch.dataset.ValidSplit(5,
+        skorch's validation split (e.g. ``skorch.dataset.ValidSplit(5,
         stratified=True)``); takes precedence over ``validation_fraction``.
     classes : array-like or None, default=None
         The labels; ``None`` takes the sorted unique labels of ``y``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else the CPU. On CUDA, images cross
-        as uint8 and are preprocessed and augmented there while the next batch
-        loads; ``set_params(device="cpu")`` moves a fitted network.
+        as uint8, preprocessed and augmented there while the next batch
+        loads. ``set_params(device="cpu")`` moves a fitted network.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Autocast dtype of training and prediction. ``"auto"``: bfloat16 on
-        CUDA cards that support it, else float16 with gradient scaling;
-        bfloat16 on a CPU that runs it natively (AVX512-BF16 or AMX-BF16),
-        with the trained grouped (depthwise) convolutions in float32, whose
-        bfloat16 backward pass is slower there (MobileNet or EfficientNet
-        trained beyond the head; predictions run alike); float32 on other
-        CPUs. Weights and optimizer state
-        stay float32; ``predict_proba`` returns float64. ``"float32"`` trains
-        and predicts alike on every machine: choose it for results
-        reproducible across machines.
+        CUDA cards that have it, else float16 with gradient scaling; bfloat16
+        on CPUs that run it natively (AVX512-BF16, AMX), with trained grouped
+        convolutions in float32 (faster there); else float32. Weights and
+        optimizer state stay float32. ``"float32"``: the same results on
+        every machine.
     verbose : int, default=0
         skorch's per-epoch table when positive.
     **kwargs
-        Any other skorch parameter: ``callbacks``, ``iterator_train__*``,
-        ``iterator_valid__*``, ``optimizer__*``, ``criterion__*``,
-        ``warm_start``, ... ``iterator_train__shuffle`` defaults to True.
+        Any other skorch parameter (``callbacks``, ``iterator_train__*``,
+        ``warm_start``, ...); ``iterator_train__shuffle`` defaults to True.
 
     Attributes
     ----------

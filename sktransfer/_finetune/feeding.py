@@ -9,6 +9,7 @@ new head's standardisation to the training images' embeddings.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -27,7 +28,6 @@ from .data import Collate, FitData, PredictData, channels_last
 from .freeze import batch_norm_trains, fixed_modules, set_train_modes, trainable
 from .head import standardizer
 from .loader import DeviceLoader
-from .phases import phase_of
 
 
 class Feeding:
@@ -101,30 +101,38 @@ class Feeding:
             )
         return cut
 
-    def _rows(self, images: Images, phases, views, set_size=None, spaces=None):
-        """:func:`~.rows.compute_rows` of ``phases``' cuts (``images``: a
-        batch of ``set_size``; ``spaces``: the cuts' namespaces, kept across
-        a prediction's batches). Images that go through the head's cut leave
-        the rows of the cut one group earlier in the store on the way, for a
-        grid search's candidates that train the top group."""
+    def _rows(self, images: Images, phases, views, spaces=None, set_size=None):
+        """``{phase: rows}`` of ``phases``' cuts (:func:`~.rows.compute_rows`;
+        ``spaces``: their namespaces, kept across a prediction's batches). A
+        chain that starts at the head's cut goes through the cut one group
+        lower where the rows there of the set (``set_size`` images, of which
+        ``images`` are a batch) come to at most :data:`~.rows.LOWER_BYTES`:
+        they are stored (for the images whose rows at the head's cut are
+        computed), for a grid search's candidates that train the top group."""
         self._set_training(False)
+        chain = list(phases)
+        if self.cache is not None and (phases[0] == "head" or self._head_only()):
+            lower = self._cut("lower")
+            size = 4 * (set_size or len(images)) * len(views)  # float32, all views
+            if lower and size * math.prod(lower.activation.shape) <= _rows.LOWER_BYTES:
+                chain.insert(0, "lower")
         device = self._device()
-        lower = None
-        if phases[0] == "head" or self._head_only():  # the head's cut first
-            lower = lambda: self._cut("lower")  # noqa: E731
-        return _rows.compute_rows(
+        computed = _rows.compute_rows(
             images,
-            [self._cut(phase) for phase in phases],
+            [self._cut(phase) for phase in chain],
             views,
             preprocessing=self.preprocessing_,
             batch_size=self._batch_size(len(images)),
             device=device,
             dtype=self._autocast_dtype(device),
             store=_rows.resolve_store(self.cache),
-            lower=lower,
-            set_size=set_size,
             namespaces=spaces,
+            through_first=chain[0] == "lower",
         )
+        rows = dict(zip(chain, computed, strict=True))
+        if "lower" in rows:
+            rows.pop("lower").release()
+        return rows
 
     # ---------------------------------------------------------------- data
     def get_dataset(self, X, y=None):
@@ -149,17 +157,14 @@ class Feeding:
         head's standardisation is fitted to the training part."""
         images = X.images
         drafts = {"train": self._draft(), "head": self.preprocessing_.resize_size}
-        data = FitData(
-            images, y, X.weights, draft=drafts, pin=self._device().type == "cuda"
-        )
+        data = FitData(images, y, X.weights, draft=drafts)
         phases = []
         if self._augment() in ("flip", False) and self._cut("train") is not None:
             phases.append("train")
         if self.head_epochs_ and self._cut("head") is not None:
             phases.append("head")
         self.__dict__["_fit_data"] = data  # released when the fit ends
-        computed = self._rows(images, phases, self._views()) if phases else []
-        data.rows = dict(zip(phases, computed, strict=True))
+        data.rows = self._rows(images, phases, self._views()) if phases else {}
         self.prefix_cached_ = "train" in data.rows
         train, valid = self._split(data, y, **fit_params)
         if self.__dict__.pop("_fresh", False):
@@ -211,26 +216,22 @@ class Feeding:
         self._set_training(False)
         device = self._device()
         size = self._batch_size(len(indices))
-        found = []
         phase = next((p for p in ("head", "train") if p in data.rows), None)
+        if phase is not None:
+            cut, rows = self._cut(phase), data.rows[phase]
+            run = functools.partial(cut, tap=head, take_input=True)
+            starts = range(0, len(indices), size)
+            blocks = (rows.take(indices[i : i + size]) for i in starts)
+            views = (block[:, v] for block in blocks for v in range(block.shape[1]))
+        else:
+            run = functools.partial(
+                forward_tap, self.module_, tap=head, take_input=True
+            )
+            images = data.images.subset(indices)
+            batches = preprocessed_batches(images, self.preprocessing_, size, device)
+            views = (_rows.VIEWS[v](b) for b in batches for v in self._views())
         with torch.inference_mode(), autocast(device, self._autocast_dtype(device)):
-            if phase is not None:
-                cut, rows = self._cut(phase), data.rows[phase]
-                for start in range(0, len(indices), size):
-                    block = rows.take(indices[start : start + size]).to(device)
-                    for v in range(block.shape[1]):
-                        found.append(cut(block[:, v], head, take_input=True))
-            else:
-                images = data.images.subset(indices)
-                for batch in preprocessed_batches(
-                    images, self.preprocessing_, size, device
-                ):
-                    batch = channels_last(batch.to(device))
-                    for view in self._views():
-                        x = _rows.VIEWS[view](batch)
-                        found.append(
-                            forward_tap(self.module_, x, head, take_input=True)
-                        )
+            found = [run(channels_last(x.to(device))) for x in views]
         scaler.fit(torch.cat([f.float().flatten(1).cpu() for f in found]))
 
     def get_iterator(self, dataset, training=False):
@@ -253,9 +254,7 @@ class Feeding:
         loader = iterator(dataset, **kwargs)
         device = self._device()
         if loader_class and device.type == "cuda":
-            return DeviceLoader(
-                loader, device, next_epoch=training, phase=lambda: phase_of(self)
-            )
+            return DeviceLoader(loader, device)
         return loader
 
 
@@ -269,8 +268,8 @@ class FetchRows:
 
     def __call__(self, batch: Images) -> torch.Tensor:
         views = self.net._eval_views()
-        rows = self.net._rows(batch, ["train"], views, self.set_size, self.spaces)
-        return torch.from_numpy(rows[0].data)
+        rows = self.net._rows(batch, ["train"], views, self.spaces, self.set_size)
+        return torch.from_numpy(rows["train"].data)
 
     def __getstate__(self):
         return {**self.__dict__, "spaces": {}}  # keyed by this process's cuts

@@ -17,11 +17,9 @@ import enum
 import functools
 import hashlib
 import inspect
-import itertools
 import threading
 import types
 import weakref
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,11 +52,14 @@ def neutral_hooks(device: torch.device, dtype: torch.dtype | None) -> tuple:
     return (*neutral, *CPU_AUTOCAST_HOOKS)
 
 
-def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> list:
+def settings_of(
+    module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS, tensor=None
+) -> list:
     """``module``'s own state but submodules, parameters and buffers, as
     ``(name, comparable value)``: every attribute (private ones too; tensors
-    as they are) and its forward hooks but the ``neutral`` ones
-    (:func:`neutral_hooks`), all of which can change what ``forward`` does.
+    by ``tensor(t)``, else by their bytes) and its forward hooks but the
+    ``neutral`` ones (:func:`neutral_hooks`), all of which can change what
+    ``forward`` does.
 
     Classes and functions count by their code, arrays by their bytes. A
     value that cannot be compared across networks (a closure, an object of
@@ -66,8 +67,9 @@ def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> lis
     and no rows are stored for a network holding one (it may change in
     place unseen), which costs a probe or a computation, never a result.
     """
+    tensor = tensor or fingerprint
     settings = [
-        (k, v if isinstance(v, torch.Tensor) else fingerprint(v))
+        (k, tensor(v) if isinstance(v, torch.Tensor) else fingerprint(v))
         for k, v in sorted(vars(module).items())
         if k not in _MODULE_STATE
     ]
@@ -81,11 +83,21 @@ def settings_of(module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS) -> lis
 _MODULE_STATE = {*vars(nn.Module()), "_sktransfer_tap_hooks"}
 
 
-class Opaque(NamedTuple):
-    """A setting known by its identity alone (:func:`settings_of`)."""
+class Opaque:
+    """A setting known by its identity alone (:func:`settings_of`): equal
+    only to itself, and held, so that its id is not another object's while
+    a key holds it."""
 
-    kind: str
-    token: int
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Opaque) and other.value is self.value
+
+    def __hash__(self):
+        return id(self.value)
 
 
 def fingerprint(value):
@@ -143,7 +155,7 @@ def _fingerprint(value):
         )
     if isinstance(value, types.FunctionType):
         return _function_fingerprint(value)
-    return Opaque(type(value).__qualname__, _token(value))
+    return Opaque(value)
 
 
 def _tensor_fingerprint(t: torch.Tensor):
@@ -154,7 +166,7 @@ def _tensor_fingerprint(t: torch.Tensor):
         data = data.int_repr() if data.is_quantized else data
         raw = data.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     except (RuntimeError, TypeError, NotImplementedError):  # meta, nested
-        return Opaque("Tensor", _token(t))
+        return Opaque(t)
     digest = hashlib.sha256(raw).hexdigest()
     return ("tensor", tuple(t.shape), str(t.dtype), digest)
 
@@ -165,7 +177,7 @@ def _function_fingerprint(function: types.FunctionType):
     try:
         function = inspect.unwrap(function)
     except ValueError:  # a cycle of wrappers
-        return Opaque("function", _token(function))
+        return Opaque(function)
     if not isinstance(function, types.FunctionType):
         return fingerprint(function)
     cells = []
@@ -194,26 +206,6 @@ def is_opaque(fingerprint) -> bool:
     return isinstance(fingerprint, tuple) and any(map(is_opaque, fingerprint))
 
 
-_tokens: dict[int, tuple] = {}  # id -> (a reference to the object, its token)
-_serial = itertools.count()
-
-
-def _token(value) -> int:
-    """A number of ``value``'s own, never another's (an id can be reused once
-    its object is gone; its token is not)."""
-    key = id(value)
-    known = _tokens.get(key)
-    if known is not None and known[0]() is value:
-        return known[1]
-    try:  # forgotten with the object
-        ref = weakref.ref(value, lambda _: _tokens.pop(key, None))
-    except TypeError:  # kept alive, so that its id stays its own
-        ref = (lambda kept: lambda: kept)(value)
-    token = next(_serial)
-    _tokens[key] = (ref, token)
-    return token
-
-
 def class_digest(cls: type):
     """A digest of ``cls`` and its bases but torch's own (torch's version
     keys those): their functions' code, defaults and closures, and their
@@ -239,11 +231,9 @@ def class_digest(cls: type):
         part = _member_fingerprint(name, member)
         if part is not None:
             parts.append((klass.__qualname__, name, part))
-    digest = (
-        Opaque(cls.__qualname__, _token(cls))
-        if is_opaque(tuple(parts))
-        else (hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest())
-    )
+    if is_opaque(tuple(parts)):
+        return Opaque(cls)  # not kept: it would hold its key
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
     with contextlib.suppress(TypeError):
         _class_digests[cls] = (tuple(v for _, _, v in members), digest)
     return digest

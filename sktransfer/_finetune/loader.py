@@ -8,7 +8,6 @@ numbers in the same order every time.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
@@ -20,58 +19,27 @@ from .data import ImageBatch
 class DeviceLoader:
     """Iterate a ``DataLoader`` two batches ahead in a thread, copying each
     batch's tensors to a CUDA device on a side stream from pinned memory, so
-    that loading overlaps the training step.
+    that loading overlaps the training step. Runs on the CPU too (tests
+    check it there)."""
 
-    With ``next_epoch`` (training), the next epoch starts loading once this
-    one's batches are used, while validation and callbacks run. ``phase()``
-    names what the dataset gives now: an epoch loaded ahead in another phase
-    (the head's) is dropped. Runs on the CPU too (tests check it there).
-    """
-
-    def __init__(
-        self,
-        loader,
-        device: torch.device,
-        *,
-        next_epoch: bool = False,
-        phase: Callable[[], object] = lambda: None,
-    ):
+    def __init__(self, loader, device: torch.device):
         self.loader = loader
         self.device = torch.device(device)
-        self.next_epoch = next_epoch
-        self.phase = phase
-        self._ahead: tuple[object, Prefetcher] | None = None
-        self._stop_ahead: weakref.finalize | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
         cuda = self.device.type == "cuda"
-        ahead, self._ahead = self._ahead, None
-        if self._stop_ahead is not None:
-            self._stop_ahead.detach()  # it is this epoch's now, or dropped
-        if ahead is not None and ahead[0] != self.phase():
-            ahead[1].close(False)
-            ahead = None
-        prefetcher = ahead[1] if ahead is not None else self._start()
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        batches = _copied(epoch_batches(self.loader), self.device, stream)
         consumer = torch.cuda.current_stream(self.device) if cuda else None
-        with contextlib.closing(prefetcher):
+        with contextlib.closing(Prefetcher(batches)) as prefetcher:
             for x, y, ready in prefetcher:
                 if cuda:
                     consumer.wait_event(ready)
                     _map_tensors(lambda t: t.record_stream(consumer), x)
                 yield x, y
-        if self.next_epoch:
-            self._ahead = (self.phase(), self._start())
-            # An epoch loaded ahead that never comes (the fit ended) stops
-            # when this loader goes (the thread holds no reference to it).
-            self._stop_ahead = weakref.finalize(self, self._ahead[1].close, False)
-
-    def _start(self) -> Prefetcher:
-        batches = epoch_batches(self.loader)
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        return Prefetcher(_copied(batches, self.device, stream))
 
 
 def epoch_batches(loader) -> Iterator:

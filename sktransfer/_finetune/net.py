@@ -221,20 +221,14 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         phase, batch, _ = split_batch(x)
         n_views = len(self._views()) if training else len(self._eval_views())
         if phase is not None:
-            cut = self._cut(phase)
+            network, fit_params = self._cut(phase), {}  # a cut's rows: tensors only
             batch = batch.to(device, non_blocking=True)
-            pick = _pick(len(batch), n_views, device) if training else None
             views = [batch[:, v] for v in range(n_views)]
-            network, fit_params = cut, {}  # a cut's rows: tensors only
         else:
-            prepared = self._prepared(batch, training, device)
-            pick = _pick(len(prepared), n_views, device) if training else None
-            views = [_rows.VIEWS[v](prepared) for v in self._views()[:n_views]]
-            network = self.module_
-        if pick is not None and n_views > 1:
-            views = [_choose(views, pick)]
-        elif training:
-            views = views[:1]
+            network, batch = self.module_, self._prepared(batch, training, device)
+            views = [_rows.VIEWS[v](batch) for v in self._views()[:n_views]]
+        if training:
+            views = [_one_view(views)]
         with module_lock(self.module_), autocast(device, self._autocast_dtype(device)):
             outputs = [_as_float(network(v, **fit_params)) for v in views]
         if len(outputs) == 1:
@@ -303,16 +297,12 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         return n if self.batch_size == -1 else self.batch_size
 
 
-def _pick(n: int, n_views: int, device) -> torch.Tensor | None:
-    """A random view of each of ``n`` images (drawn only when there are
-    several, so that one view consumes no random numbers)."""
-    if n_views < 2:
-        return None
-    return torch.randint(n_views, (n,)).to(device)
-
-
-def _choose(views: list[torch.Tensor], pick: torch.Tensor) -> torch.Tensor:
-    """The picked view of each image."""
+def _one_view(views: list[torch.Tensor]) -> torch.Tensor:
+    """A view of each image, drawn at random where there are several (one
+    view draws no random numbers)."""
+    if len(views) == 1:
+        return views[0]
+    pick = torch.randint(len(views), (len(views[0]),)).to(views[0].device)
     stacked = torch.stack(views, dim=1)
     return channels_last(stacked[torch.arange(len(pick), device=pick.device), pick])
 

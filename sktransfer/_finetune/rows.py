@@ -18,11 +18,8 @@ import functools
 import hashlib
 import importlib.metadata
 import math
-import os
 import tempfile
-import weakref
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,21 +31,15 @@ from .._images import Images, Preprocessing
 from .._pipeline import preprocessed_batches
 from .cut import Cut
 from .data import channels_last  # the layout of training steps' images
-from .fingerprint import (
-    class_digest,
-    fingerprint,
-    is_opaque,
-    neutral_hooks,
-    settings_of,
-)
+from .fingerprint import class_digest, is_opaque, neutral_hooks, settings_of
 
 # A fit's rows larger than this go to a temporary file (memory-mapped).
 MEMORY_LIMIT_BYTES = 2 * 1024**3
 # The in-process store behind cache="memory" (its own bound: rows of early
 # cuts are large and must not evict the embedding cache's).
 STORE_BYTES = 2 * 1024**3
-# Rows of a lower cut are kept on the way (compute_rows) for sets whose rows
-# come to at most a quarter of the store.
+# A chain may go through a lower cut on the way (a grid search's neighbouring
+# cut point) where the set's rows there come to at most a quarter of the store.
 LOWER_BYTES = STORE_BYTES // 4
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -104,15 +95,11 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str | No
 
 def _structure(modules, neutral: tuple) -> bytes | None:
     """Classes (and their code) and settings of ``modules``
-    (:func:`~.fingerprint.settings_of`; a tensor that is no parameter or buffer by
-    its bytes); ``None`` where a setting is known by identity alone."""
+    (:func:`~.fingerprint.settings_of`); ``None`` where a setting is known by
+    identity alone."""
     parts = []
     for m in modules:
-        settings = [
-            (k, fingerprint(v) if isinstance(v, torch.Tensor) else v)
-            for k, v in settings_of(m, neutral)
-        ]
-        code = class_digest(type(m))
+        settings, code = settings_of(m, neutral), class_digest(type(m))
         if is_opaque(code) or any(is_opaque(v) for _, v in settings):
             return None
         parts.append(f"{type(m).__module__}.{type(m).__qualname__}:{code}{settings}")
@@ -132,19 +119,16 @@ def _versions() -> str:
 
 
 class Rows:
-    """``(n, views, ...)`` float32 rows of one cut: an array, or a
-    memory-mapped temporary file beyond :data:`MEMORY_LIMIT_BYTES`, removed by
-    :meth:`release` (or garbage collection, should a fit end in an error)."""
+    """``(n, views, ...)`` float32 rows of one cut: an array, or beyond
+    :data:`MEMORY_LIMIT_BYTES` a memory-mapped temporary file, which goes
+    with it (unlinked at once on POSIX, when closed on Windows)."""
 
     def __init__(self, shape: tuple[int, ...]):
-        self._remove = weakref.finalize(self, lambda: None)
         if 4 * math.prod(shape) <= MEMORY_LIMIT_BYTES:
             self.data = np.empty(shape, np.float32)
-            return
-        fd, path = tempfile.mkstemp(prefix="sktransfer-rows-", suffix=".npy")
-        os.close(fd)
-        self._remove = weakref.finalize(self, _remove_file, path)
-        self.data = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+        else:
+            file = tempfile.TemporaryFile(prefix="sktransfer-rows-")
+            self.data = np.memmap(file, np.float32, "w+", shape=shape)
 
     def take(self, indices) -> torch.Tensor:
         """The rows at ``indices`` (one gather) as a tensor."""
@@ -153,16 +137,6 @@ class Rows:
 
     def release(self) -> None:
         self.data = None
-        self._remove()
-
-
-class _Run(NamedTuple):
-    """How rows are computed."""
-
-    preprocessing: Preprocessing
-    batch_size: int
-    device: torch.device
-    dtype: torch.dtype | None
 
 
 def compute_rows(
@@ -175,126 +149,83 @@ def compute_rows(
     device: torch.device,
     dtype: torch.dtype | None,
     store=None,
-    keys: list[str] | None = None,
-    lower: Callable[[], Cut | None] | None = None,
-    set_size: int | None = None,
     namespaces: dict | None = None,
+    through_first: bool = False,
 ) -> list[Rows]:
     """The rows of every image and view for each cut of a chain (each cut's
     boundary after the previous one's), in eval mode: from ``store`` where
-    it has them (``keys``: the images' content keys, computed when not
-    given), else computed, and put there.
-
-    ``lower()``, asked when images go through the first cut, may give a cut
-    whose boundary that pass goes through (the neighbouring cut point of a
-    grid search): its rows go to the store on the way, at no cost, when the
-    whole set's (``set_size`` images, of which ``images`` are a part) come to
-    at most :data:`LOWER_BYTES`. ``namespaces`` keeps the cuts' namespaces
-    across calls (the batches of one prediction)."""
-    run = _Run(preprocessing, batch_size, device, dtype)
+    it has them, else computed (the first cut's from the images, each
+    other's from the previous cut's rows) and put there. ``through_first``:
+    the first cut's rows only serve the next cut's, for the images whose rows
+    that one misses (the others' are left unset). ``namespaces`` keeps the
+    cuts' namespaces across calls (the batches of one prediction)."""
     namespaces = {} if namespaces is None else namespaces
+    keys = None  # the images' content keys, read once if a cut is stored
 
-    def space_of(cut: Cut) -> str | None:  # None: not stored
+    def look_up(cut: Cut) -> tuple[Rows, list[int], str | None]:
         nonlocal keys
-        if store is None:
-            return None
-        if cut not in namespaces:
+        rows = Rows((len(images), len(views), *cut.activation.shape))
+        if store is not None and cut not in namespaces:
             namespaces[cut] = namespace(cut, preprocessing, device, dtype)
-        if namespaces[cut] is not None and keys is None:  # read once, if needed
-            keys = _cache.image_keys(images)
-        return namespaces[cut]
+        space = namespaces.get(cut)
+        if space is None:
+            return rows, list(range(len(images))), None
+        keys = _cache.image_keys(images) if keys is None else keys
+        found = store.get(space, _row_keys(keys, views), cut.activation.shape)
+        missing = []
+        for i in range(len(images)):
+            mine = found[i * len(views) : (i + 1) * len(views)]
+            if any(row is None for row in mine):
+                missing.append(i)
+            else:
+                rows.data[i] = np.stack(mine)
+        return rows, missing, space
 
-    out: list[Rows] = []
-    for index, cut in enumerate(cuts):
-        shape = cut.activation.shape
-        rows = Rows((len(images), len(views), *shape))
-        missing = list(range(len(images)))
-        space = space_of(cut)
-        if space is not None:
-            width = len(views)
-            found = store.get(space, _row_keys(keys, views), shape)
-            missing = []
-            for i in range(len(images)):
-                mine = found[i * width : (i + 1) * width]
-                if any(row is None for row in mine):
-                    missing.append(i)
-                else:
-                    rows.data[i] = np.stack(mine)
+    chain = [look_up(cut) for cut in cuts]
+    if through_first:
+        needed = set(chain[1][1])
+        chain[0][1][:] = [i for i in chain[0][1] if i in needed]
+    run = dict(batch_size=batch_size, device=device, dtype=dtype)
+    for index, (cut, (rows, missing, space)) in enumerate(
+        zip(cuts, chain, strict=True)
+    ):
         if missing and index == 0:
-            by = lower() if lower is not None and store is not None else None
-            size = (set_size or len(images)) * len(views) * 4
-            on_the_way = None
-            if by is not None and size * math.prod(by.activation.shape) <= LOWER_BYTES:
-                if (lower_space := space_of(by)) is not None:
-                    on_the_way = (by, store, lower_space, keys)
-            _from_images(rows, cut, images, missing, views, run, on_the_way)
+            _from_images(rows, cut, images, missing, views, preprocessing, **run)
         elif missing:
-            _from_rows(rows, cut, out[-1], cuts[index - 1], missing, run)
+            lower = chain[index - 1][0]
+            _from_rows(rows, cut, lower, cuts[index - 1], missing, **run)
         if missing and space is not None:
             for i in missing:
                 store.put(space, _row_keys([keys[i]], views), rows.data[i])
-        out.append(rows)
-    return out
+    return [rows for rows, _, _ in chain]
 
 
 def _row_keys(keys: list[str], views) -> list[str]:
     return [f"{key}-{view}" for key in keys for view in views]
 
 
-def _from_images(rows, cut, images, missing, views, run: _Run, on_the_way) -> None:
-    """Rows ``missing`` of ``cut`` from the images; with ``on_the_way``
-    (another cut whose boundary the pass goes through, a store, its
-    namespace, the images' keys), that cut's rows are put in the store too."""
+def _from_images(rows, cut, images, missing, views, preprocessing, **run) -> None:
+    """Rows ``missing`` of ``cut`` from the images."""
+    device, dtype = run["device"], run["dtype"]
     todo = images if len(missing) == len(images) else images.subset(missing)
-    batches = preprocessed_batches(todo, run.preprocessing, run.batch_size, run.device)
-    captured: list[torch.Tensor] = []
-    hook = None
-    if on_the_way is not None:
-        tap = cut.module.get_submodule(on_the_way[0].boundary)
-        hook = tap.register_forward_hook(
-            lambda m, a, out: captured.append(out.float().cpu())
-        )
+    batches = preprocessed_batches(todo, preprocessing, run["batch_size"], device)
     start = 0
-    try:
-        with (
-            cut.lock,  # the hook above fires in every thread's pass
-            contextlib.closing(batches),
-            torch.inference_mode(),
-            autocast(run.device, run.dtype),
-        ):
-            for batch in batches:
-                batch = batch.to(run.device, non_blocking=True)
-                block = torch.stack(
-                    [
-                        cut.rows(channels_last(VIEWS[v](batch))).float().cpu()
-                        for v in views
-                    ],
-                    dim=1,
-                )
-                chunk = missing[start : start + len(batch)]
-                rows.data[chunk] = block.numpy()
-                if on_the_way is not None and len(captured) == len(views):
-                    _, store, space, keys = on_the_way
-                    lower = torch.stack(captured, dim=1).numpy()
-                    for i, row in zip(chunk, lower, strict=True):
-                        store.put(space, _row_keys([keys[i]], views), row)
-                    captured.clear()
-                start += len(batch)
-    finally:
-        if hook is not None:
-            hook.remove()
+    with contextlib.closing(batches), torch.inference_mode(), autocast(device, dtype):
+        for batch in batches:
+            batch = batch.to(device, non_blocking=True)
+            block = [cut.rows(channels_last(VIEWS[v](batch))).float() for v in views]
+            chunk = missing[start : start + len(batch)]
+            rows.data[chunk] = torch.stack(block, dim=1).cpu().numpy()
+            start += len(batch)
 
 
-def _from_rows(rows, cut, lower: Rows, lower_cut: Cut, missing, run: _Run) -> None:
+def _from_rows(rows, cut, lower: Rows, lower_cut: Cut, missing, **run) -> None:
+    """Rows ``missing`` of ``cut`` from the rows of the cut before it."""
+    device, size = run["device"], run["batch_size"]
     tap = cut.module.get_submodule(cut.boundary)
-    with torch.inference_mode(), autocast(run.device, run.dtype):
-        for start in range(0, len(missing), run.batch_size):
-            chunk = missing[start : start + run.batch_size]
-            block = lower.take(chunk).to(run.device, non_blocking=True)
+    with torch.inference_mode(), autocast(device, run["dtype"]):
+        for start in range(0, len(missing), size):
+            chunk = missing[start : start + size]
+            block = lower.take(chunk).to(device, non_blocking=True)
             out = [lower_cut(block[:, v], tap) for v in range(block.shape[1])]
             rows.data[chunk] = torch.stack(out, dim=1).float().cpu().numpy()
-
-
-def _remove_file(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(path)
