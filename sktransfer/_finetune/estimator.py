@@ -394,15 +394,11 @@ class FineTuneClassifier(FineTuneNet):
                 self.initialize()
                 self.n_channels_in_ = images.n_channels
             self.max_epochs_ = self._resolve_epochs(self.max_epochs, len(images))
+            head_phase = dict(self.callbacks_).get("head_phase")
             self.head_epochs_ = 0
-            if (
-                fresh
-                and not self._head_only()
-                and dict(self.callbacks_).get("head_phase")
-            ):
-                self.head_epochs_ = self._resolve_epochs(
-                    self.head_epochs, len(images), head=True
-                )
+            if fresh and not self._head_only() and head_phase:
+                n = len(images)
+                self.head_epochs_ = self._resolve_epochs(self.head_epochs, n, head=True)
             self.__dict__["_fresh"] = fresh  # its head's statistics to fit
             try:
                 NeuralNet.partial_fit(

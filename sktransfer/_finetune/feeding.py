@@ -25,7 +25,7 @@ from .._tap import forward_tap
 from . import rows as _rows
 from .cut import Cut, plan_cut
 from .data import Collate, FitData, PredictData, channels_last
-from .freeze import batch_norm_trains, fixed_modules, set_train_modes, trainable
+from .freeze import batch_norm_trains, set_train_modes
 from .head import standardizer
 from .loader import DeviceLoader
 
@@ -66,19 +66,13 @@ class Feeding:
         return cuts[key]
 
     def _plan(self, phase: str) -> Cut | None:
-        if phase == "train" and self.n_frozen_groups_ == 0:
-            return None
         if phase == "train" and self._head_only():
             return self._cut("head")
-        groups = self.layer_groups_
-        if phase == "lower":  # the cut of a fit that trains the top group too
-            if len(groups) < 2:
-                return None
-            ids = trainable(self.module_, groups, len(groups) - 1, (self.head_,))
-            trains = lambda p: id(p) in ids  # noqa: E731
-            fixed = fixed_modules(self.module_, trains, groups[:-1])
-        else:
-            trains, fixed = self._trains(phase), self._fixed(phase)
+        if self.n_frozen_groups_ == 0 and phase == "train":
+            return None
+        if phase == "lower" and len(self.layer_groups_) < 2:
+            return None
+        trains, fixed = self._trains(phase), self._fixed(phase)
         device = self._device()
         cut, why = plan_cut(
             self.module_,

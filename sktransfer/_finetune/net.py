@@ -180,18 +180,24 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
         return self.n_frozen_groups_ == len(self.layer_groups_)
 
     def _trains(self, phase: str):
-        """Whether a parameter trains in ``phase`` (the head's: only heads)."""
+        """Whether a parameter trains in ``phase``: the fit's (``"train"``),
+        only the head (``"head"``), the top group and the head (``"lower"``,
+        a grid search's neighbouring cut point)."""
+        if phase == "train":
+            return lambda p: p.requires_grad
         if phase == "head":
-            head = self.module_.get_submodule(self.head_)
-            ids = {id(p) for p in head.parameters()}
-            return lambda p: id(p) in ids
-        return lambda p: p.requires_grad
+            ids = {id(p) for p in self.module_.get_submodule(self.head_).parameters()}
+        else:
+            groups = self.layer_groups_
+            ids = trainable(self.module_, groups, len(groups) - 1, (self.head_,))
+        return lambda p: id(p) in ids
 
     def _fixed(self, phase: str) -> list[str]:
-        if phase == "head":
-            groups = self.layer_groups_
-            return fixed_modules(self.module_, self._trains("head"), groups)
-        return self.frozen_modules_
+        """The modules in eval mode while ``phase``'s parameters train."""
+        if phase == "train":
+            return self.frozen_modules_
+        groups = self.layer_groups_[: -1 if phase == "lower" else None]
+        return fixed_modules(self.module_, self._trains(phase), groups)
 
     def _set_training(self, training=True):
         """skorch's modes, then what stays fixed in this phase in eval mode

@@ -2,13 +2,12 @@
 part once, kept by content across fits.
 
 The *views* of an image are fixed functions of the preprocessed image (the
-image, its mirror image), so its rows are the same in every fit, whatever
-the seed. A store (``cache``: the in-process LRU or a folder) keys a row by
-the image's content (:func:`~sktransfer._cache.image_keys`: what decoding
-reads) and the view, inside a :func:`namespace` that digests all else that
-determines it, so that a hit is the value that computing gives. A chain of
-cuts (a fit's frozen groups, then the head's) is computed in one pass, each
-cut's rows from the previous cut's, the first from the images.
+image, its mirror image), so its rows are the same in every fit. A store
+(``cache``: the in-process LRU or a folder) keys a row by the image's
+content (:func:`~sktransfer._cache.image_keys`: what decoding reads) and the
+view, inside a :func:`namespace` that digests all else that determines it:
+a hit is the value that computing gives. In a chain of cuts (a fit's frozen
+groups, then the head's), each cut's rows come from the previous cut's.
 """
 
 from __future__ import annotations
@@ -33,14 +32,11 @@ from .cut import Cut
 from .data import channels_last  # the layout of training steps' images
 from .fingerprint import class_digest, is_opaque, neutral_hooks, settings_of
 
-# A fit's rows larger than this go to a temporary file (memory-mapped).
-MEMORY_LIMIT_BYTES = 2 * 1024**3
+MEMORY_LIMIT_BYTES = 2 * 1024**3  # a fit's rows beyond: in a temporary file
 # The in-process store behind cache="memory" (its own bound: rows of early
 # cuts are large and must not evict the embedding cache's).
 STORE_BYTES = 2 * 1024**3
-# A chain may go through a lower cut on the way (a grid search's neighbouring
-# cut point) where the set's rows there come to at most a quarter of the store.
-LOWER_BYTES = STORE_BYTES // 4
+LOWER_BYTES = STORE_BYTES // 4  # a set's rows on the way (feeding._rows), at most
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "center": lambda batch: batch,
@@ -56,14 +52,13 @@ def resolve_store(cache) -> _cache.MemoryCache | _cache.DiskCache | None:
 
 
 def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str | None:
-    """The store namespace of ``cut``'s rows: a digest of the skipped modules
-    and those that run before them (classes and their code, settings, the
-    hooks that act on ``device`` under ``dtype``, parameters and buffers),
-    the code around them (their ancestors' classes, settings, hooks and own
-    tensors), what the boundary gives, the preprocessing, the autocast
-    dtype, the device pipeline and the versions of the code that computes;
-    ``None`` (no rows stored) where a setting is known by identity alone
-    (:class:`~.fingerprint.Opaque`)."""
+    """The store namespace of ``cut``'s rows: a digest of the modules that
+    run before the boundary (classes and code, settings, the hooks that act
+    on ``device`` under ``dtype``, parameters and buffers), their ancestors'
+    (the same but submodules), what the boundary gives, the preprocessing,
+    the autocast dtype, the device and the versions of the code that
+    computes; ``None`` (no rows stored) where a setting is known by identity
+    alone (:class:`~.fingerprint.Opaque`)."""
     module = cut.module
     neutral = neutral_hooks(device, dtype)
     around = sorted({a for name in cut.skipped for a in ancestors(name)})
@@ -181,7 +176,11 @@ def compute_rows(
                 rows.data[i] = np.stack(mine)
         return rows, missing, space
 
-    chain = [look_up(cut) for cut in cuts]
+    chain = [look_up(cut) for cut in cuts[1:]]
+    if through_first and not chain[0][1]:  # nothing to compute from it
+        chain.insert(0, (Rows((0, len(views), *cuts[0].activation.shape)), [], None))
+    else:
+        chain.insert(0, look_up(cuts[0]))
     if through_first:
         needed = set(chain[1][1])
         chain[0][1][:] = [i for i in chain[0][1] if i in needed]
