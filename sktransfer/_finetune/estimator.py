@@ -24,7 +24,7 @@ from .._backbones import check_model, layer_groups
 from .._devices import resolve_device
 from .._images import check_images
 from .._randomness import FitRandomness, seed_for_fit
-from .feeding import Weighted
+from .data import FitData
 from .freeze import BN_POLICIES, resolve_frozen_layers
 from .head import head_epochs_for
 from .net import FineTuneNet
@@ -400,19 +400,18 @@ class FineTuneClassifier(FineTuneNet):
                 n = len(images)
                 self.head_epochs_ = self._resolve_epochs(self.head_epochs, n, head=True)
             self.__dict__["_fresh"] = fresh  # its head's statistics to fit
+            data = self.__dict__["_fit_data"] = FitData(images, y_index, weights)
             try:
                 NeuralNet.partial_fit(
                     self,
-                    Weighted(images, weights),
+                    data,
                     y_index,
                     epochs=self.head_epochs_ + self.max_epochs_,
                     _routing_method="partial_fit" if partial else "fit",
                     **fit_params,
                 )
-            finally:  # also when the fit fails: no rows kept, no files left
-                data = self.__dict__.pop("_fit_data", None)
-                if data is not None:
-                    data.release()
+            finally:  # also when the fit fails: no rows kept
+                self.__dict__.pop("_fit_data").release()
         return self
 
     def _resolve_epochs(self, epochs, n: int, *, head: bool = False) -> int:

@@ -135,9 +135,8 @@ class Feeding:
         cut's rows (from the ``cache`` store where it has them)."""
         if isinstance(X, FitData):  # a fit's, or a prediction's
             return X
-        images = X.images if isinstance(X, Weighted) else X
-        if not isinstance(images, Images):
-            images = check_images(images, n_channels=self.n_channels_in_)
+        n_channels = self.n_channels_in_
+        images = X if isinstance(X, Images) else check_images(X, n_channels=n_channels)
         cut = None
         if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
             cut = self._cut("train")
@@ -149,15 +148,13 @@ class Feeding:
         computed once (or taken from the store), split by ``train_split``
         or, for early stopping, a stratified ``validation_fraction``; a new
         head's standardisation is fitted to the training part."""
-        images = X.images
-        drafts = {"train": self._draft(), "head": self.preprocessing_.resize_size}
-        data = FitData(images, y, X.weights, draft=drafts)
+        data, images = X, X.images
+        data.drafts = {"train": self._draft(), "head": self.preprocessing_.resize_size}
         phases = []
         if self._augment() in ("flip", False) and self._cut("train") is not None:
             phases.append("train")
         if self.head_epochs_ and self._cut("head") is not None:
             phases.append("head")
-        self.__dict__["_fit_data"] = data  # released when the fit ends
         data.rows = self._rows(images, phases, self._views()) if phases else {}
         self.prefix_cached_ = "train" in data.rows
         train, valid = self._split(data, y, **fit_params)
@@ -267,14 +264,3 @@ class FetchRows:
 
     def __getstate__(self):
         return {**self.__dict__, "spaces": {}}  # keyed by this process's cuts
-
-
-class Weighted:
-    """A fit's images and their weights, as skorch's ``X``."""
-
-    def __init__(self, images: Images, weights: np.ndarray | None):
-        self.images = images
-        self.weights = weights
-
-    def __len__(self) -> int:
-        return len(self.images)
