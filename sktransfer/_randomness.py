@@ -154,9 +154,7 @@ def _drops(func, args, kwargs) -> bool:
     """Whether a call of a function of :data:`_UNREACHED` drops out."""
     p_at, training_at = _UNREACHED[func]
     p = args[p_at] if len(args) > p_at else kwargs.get("dropout_p", 0.0)
-    if training_at is None:
-        return bool(p)
-    training = (
+    training = training_at is None or (
         args[training_at] if len(args) > training_at else kwargs.get("training", True)
     )
     return bool(p) and bool(training)

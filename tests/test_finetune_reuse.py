@@ -399,8 +399,9 @@ def test_disk_store_shared_and_damaged_rows_recomputed(
     again = clone(first).fit(images, labels)
     assert computed == [8]
     assert np.isfinite(np.load(damaged)).all()
+    relative = damaged.relative_to(spaces[1])
     for space in spaces.values():  # that image's maps too: from the pixels
-        damaged = space / damaged.relative_to(spaces[1])
+        damaged = space / relative
         np.save(damaged, np.full(np.load(damaged).shape, np.nan, np.float32))
     again = clone(first).fit(images, labels)
     assert computed == [8, 1]  # only the damaged image

@@ -53,9 +53,7 @@ def module_lock(module: nn.Module) -> threading.RLock:
     """The lock of ``module``'s forward passes (a cut replaces ``forward``
     of its skipped modules for all threads)."""
     with _locks_lock:
-        if module not in _locks:
-            _locks[module] = threading.RLock()
-        return _locks[module]
+        return _locks.setdefault(module, threading.RLock())
 
 
 def _forget_locks() -> None:
@@ -78,12 +76,9 @@ class Activation:
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> Activation:
-        channels_last = (
-            tensor.ndim == 4
-            and not tensor.is_contiguous()
-            and tensor.is_contiguous(memory_format=torch.channels_last)
-        )
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        nhwc = tensor.ndim == 4 and not tensor.is_contiguous()
+        nhwc = nhwc and tensor.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if nhwc else torch.contiguous_format
         return cls(tuple(tensor.shape[1:]), tensor.dtype, layout)
 
 
@@ -198,13 +193,8 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
     neutral = neutral_hooks(torch.device(device), dtype)
     for name, m in module.named_modules():
         settings = tuple(settings_of(m, neutral, tensor_key))
-        tensors = tuple(
-            (n, *tensor_key(t), id(t) in trained)
-            for n, t in [
-                *m.named_parameters(recurse=False),
-                *m.named_buffers(recurse=False),
-            ]
-        )
+        own = [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+        tensors = tuple((n, *tensor_key(t), id(t) in trained) for n, t in own)
         parts.append((name, type(m), settings, m.training, tensors))
     module.eval()
     return (tuple(parts), crop, str(device), str(dtype), main_only)
@@ -213,9 +203,8 @@ def structure(module, trained, training_modes, crop, device, dtype, main_only) -
 def _probe(module, crop, trained, training_modes, main_only, device, dtype):
     """Probe ``module`` for :func:`plan_cut` (see there)."""
     n, n_eval = _PROBE_IMAGES
-    x_eval = torch.randn(
-        n_eval, 3, crop, crop, generator=torch.Generator().manual_seed(0)
-    )
+    seeded = torch.Generator().manual_seed(0)
+    x_eval = torch.randn(n_eval, 3, crop, crop, generator=seeded)
     x_eval = x_eval.to(device).contiguous(memory_format=torch.channels_last)
     x = x_eval[:n]
     buffers = {name: b.clone() for name, b in module.named_buffers()}

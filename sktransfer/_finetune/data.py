@@ -150,17 +150,11 @@ def split_batch(x) -> tuple[str | None, object, torch.Tensor | None]:
 
 def default_augmentation(preprocessing: Preprocessing) -> Callable:
     """Random-resized-crop to the crop size and a horizontal flip (one image)."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(
-                preprocessing.crop_size,
-                scale=AUGMENT_SCALE,
-                interpolation=InterpolationMode(preprocessing.interpolation),
-                antialias=True,
-            ),
-            v2.RandomHorizontalFlip(),
-        ]
+    mode = InterpolationMode(preprocessing.interpolation)
+    crop = v2.RandomResizedCrop(
+        preprocessing.crop_size, scale=AUGMENT_SCALE, interpolation=mode, antialias=True
     )
+    return v2.Compose([crop, v2.RandomHorizontalFlip()])
 
 
 def prepare_batch(
@@ -172,16 +166,12 @@ def prepare_batch(
     augmentation); a user's callable is followed by the usual preprocessing.
     """
     images = x.images if isinstance(x, ImageBatch) else x
-    if augment is None:
-        if isinstance(images, torch.Tensor):
-            batch = preprocessing(images)
-        else:
-            batch = torch.stack([preprocessing(image[None])[0] for image in images])
-    else:
-        one = lambda image: preprocessing(image[None])[0]  # noqa: E731
-        finish = preprocessing.normalize if builtin else one
-        batch = torch.stack([finish(augment(image)) for image in images])
-    return channels_last(batch)
+    if augment is None and isinstance(images, torch.Tensor):
+        return channels_last(preprocessing(images))
+    augment = augment or (lambda image: image)
+    one = lambda image: preprocessing(image[None])[0]  # noqa: E731
+    finish = preprocessing.normalize if builtin else one
+    return channels_last(torch.stack([finish(augment(image)) for image in images]))
 
 
 def prepare_on_device(

@@ -57,10 +57,6 @@ class DeviceMixin:
         scaler.update()
         return step
 
-    def forward_iter(self, X, training=False, device="cpu"):
-        with self._resolved_device():
-            yield from super().forward_iter(X, training=training, device=device)
-
     @contextlib.contextmanager
     def _resolved_device(self):
         """``device="auto"`` as a concrete device while skorch runs."""

@@ -89,14 +89,13 @@ class FineTuneClassifier(FineTuneNet):
         How many layer groups stay frozen, ``0..len(layer_groups(model))``:
         ``"all"`` trains only the new head, ``0`` everything.
     augment : bool, "flip", "random" or callable, default=True
-        ``"flip"``: each image and its mirror image are two fixed *views*,
-        one drawn per epoch; the frozen groups' output for both is computed
-        once. ``"random"``: a random-resized-crop (25-100 % of the area) and
-        flip every step (batched on CUDA): the whole network runs. ``True``:
-        ``"flip"`` when groups are frozen, else ``"random"``. A callable maps
-        a ``(3, H, W)`` uint8 (or float in [0, 1]) tensor on the device to an
-        image, preprocessed after. The head's phase trains on fixed views;
-        validation and prediction are never augmented.
+        ``"flip"``: an image and its mirror image are two fixed *views*, one
+        drawn per epoch (the frozen groups' output computed once).
+        ``"random"``: a random-resized-crop (25-100 % of the area) and flip
+        every step; the whole network runs. ``True``: ``"flip"`` when groups
+        are frozen, else ``"random"``. A callable maps a ``(3, H, W)`` uint8
+        (or [0, 1] float) tensor to an image, then preprocessed. Never in the
+        head's phase, validation or prediction.
     bn : {"frozen", "eval", "train"}, default="frozen"
         ``"frozen"``: frozen groups keep their running statistics, trained
         groups update theirs. ``"eval"``: every BatchNorm layer keeps its
@@ -117,12 +116,11 @@ class FineTuneClassifier(FineTuneNet):
         linear head. The head first standardises its input (training
         statistics).
     head_epochs : int or "auto", default="auto"
-        Epochs of the new head alone, on the stored output of the network
-        before it, before unfrozen groups train (with its own warm-up and
-        decay), so that its first gradients do not distort pretrained layers.
-        ``"auto"``: 20, or enough for 100 steps on small sets. Unused when
-        only the head trains, in ``partial_fit`` and warm starts; ``0`` or
-        ``callbacks__head_phase=None`` skips it.
+        Epochs of the new head alone (on stored outputs, with its own warm-up
+        and decay) before unfrozen groups train, so that its first gradients
+        do not distort pretrained layers. ``"auto"``: 20, or enough for 100
+        steps on small sets. ``0`` or ``callbacks__head_phase=None`` skips it;
+        unused when only the head trains, in ``partial_fit`` and warm starts.
     tta : bool, default=True
         ``predict_proba`` (and validation) average the probabilities of the
         views that training used (the image and its mirror image).
@@ -136,12 +134,12 @@ class FineTuneClassifier(FineTuneNet):
         ``n_samples / (n_classes * count)``; a dict: labels -> weights,
         others 1).
     cache : "memory", path or None, default="memory"
-        Where the output of what stays fixed is kept across fits:
-        ``"memory"``, an in-process LRU (2 GiB) shared by clones, so that a
-        grid search computes each image's frozen part once per cut point; a
-        folder, shared by processes and runs; ``None``, one fit only. Keyed
-        by image content and a digest of the frozen modules (weights, code,
-        settings), preprocessing, precision and device. Predictions use it.
+        Where the output of what stays fixed is kept across fits and
+        predictions: an in-process LRU (2 GiB), so that a grid search computes
+        each image's frozen part once per cut point; a folder, shared by
+        processes and runs; ``None``, one fit only. Keyed by image content
+        and a digest of the frozen modules (weights, code, settings), the
+        preprocessing, precision and device.
     cache_frozen : bool, default=True
         ``False`` runs the whole network every step: the same recipe and
         results (in float32), much slower. A network that cannot run from
@@ -449,9 +447,7 @@ class FineTuneClassifier(FineTuneNet):
 
     def _encode(self, y: np.ndarray) -> np.ndarray:
         try:
-            return np.fromiter(
-                (self.class_index_[v] for v in y.tolist()), np.int64, len(y)
-            )
+            return np.fromiter(map(self.class_index_.__getitem__, y.tolist()), np.int64)
         except KeyError as exc:
             raise ValueError(
                 f"y contains the label {exc.args[0]!r}, which is not among classes_ "

@@ -96,13 +96,11 @@ class Feeding:
         return cut
 
     def _rows(self, images: Images, phases, views, spaces=None, set_size=None):
-        """``{phase: rows}`` of ``phases``' cuts (:func:`~.rows.compute_rows`;
-        ``spaces``: their namespaces, kept across a prediction's batches). A
-        chain that starts at the head's cut goes through the cut one group
-        lower where the rows there of the set (``set_size`` images, of which
-        ``images`` are a batch) come to at most :data:`~.rows.LOWER_BYTES`:
-        they are stored (for the images whose rows at the head's cut are
-        computed), for a grid search's candidates that train the top group."""
+        """``{phase: rows}`` of ``phases``' cuts (``spaces``: their namespaces,
+        kept across a prediction's batches). A chain from the head's cut goes
+        through the cut a group lower (stored, for a grid search's candidates
+        that train the top group) where the set's rows there (``set_size``
+        images) come to at most :data:`~.rows.LOWER_BYTES`."""
         self._set_training(False)
         chain = list(phases)
         if self.cache is not None and (phases[0] == "head" or self._head_only()):
@@ -140,7 +138,11 @@ class Feeding:
         cut = None
         if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
             cut = self._cut("train")
-        fetch = None if cut is None else FetchRows(self, len(images))
+        fetch = (
+            None
+            if cut is None
+            else functools.partial(fetch_rows, self, len(images), {})
+        )
         return PredictData(images, fetch, draft=self._draft())
 
     def get_split_datasets(self, X, y=None, **fit_params):
@@ -249,18 +251,9 @@ class Feeding:
         return loader
 
 
-class FetchRows:
-    """A prediction's rows of the training cut, batch by batch, their
-    namespace found once; picklable, for spawned loader workers (each then
-    computes with its own copy of the net)."""
-
-    def __init__(self, net, set_size: int):
-        self.net, self.set_size, self.spaces = net, set_size, {}
-
-    def __call__(self, batch: Images) -> torch.Tensor:
-        views = self.net._eval_views()
-        rows = self.net._rows(batch, ["train"], views, self.spaces, self.set_size)
-        return torch.from_numpy(rows["train"].data)
-
-    def __getstate__(self):
-        return {**self.__dict__, "spaces": {}}  # keyed by this process's cuts
+def fetch_rows(net, set_size: int, spaces: dict, batch: Images) -> torch.Tensor:
+    """A prediction's rows of the training cut for a batch of its images
+    (``spaces``: the cuts' namespaces, found once); a partial of it pickles
+    for spawned loader workers (whose cuts miss in ``spaces``: found again)."""
+    rows = net._rows(batch, ["train"], net._eval_views(), spaces, set_size)
+    return torch.from_numpy(rows["train"].data)

@@ -134,25 +134,15 @@ def _fingerprint(value):
         return ("partial", *map(fingerprint, (value.func, value.args, value.keywords)))
     if isinstance(value, torch.Tensor):
         return _tensor_fingerprint(value)
-    if isinstance(value, np.ma.MaskedArray):
-        return (
-            "masked",
-            fingerprint(value.data),
-            fingerprint(np.ma.getmaskarray(value)),
-        )
-    if (
-        isinstance(value, (np.ndarray, np.generic))
-        and not np.asarray(value).dtype.hasobject
-    ):
+    if isinstance(value, np.ma.MaskedArray):  # its mask too
+        return ("masked", fingerprint((value.data, np.ma.getmaskarray(value))))
+    if isinstance(value, (np.ndarray, np.generic)) and not value.dtype.hasobject:
         array = np.ascontiguousarray(value)
         digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
         return ("array", array.shape, str(array.dtype), digest)
     if isinstance(value, type):
-        return (
-            "class",
-            f"{getattr(value, '__module__', '')}.{value.__qualname__}",
-            class_digest(value),
-        )
+        name = f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+        return ("class", name, class_digest(value))
     if isinstance(value, types.FunctionType):
         return _function_fingerprint(value)
     return Opaque(value)
@@ -180,23 +170,16 @@ def _function_fingerprint(function: types.FunctionType):
         return Opaque(function)
     if not isinstance(function, types.FunctionType):
         return fingerprint(function)
-    cells = []
-    for name, cell in zip(
-        function.__code__.co_freevars, function.__closure__ or (), strict=True
-    ):
+    code, cells = function.__code__, []
+    for name, cell in zip(code.co_freevars, function.__closure__ or (), strict=True):
         if name != "__class__":  # super()'s: the class being digested
             try:
                 cells.append((name, fingerprint(cell.cell_contents)))
             except ValueError:  # not yet filled
                 cells.append((name, None))
-    defaults = (function.__defaults__, function.__kwdefaults__)
-    return (
-        "function",
-        f"{function.__module__}.{function.__qualname__}",
-        _code_digest(function.__code__),
-        fingerprint(defaults),
-        tuple(cells),
-    )
+    name = f"{function.__module__}.{function.__qualname__}"
+    defaults = fingerprint((function.__defaults__, function.__kwdefaults__))
+    return ("function", name, _code_digest(code), defaults, tuple(cells))
 
 
 def is_opaque(fingerprint) -> bool:
@@ -223,9 +206,9 @@ def class_digest(cls: type):
         known = _class_digests.get(cls)
     except TypeError:  # a metaclass's __eq__ without __hash__: not kept
         known = None
-    if known is not None and len(known[0]) == len(members):
-        if all(a is b for a, (_, _, b) in zip(known[0], members, strict=True)):
-            return known[1]  # the same members (kept: no id of theirs reused)
+    same = known is not None and len(known[0]) == len(members)
+    if same and all(a is b for a, (_, _, b) in zip(known[0], members, strict=True)):
+        return known[1]  # the same members (kept: no id of theirs reused)
     parts = []
     for klass, name, member in members:
         part = _member_fingerprint(name, member)

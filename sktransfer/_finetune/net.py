@@ -80,9 +80,8 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
                 stacklevel=2,
             )
         heads = (backbone.head, *(a.head for a in aux))
-        trains = trainable(
-            module, groups, n_frozen, heads, tuple(a.branch for a in aux)
-        )
+        branches = tuple(a.branch for a in aux)
+        trains = trainable(module, groups, n_frozen, heads, branches)
         for param in module.parameters():  # frozen: no gradient, not optimised
             param.requires_grad_(id(param) in trains)
         float32_grouped_convolutions(module)  # their bfloat16 backward is slow
@@ -137,7 +136,7 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
             return args, kwargs
         heads = (self.head_, *self.aux_heads_)
         head_ids = {id(p) for n, p in named_parameters if is_under(n, heads)}
-        groups = []
+        lr, groups = kwargs["lr"] * self.backbone_lr_ratio, []
         for group in args[0]:
             if set(group) != {"params"}:  # a user-configured group
                 groups.append(group)
@@ -147,9 +146,7 @@ class FineTuneNet(Feeding, DeviceMixin, NeuralNetClassifier):
             if head:
                 groups.append({"params": head})
             if rest:
-                groups.append(
-                    {"params": rest, "lr": kwargs["lr"] * self.backbone_lr_ratio}
-                )
+                groups.append({"params": rest, "lr": lr})
         return (groups,), kwargs
 
     @property

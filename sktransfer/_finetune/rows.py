@@ -59,30 +59,20 @@ def namespace(cut: Cut, preprocessing: Preprocessing, device, dtype) -> str | No
     the autocast dtype, the device and the versions of the code that
     computes; ``None`` (no rows stored) where a setting is known by identity
     alone (:class:`~.fingerprint.Opaque`)."""
-    module = cut.module
-    neutral = neutral_hooks(device, dtype)
+    module, neutral = cut.module, neutral_hooks(device, dtype)
     around = sorted({a for name in cut.skipped for a in ancestors(name)})
-    names = (*cut.skipped, *cut.before)
-    parts = [_structure(module.get_submodule(n).modules(), neutral) for n in names]
-    parts.append(_structure((module.get_submodule(a) for a in around), neutral))
-    if None in parts:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for name, part in zip(names, parts[:-1], strict=True):
-        digest.update(f"{name}:{cut.skipped.get(name, 'before')}".encode())
-        digest.update(part)
-    digest.update(parts[-1])
+    roles = [*cut.skipped.items(), *((n, "before") for n in cut.before)]
+    digest, tensors = hashlib.blake2b(digest_size=16), []
+    for name, role in [*roles, *((a, "around") for a in around)]:
+        sub, whole = module.get_submodule(name), role != "around"
+        part = _structure(sub.modules() if whole else [sub], neutral)
+        if part is None:
+            return None
+        digest.update(f"{name}:{role}".encode() + part)
+        own = [*sub.named_parameters(recurse=whole), *sub.named_buffers(recurse=whole)]
+        tensors += [(f"{name}.{key}", tensor) for key, tensor in own]
     # every tensor, hashed for every call: writes through ``.data`` or numpy
     # move no version counter that a kept digest could watch
-    tensors = [
-        (f"{name}.{key}", tensor)
-        for group, recurse in ((names, True), (around, False))
-        for name in group
-        for key, tensor in [
-            *module.get_submodule(name).named_parameters(recurse=recurse),
-            *module.get_submodule(name).named_buffers(recurse=recurse),
-        ]
-    ]
     digest.update(_cache.tensors_digest(tensors).encode())
     digest.update(f"{preprocessing!r}|{dtype}|{device.type}|{_versions()}".encode())
     return digest.hexdigest()
