@@ -135,14 +135,10 @@ class Feeding:
             return X
         n_channels = self.n_channels_in_
         images = X if isinstance(X, Images) else check_images(X, n_channels=n_channels)
-        cut = None
+        fetch = None  # the training cut's rows, where the net has one
         if getattr(self, "initialized_", False) and self._augment() in ("flip", False):
-            cut = self._cut("train")
-        fetch = (
-            None
-            if cut is None
-            else functools.partial(fetch_rows, self, len(images), {})
-        )
+            if self._cut("train") is not None:
+                fetch = functools.partial(fetch_rows, self, len(images), {})
         return PredictData(images, fetch, draft=self._draft())
 
     def get_split_datasets(self, X, y=None, **fit_params):

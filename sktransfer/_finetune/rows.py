@@ -36,7 +36,8 @@ MEMORY_LIMIT_BYTES = 2 * 1024**3  # a fit's rows beyond: in a temporary file
 # The in-process store behind cache="memory" (its own bound: rows of early
 # cuts are large and must not evict the embedding cache's).
 STORE_BYTES = 2 * 1024**3
-LOWER_BYTES = STORE_BYTES // 4  # a set's rows on the way (feeding._rows), at most
+# The most of a set's rows a group below the head's cut stored (feeding._rows).
+LOWER_BYTES = STORE_BYTES // 4
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "center": lambda batch: batch,
