@@ -109,10 +109,9 @@ class PredictData(FitData):
 
 class Fetched(list):
     """``(x, target[, weight])`` items, as any collate function expects, and
-    their inputs as the one tensor they were gathered in (``stacked``), which
-    :class:`Collate` takes as it is: stacking them again, a tensor operation
-    per image through the fit's torch function mode, made a head's step in a
-    fit 3.0x a bare step's time instead of 1.5-1.7x (bench_fit_overheads.py)."""
+    their inputs as gathered (``stacked``), which :class:`Collate` takes:
+    stacking them again (ops per image, each through the fit's mode) made a
+    head's step in a fit 3.0x a bare step's time, not 1.5-1.7x."""
 
     def __init__(self, items: list, stacked: dict | None = None):
         super().__init__(items)

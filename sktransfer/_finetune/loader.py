@@ -8,7 +8,7 @@ numbers in the same order every time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -55,14 +55,9 @@ def epoch_batches(loader) -> Iterator:
     ):
         return iter(loader)
     plan = list(loader.batch_sampler)
-    return _fetched(dataset, loader.collate_fn, plan)
-
-
-def _fetched(dataset, collate: Callable, plan: list) -> Iterator:
-    getitems = getattr(dataset, "__getitems__", None)
-    for indices in plan:
-        items = getitems(indices) if getitems else [dataset[i] for i in indices]
-        yield collate(items)
+    fetch = getattr(dataset, "__getitems__", None)
+    fetch = fetch or (lambda indices: [dataset[i] for i in indices])
+    return (loader.collate_fn(fetch(indices)) for indices in plan)
 
 
 def _copied(batches: Iterator, device: torch.device, stream) -> Iterator:
