@@ -1032,6 +1032,24 @@ def test_an_identity_is_never_another_objects():
     del first
     tokens = {_fp.fingerprint(Opaque()) for _ in range(50)}  # ids reused
     assert token not in tokens and len(tokens) == 50
+    items = [Opaque() for _ in range(6)]  # a set's order follows its reprs
+    kept = _fp.fingerprint(frozenset(items))
+    assert all(_fp.fingerprint(frozenset(items)) == kept for _ in range(10))
+
+
+def test_an_opaque_setting_keeps_no_network_alive(images, labels):
+    """A plan's key holds an opaque setting weakly: a network whose setting
+    refers back to it is freed with its estimator."""
+    import gc
+    import weakref
+
+    network = OpaqueScaled()
+    network.setting.owner = network
+    clf = tiny(model=network, frozen_layers="all", head_epochs=0).fit(images, labels)
+    fitted = weakref.ref(clf.module_)
+    del clf, network
+    gc.collect()
+    assert fitted() is None
 
 
 class Gated(nn.Module):

@@ -85,19 +85,26 @@ _MODULE_STATE = {*vars(nn.Module()), "_sktransfer_tap_hooks"}
 
 class Opaque:
     """A setting known by its identity alone (:func:`settings_of`): equal
-    only to itself, and held, so that its id is not another object's while
-    a key holds it."""
+    only to itself. It holds a weak reference where the value takes one (a
+    plan's key keeps no network alive; a dead reference equals no other),
+    else the value (whose id then stays its own while a key holds it)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("ref",)
 
     def __init__(self, value):
-        self.value = value
+        try:
+            self.ref = weakref.ref(value)  # the value's one reference, while alive
+        except TypeError:
+            self.ref = value
 
     def __eq__(self, other):
-        return isinstance(other, Opaque) and other.value is self.value
+        return isinstance(other, Opaque) and other.ref is self.ref
 
     def __hash__(self):
-        return id(self.value)
+        return id(self.ref)
+
+    def __repr__(self):  # the order of a set's items (fingerprint)
+        return f"Opaque({id(self.ref):#x})"
 
 
 def fingerprint(value):
