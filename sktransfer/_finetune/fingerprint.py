@@ -56,17 +56,12 @@ def settings_of(
     module: nn.Module, neutral: tuple = OUTPUT_NEUTRAL_HOOKS, tensor=None
 ) -> list:
     """``module``'s own state but submodules, parameters and buffers, as
-    ``(name, comparable value)``: every attribute (private ones too; tensors
-    by ``tensor(t)``, else by their bytes) and its forward hooks but the
-    ``neutral`` ones (:func:`neutral_hooks`), all of which can change what
-    ``forward`` does.
-
-    Classes and functions count by their code, arrays by their bytes. A
-    value that cannot be compared across networks (a closure, an object of
-    a class of its own) is :class:`Opaque`: taken by identity for plans,
-    and no rows are stored for a network holding one (it may change in
-    place unseen), which costs a probe or a computation, never a result.
-    """
+    ``(name, comparable value)``: every attribute (tensors by ``tensor(t)``,
+    else by their bytes) and its forward hooks but the ``neutral`` ones
+    (:func:`neutral_hooks`), all of which can change what ``forward`` does.
+    A value that cannot be compared across networks (an object of a class
+    of its own) is :class:`Opaque`: plans take it by identity, and no rows
+    are stored for a network holding one (it may change in place unseen)."""
     tensor = tensor or fingerprint
     settings = [
         (k, tensor(v) if isinstance(v, torch.Tensor) else fingerprint(v))
@@ -84,12 +79,9 @@ _MODULE_STATE = {*vars(nn.Module()), "_sktransfer_tap_hooks"}
 
 
 class Opaque:
-    """A setting known by its identity alone (:func:`settings_of`): equal
-    only to itself. It holds a weak reference where the value takes one (a
-    plan's key keeps no network alive; a dead reference equals no other),
-    else the value (whose id then stays its own while a key holds it)."""
-
-    __slots__ = ("ref",)
+    """A setting known by its identity alone (:func:`settings_of`), equal
+    only to itself: held weakly where it can be (a plan's key keeps no
+    network alive; a dead reference equals no other), else held."""
 
     def __init__(self, value):
         try:
