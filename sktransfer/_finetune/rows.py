@@ -148,33 +148,32 @@ def compute_rows(
     namespaces = {} if namespaces is None else namespaces
     keys = None  # the images' content keys, read once if a cut is stored
 
-    def look_up(cut: Cut) -> tuple[Rows, list[int], str | None]:
+    def look_up(cut: Cut, wanted) -> tuple[Rows, list[int], str | None]:
+        """``cut``'s rows, those of ``wanted`` filled from the store; the
+        ones of ``wanted`` it misses; the namespace."""
         nonlocal keys
-        rows = Rows((len(images), len(views), *cut.activation.shape))
-        if store is not None and cut not in namespaces:
+        rows = Rows((len(images) if wanted else 0, len(views), *cut.activation.shape))
+        if wanted and store is not None and cut not in namespaces:
             namespaces[cut] = namespace(cut, preprocessing, device, dtype)
-        space = namespaces.get(cut)
+        space = namespaces.get(cut) if wanted else None
         if space is None:
-            return rows, list(range(len(images))), None
+            return rows, list(wanted), None
         keys = _cache.image_keys(images) if keys is None else keys
-        found = store.get(space, _row_keys(keys, views), cut.activation.shape)
+        asked = _row_keys([keys[i] for i in wanted], views)
+        found = store.get(space, asked, cut.activation.shape)
         missing = []
-        for i in range(len(images)):
-            mine = found[i * len(views) : (i + 1) * len(views)]
+        for n, i in enumerate(wanted):
+            mine = found[n * len(views) : (n + 1) * len(views)]
             if any(row is None for row in mine):
                 missing.append(i)
             else:
                 rows.data[i] = np.stack(mine)
         return rows, missing, space
 
-    chain = [look_up(cut) for cut in cuts[1:]]
-    if through_first and not chain[0][1]:  # nothing to compute from it
-        chain.insert(0, (Rows((0, len(views), *cuts[0].activation.shape)), [], None))
-    else:
-        chain.insert(0, look_up(cuts[0]))
-    if through_first:
-        needed = set(chain[1][1])
-        chain[0][1][:] = [i for i in chain[0][1] if i in needed]
+    everything = range(len(images))
+    chain = [look_up(cut, everything) for cut in cuts[1:]]
+    first = chain[0][1] if through_first else everything  # the rows it serves
+    chain.insert(0, look_up(cuts[0], first))
     run = dict(batch_size=batch_size, device=device, dtype=dtype)
     for index, (cut, (rows, missing, space)) in enumerate(
         zip(cuts, chain, strict=True)
