@@ -93,9 +93,11 @@ class FineTuneClassifier(FineTuneNet):
         drawn per epoch (the frozen groups' output computed once).
         ``"random"``: a random-resized-crop (25-100 % of the area) and flip
         every step; the whole network runs. ``True``: ``"flip"`` when groups
-        are frozen, else ``"random"``. A callable maps a ``(3, H, W)`` uint8
-        (or [0, 1] float) tensor to an image, then preprocessed. Never in the
-        head's phase, validation or prediction.
+        are frozen, else ``"random"``. ``False``: none. A callable maps a
+        ``(3, H, W)`` uint8 (or [0, 1] float) tensor, on the device, to an
+        image, then preprocessed. The head's phase trains on the fixed views
+        (the image alone with a callable); validation and prediction are
+        never augmented.
     bn : {"frozen", "eval", "train"}, default="frozen"
         ``"frozen"``: frozen groups keep their running statistics, trained
         groups update theirs. ``"eval"``: every BatchNorm layer keeps its
@@ -135,9 +137,10 @@ class FineTuneClassifier(FineTuneNet):
         others 1).
     cache : "memory", path or None, default="memory"
         Where the output of what stays fixed is kept across fits and
-        predictions: an in-process LRU (2 GiB), so that a grid search computes
-        each image's frozen part once per cut point; a folder, shared by
-        processes and runs; ``None``, one fit only. Keyed by image content
+        predictions: an in-process LRU (2 GiB) shared by clones, so that a
+        grid search computes each image's frozen part once per cut point; a
+        folder, shared by processes (``n_jobs`` > 1) and runs; ``None``, one
+        fit only. Keyed by image content
         and a digest of the frozen modules (weights, code, settings), the
         preprocessing, precision and device.
     cache_frozen : bool, default=True
@@ -153,7 +156,8 @@ class FineTuneClassifier(FineTuneNet):
         ``train_split`` is None).
     early_stopping : int, bool or None, default=None
         Patience in epochs: stop when the validation loss has not improved
-        for that many and restore the best epoch's weights. ``True``: 5.
+        for that many and restore the best epoch's weights. ``True``: 5;
+        ``None`` or ``False`` trains for ``max_epochs``.
     random_state : int, RandomState or None, default=None
         Seeds the fit's own generators (head initialisation, shuffling,
         views, augmentation, dropout, the validation split): reproducible on
