@@ -11,6 +11,7 @@ fit in the process, and the head's phase that skorch could not see.
 from __future__ import annotations
 
 import contextlib
+import gc
 import pickle
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -1040,9 +1042,6 @@ def test_an_identity_is_never_another_objects():
 def test_an_opaque_setting_keeps_no_network_alive(images, labels):
     """A plan's key holds an opaque setting weakly: a network whose setting
     refers back to it is freed with its estimator."""
-    import gc
-    import weakref
-
     network = OpaqueScaled()
     network.setting.owner = network
     clf = tiny(model=network, frozen_layers="all", head_epochs=0).fit(images, labels)
